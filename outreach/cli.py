@@ -1,0 +1,318 @@
+"""The ``outreach`` command: parse, call the library, print. No business logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from outreach import __version__, clock
+from outreach.errors import OutreachError, Problems
+from outreach.workspace import Workspace
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(1)
+
+
+class Context:
+    def __init__(self, config: str | None) -> None:
+        self.config_path = config
+        self._ws: Workspace | None = None
+
+    @property
+    def ws(self) -> Workspace:
+        if self._ws is None:
+            self._ws = Workspace.load(self.config_path)
+        return self._ws
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+class OutreachGroup(click.Group):
+    """Turns a user error anywhere below into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Problems as exc:
+            _fail([p.one_line() for p in exc.problems])
+        except OutreachError as exc:
+            _fail([exc.one_line()])
+
+
+@click.group(cls=OutreachGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(dir_okay=False), envvar="OUTREACH_CONFIG",
+              help="Configuration file (default: $OUTREACH_CONFIG, else ./outreach.toml).")
+@click.version_option(__version__, prog_name="outreach")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """outreach: cold, reminder and network email sequences, sent on time, stopped on reply."""
+    ctx.obj = Context(config)
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: Path, force: bool) -> None:
+    """Write a working starter: outreach.toml, the three playbook sequences, their templates
+    and a sample prospects CSV."""
+    from outreach.starter import init_workspace
+
+    written = init_workspace(directory, force=force)
+    click.echo(f"wrote {len(written)} files to {directory}/")
+    click.echo("next: cd into it, run `outreach validate`, then "
+               "`outreach enroll prospects.csv --sequence cold`")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def validate(ctx: Context, as_json: bool) -> None:
+    """Check config, sequences and templates; render every variant against a sample prospect."""
+    from outreach.validate import validate as run
+
+    report = run(ctx.ws)
+    if as_json:
+        _print_json({
+            "ok": not report.problems,
+            "problems": [p.one_line() for p in report.problems],
+            "warnings": report.warnings,
+            "sequences": report.sequences, "templates": report.templates,
+            "rendered": report.rendered,
+        })
+    else:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if not report.problems:
+            click.echo(f"ok: {report.sequences} sequences, {report.templates} template files, "
+                       f"{report.rendered} texts rendered")
+    if report.problems:
+        _fail([p.one_line() for p in report.problems]
+              + [f"{len(report.problems)} problem(s) found"])
+
+
+@contextmanager
+def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
+    size = path.stat().st_size if path.is_file() else 0
+    if not sys.stderr.isatty() or size < 1_000_000:
+        yield None
+        return
+    with click.progressbar(length=size, label=f"importing {path.name}", file=sys.stderr) as bar:
+        done = [0]
+
+        def update(bytes_read: int) -> None:
+            bar.update(bytes_read - done[0])
+            done[0] = bytes_read
+
+        yield update
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sequence", required=True, help="The sequence to enroll into (e.g. cold).")
+@click.option("--sender", help="Mailbox email the messages go out from (default: the only one).")
+@click.option("--dry-run", is_flag=True, help="Check and count everything, write nothing.")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run: bool,
+           skip_invalid: bool, as_json: bool) -> None:
+    """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
+    from outreach.enroll import enroll_csv, format_rejection
+
+    with _progress(file) as on_progress:
+        result = enroll_csv(ctx.ws, file, sequence, now=clock.now(), sender=sender,
+                            dry_run=dry_run, skip_invalid=skip_invalid, on_progress=on_progress)
+    if as_json:
+        _print_json(result.as_json())
+    else:
+        would = "" if result.applied else "would be "
+        click.echo(f"{file} -> sequence {result.sequence}, sender {result.sender}")
+        click.echo(f"  {would}enrolled  {result.enrolled}")
+        click.echo(f"  prospects {result.created} new, {result.updated} updated"
+                   + ("" if result.applied else " (not written)"))
+        click.echo(f"  skipped   {len(result.skipped)}")
+        for skip in result.skipped[:50]:
+            click.echo(f"    line {skip.line}: {skip.email}: {skip.reason}")
+        if len(result.skipped) > 50:
+            click.echo(f"    ... and {len(result.skipped) - 50} more (--json lists all)")
+        click.echo(f"  rejected  {len(result.rejected)}")
+        if result.first_due and result.applied:
+            click.echo(f"first step due {result.first_due:%Y-%m-%d %H:%M} UTC "
+                       "(`outreach schedule` shows what comes next)")
+        if dry_run:
+            click.echo("dry run: nothing was written")
+    if result.rejected:
+        lines = [format_rejection(file, r) for r in result.rejected[:50]]
+        if len(result.rejected) > 50:
+            lines.append(f"... and {len(result.rejected) - 50} more rejected rows")
+        if not skip_invalid:
+            lines.append(f"nothing imported: {len(result.rejected)} row(s) rejected "
+                         "(fix them, or pass --skip-invalid to import the good rows)")
+            if not as_json:
+                _fail(lines)
+            sys.exit(1)
+        if not as_json:
+            for line in lines:
+                click.echo(line, err=True)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                             for i, (v, w) in enumerate(zip(row, widths, strict=False))).rstrip())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Per sequence and step: active, waiting, sent, replied, bounced, unsubscribed, finished."""
+    from outreach.reports import STEP_COUNTS
+    from outreach.reports import status as build
+
+    report = build(ctx.ws, clock.now())
+    if as_json:
+        _print_json(report)
+        return
+    for seq in report["sequences"]:
+        totals = ", ".join(f"{k} {v}" for k, v in seq["enrollments"].items() if v) or "empty"
+        click.echo(f"{seq['name']}: {totals}")
+        _table([[f"{s['index'] + 1}. {s['name']} ({s['channel']})", *(s[k] for k in STEP_COUNTS)]
+                for s in seq["steps"]], ["  step", *STEP_COUNTS])
+        click.echo()
+    click.echo(f"suppressed addresses and domains: {report['suppressed']}")
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def prospect(ctx: Context, email: str, as_json: bool) -> None:
+    """One prospect's enrollments, every message sent and every event."""
+    from outreach.reports import prospect_view
+
+    view = prospect_view(ctx.ws, email)
+    if as_json:
+        _print_json(view)
+        return
+    p = view["prospect"]
+    name = " ".join(x for x in (p["first_name"], p["last_name"]) if x)
+    click.echo(f"{p['email']}  {name}  {p['company'] or ''}  {p['title'] or ''}".rstrip())
+    click.echo(f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, "
+               f"status {p['status']}")
+    for key, value in p["fields"].items():
+        click.echo(f"  {key}: {value}")
+    click.echo("enrollments:")
+    for e in view["enrollments"] or []:
+        tail = (f"next {e['next_step']} due {e['due_at']}" if e["next_step"]
+                else f"ended {e['ended_at']} ({e['end_reason']})" if e["ended_at"] else "")
+        click.echo(f"  {e['sequence']}: {e['state']}, from {e['sender']}, {tail}".rstrip(", "))
+    click.echo("messages:" if view["messages"] else "messages: none yet")
+    for m in view["messages"]:
+        click.echo(f"  {m['sent_at'] or '-'}  {m['sequence']}/{m['step']}  {m['state']}  "
+                   f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
+                   f"{m['message_id'] or ''}".rstrip())
+    click.echo("events:" if view["events"] else "events: none")
+    for ev in view["events"]:
+        click.echo(f"  {ev['at']}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--reason", required=True,
+              type=click.Choice(["replied", "meeting", "webinar", "not-interested", "other"]))
+@pass_ctx
+def stop(ctx: Context, email: str, reason: str) -> None:
+    """Stop every active enrollment of a prospect now."""
+    from outreach.engine import stop as run
+
+    result = run(ctx.ws.store, email, reason, clock.now())
+    if result.stopped:
+        click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
+    else:
+        click.echo(f"{result.email} had no active enrollment; recorded {reason}")
+
+
+@cli.command()
+@click.argument("value", metavar="ADDRESS_OR_@DOMAIN")
+@click.option("--reason", default="manual", show_default=True,
+              help="Why (e.g. unsubscribed, customer, competitor).")
+@pass_ctx
+def suppress(ctx: Context, value: str, reason: str) -> None:
+    """Never write to an address, or to a whole @domain, again, in any sequence."""
+    from outreach.engine import suppress as run
+
+    result = run(ctx.ws.store, value, clock.now(), reason)
+    state = "added" if result.added else "already suppressed"
+    click.echo(f"{result.value}: {state}; {result.stopped} active enrollment(s) stopped")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def suppressions(ctx: Context, as_json: bool) -> None:
+    """List the suppressed addresses and domains."""
+    from outreach.engine import suppressions as run
+
+    rows = [{"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
+            for s in run(ctx.ws.store)]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['value']}  {row['reason'] or ''}  {row['since']}")
+    click.echo(f"{len(rows)} suppressed")
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, help="How many upcoming steps to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def schedule(ctx: Context, limit: int, as_json: bool) -> None:
+    """What is due next, and when, in the prospect's own time zone."""
+    from outreach.reports import schedule as build
+
+    report = build(ctx.ws, clock.now(), limit)
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(f"{report['active']} active enrollment(s), {report['due_now']} due now")
+    _table([[i["email"], i["sequence"], f"{i['step']} ({i['channel']})", i["due_local"]]
+            for i in report["upcoming"]], ["prospect", "sequence", "next step", "due (local)"])
+
+
+@cli.group()
+def db() -> None:
+    """Database schema: create and migrate."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Create or migrate the schema to this version of outreach."""
+    from outreach.store import Store
+
+    store = Store(ctx.ws.config.database_url)
+    before = store.current_revision()
+    store.upgrade()
+    click.echo(f"schema at {store.current_revision()} (was {before or 'empty'})")
+
+
+def main() -> None:
+    """Entry point of the ``outreach`` console script and ``python -m outreach``."""
+    cli(prog_name="outreach")

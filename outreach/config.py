@@ -1,0 +1,356 @@
+"""Read and validate ``outreach.toml`` into typed settings. Secrets come from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from outreach import planner
+from outreach.errors import ConfigError
+
+CONFIG_ENV = "OUTREACH_CONFIG"
+DEFAULT_CONFIG = "outreach.toml"
+SECRET_KEYS = {"password", "smtp_password", "imap_password", "secret", "token", "api_key"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_zone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{value}' (use an IANA name such as Europe/Helsinki)")
+    return value
+
+
+def _check_window(value: str | None) -> str | None:
+    if value is not None:
+        planner.parse_window(value)
+    return value
+
+
+def _check_days(value: str | None) -> str | None:
+    if value is not None:
+        planner.parse_days(value)
+    return value
+
+
+class SendingDefaults(_Strict):
+    """``[sending]``: defaults every mailbox inherits, and the global sending rules."""
+
+    timezone: str = "Europe/Helsinki"
+    window: str = "08:00-17:00"
+    days: str = "mon-fri"
+    holidays: str | None = "FI"
+    daily_limit: int = Field(default=50, ge=1)
+    min_gap_seconds: int = Field(default=60, ge=0)
+    max_gap_seconds: int = Field(default=240, ge=0)
+    language: str = "en"
+    company: str | None = None
+    unsubscribe_mailto: str | None = None
+    unsubscribe_url: str | None = None
+
+    _zone = field_validator("timezone")(_check_zone)
+    _window = field_validator("window")(_check_window)
+    _days = field_validator("days")(_check_days)
+
+    @field_validator("holidays")
+    @classmethod
+    def _known_country(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        import holidays
+
+        if value.upper() not in holidays.list_supported_countries():
+            raise ValueError(f"'{value}' is not a country code the holidays package knows")
+        return value.upper()
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        if value not in ("en", "fi", "sv"):
+            raise ValueError("language must be en, fi or sv")
+        return value
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value and not value.startswith("https://"):
+            raise ValueError("unsubscribe_url must be an https:// URL")
+        return value or None
+
+    @model_validator(mode="after")
+    def _gaps(self) -> SendingDefaults:
+        if self.max_gap_seconds < self.min_gap_seconds:
+            raise ValueError("max_gap_seconds must be at least min_gap_seconds")
+        return self
+
+
+class Mailbox(_Strict):
+    """``[[mailboxes]]``: one sender, the real person whose name the messages carry."""
+
+    name: str
+    email: str
+    title: str | None = None
+    company: str | None = None
+    signature: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    password_env: str | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_security: Literal["starttls", "tls", "none"] = "tls"
+    imap_username: str | None = None
+    daily_limit: int | None = Field(default=None, ge=1)
+    timezone: str | None = None
+    window: str | None = None
+    days: str | None = None
+
+    _zone = field_validator("timezone")(_check_zone)
+    _window = field_validator("window")(_check_window)
+    _days = field_validator("days")(_check_days)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        from outreach.prospects import normalize_email
+
+        return normalize_email(value)
+
+    @field_validator("name", "title", "company")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"[\r\n\x00-\x1f]", value):
+            raise ValueError("must be a single line (it goes into mail headers)")
+        return value
+
+    @model_validator(mode="after")
+    def _plaintext_only_to_loopback(self) -> Mailbox:
+        for proto, host, security in (
+            ("smtp", self.smtp_host, self.smtp_security),
+            ("imap", self.imap_host, self.imap_security),
+        ):
+            if host and security == "none" and not _is_loopback(host):
+                raise ValueError(
+                    f"{proto}_security = \"none\" is only allowed for a loopback host, "
+                    f"not {host} (use starttls or tls)"
+                )
+        return self
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0] if self.name.split() else self.name
+
+    def password(self) -> str | None:
+        """The secret, read from the environment variable the config names."""
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class Database(_Strict):
+    url: str = "sqlite:///outreach.db"
+
+
+class Paths(_Strict):
+    sequences: str = "sequences"
+    templates: str = "templates"
+
+
+class ABSettings(_Strict):
+    review: str = "0 7 * * mon,thu"
+    min_sends_per_variant: int = Field(default=100, ge=1)
+    retire_below_probability: float = Field(default=0.05, gt=0, lt=1)
+    min_active_subjects: int = Field(default=3, ge=1)
+    min_active_bodies: int = Field(default=2, ge=1)
+
+
+class Settings(_Strict):
+    database: Database = Database()
+    paths: Paths = Paths()
+    sending: SendingDefaults = SendingDefaults()
+    mailboxes: list[Mailbox] = Field(default_factory=list)
+    ab: ABSettings = ABSettings()
+    sample_prospect: dict[str, str] = Field(default_factory=dict)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings plus where they came from; relative paths resolve against the file's folder."""
+
+    path: Path
+    settings: Settings
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def database_url(self) -> str:
+        url = self.settings.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str((self.root / url[len(prefix):]).resolve())
+        return url
+
+    @property
+    def sequences_dir(self) -> Path:
+        return self.root / self.settings.paths.sequences
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / self.settings.paths.templates
+
+    @property
+    def mailboxes(self) -> list[Mailbox]:
+        return self.settings.mailboxes
+
+    def mailbox(self, email: str | None) -> Mailbox:
+        """The mailbox with ``email``, or the only one when ``email`` is None."""
+        boxes = self.settings.mailboxes
+        if email is None:
+            if len(boxes) == 1:
+                return boxes[0]
+            if not boxes:
+                raise ConfigError("no [[mailboxes]] configured", file=self.path)
+            raise ConfigError(
+                "several mailboxes are configured; choose one with --sender",
+                field="--sender",
+                hint="known: " + ", ".join(b.email for b in boxes),
+            )
+        wanted = email.strip().lower()
+        for box in boxes:
+            if box.email == wanted:
+                return box
+        raise ConfigError(
+            f"no mailbox with email {email} in {self.path.name}",
+            field="--sender",
+            hint="known: " + ", ".join(b.email for b in boxes) if boxes else None,
+        )
+
+    def calendar(self, mailbox: Mailbox, prospect_timezone: str | None = None) -> planner.SendingCalendar:
+        """The sending calendar of a mailbox, in the prospect's zone when it has one."""
+        defaults = self.settings.sending
+        zone = prospect_timezone or mailbox.timezone or defaults.timezone
+        return planner.SendingCalendar(
+            timezone=ZoneInfo(zone),
+            window=planner.parse_window(mailbox.window or defaults.window),
+            days=planner.parse_days(mailbox.days or defaults.days),
+            holidays=defaults.holidays,
+        )
+
+    def daily_limit(self, mailbox: Mailbox) -> int:
+        return mailbox.daily_limit or self.settings.sending.daily_limit
+
+
+def find_config_path(explicit: str | Path | None) -> Path:
+    """``--config``, else ``$OUTREACH_CONFIG``, else ``./outreach.toml``."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path(DEFAULT_CONFIG)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the configuration; any problem is a ConfigError with file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "configuration file not found", file=path, hint="run `outreach init` or pass --config"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise ConfigError(f"TOML syntax: {exc.msg if hasattr(exc, 'msg') else exc}", file=path,
+                          line=line) from None
+    _refuse_secrets(raw, path, text)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise ConfigError(message, file=path, line=_find_line(text, loc), field=_dotted(loc)) from None
+    return Config(path=path.resolve(), settings=settings)
+
+
+def _refuse_secrets(raw: dict[str, Any], path: Path, text: str) -> None:
+    def walk(value: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.lower() in SECRET_KEYS:
+                    raise ConfigError(
+                        "secrets never sit in the config file",
+                        file=path,
+                        line=_find_line(text, (*loc, key)),
+                        field=_dotted((*loc, key)),
+                        hint="name an environment variable with password_env instead",
+                    )
+                walk(item, (*loc, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, (*loc, i))
+
+    walk(raw, ())
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best effort: the line of ``[section]`` (the n-th ``[[section]]``) or of a key inside it."""
+    keys = [part for part in loc if isinstance(part, str)]
+    index = next((part for part in loc if isinstance(part, int)), 0)
+    if not keys:
+        return None
+    lines = text.splitlines()
+    headers = [
+        n for n, line in enumerate(lines) if line.strip() in (f"[{keys[0]}]", f"[[{keys[0]}]]")
+    ]
+    if not headers:
+        return None
+    start = headers[min(index, len(headers) - 1)]
+    if len(keys) == 1:
+        return start + 1
+    for n in range(start + 1, len(lines)):
+        stripped = lines[n].strip()
+        if stripped.startswith("["):
+            break
+        if re.match(rf"{re.escape(keys[1])}\s*=", stripped):
+            return n + 1
+    return start + 1

@@ -1,0 +1,306 @@
+"""Import a prospects CSV and enroll it into a sequence, all or nothing.
+
+The whole file is written in one transaction: when any row is rejected (and ``skip_invalid``
+is off), or on ``dry_run``, the transaction is rolled back and nothing is kept. Rows stream
+through in chunks with bulk statements, so a 100,000-row file needs neither the memory nor the
+time of one ORM object per row.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from outreach import planner
+from outreach.config import Mailbox
+from outreach.errors import OutreachError, TemplateError
+from outreach.models import Enrollment, Prospect, Suppression
+from outreach.prospects import ProspectRow, RowError, read_prospects
+from outreach.sequences import Sequence
+from outreach.workspace import Workspace, template_variables
+
+CHUNK = 1000
+LIVE_STATES = ("active", "paused")
+PROSPECT_FIELDS = ("first_name", "last_name", "company", "title", "linkedin", "persona",
+                   "language", "timezone")
+
+prospects_t = Prospect.__table__  # type: ignore[attr-defined]
+enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
+suppressions_t = Suppression.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class Skipped:
+    line: int
+    email: str
+    reason: str
+
+
+@dataclass
+class EnrollResult:
+    """What an import did (or, on a dry run or a rejection, would have done)."""
+
+    file: str
+    sequence: str
+    sender: str
+    dry_run: bool
+    enrolled: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    rejected: list[RowError] = field(default_factory=list)
+    applied: bool = False
+    first_due: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sequence": self.sequence,
+            "sender": self.sender,
+            "dry_run": self.dry_run,
+            "applied": self.applied,
+            "enrolled": self.enrolled,
+            "prospects_created": self.created,
+            "prospects_updated": self.updated,
+            "skipped": [vars(s) for s in self.skipped],
+            "rejected": [{"line": r.line, "reason": r.message} for r in self.rejected],
+            "first_due": self.first_due.isoformat() if self.first_due else None,
+        }
+
+
+class Preflight:
+    """Renders every step a prospect will get, once per distinct shape of prospect data."""
+
+    def __init__(self, ws: Workspace, sequence: Sequence, mailbox: Mailbox) -> None:
+        self.ws = ws
+        self.sequence = sequence
+        self.sender = ws.sender_variables(mailbox)
+        self.default_language = ws.config.settings.sending.language
+        self._verdicts: dict[tuple[Any, ...], str | None] = {}
+        # Load every template now: a broken file stops the import before any row is read.
+        self.steps = [(step, ws.templates.get(step.template)) for step in sequence.steps]
+
+    def check(self, row: ProspectRow) -> str | None:
+        """None when every step renders for this row, else the first problem, in one line."""
+        fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
+        fields["email"] = row.email
+        variables = template_variables(fields, row.extra, self.sender)
+        # Whether a template renders depends on which variables are defined (and, for
+        # subjects, on line breaks), not on their values: memoise on that shape.
+        shape = (
+            row.language, row.persona,
+            frozenset(k for k, v in variables.items() if k != "sender"),
+            frozenset(k for k, v in row.extra.items() if "\n" in v or "\r" in v),
+        )
+        if shape not in self._verdicts:
+            self._verdicts[shape] = self._render_all(
+                row.language or self.default_language, row.persona, variables
+            )
+        return self._verdicts[shape]
+
+    def _render_all(self, language: str, persona: str | None, variables: dict[str, Any]) -> str | None:
+        renderer = self.ws.renderer
+        for step, template in self.steps:
+            bodies = template.eligible("body", language, persona)
+            if not bodies:
+                return f"step '{step.name}' has no active body in '{language}' ({template.path})"
+            needs_subject = step.is_email and step.thread == "new"
+            subjects = template.eligible("subject", language, persona) if needs_subject else []
+            if needs_subject and not subjects:
+                return f"step '{step.name}' has no active subject in '{language}' ({template.path})"
+            try:
+                for variant in subjects:
+                    renderer.render_subject(variant, language, persona, variables, template.path)
+                for variant in bodies:
+                    renderer.render_body(variant, language, persona, variables, template.path)
+            except TemplateError as exc:
+                return exc.one_line()
+        return None
+
+
+def enroll_csv(
+    ws: Workspace,
+    path: Path,
+    sequence_name: str,
+    *,
+    now: datetime,
+    sender: str | None = None,
+    dry_run: bool = False,
+    skip_invalid: bool = False,
+    rng: random.Random | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> EnrollResult:
+    """Import ``path`` and enroll its prospects in ``sequence_name``, due from ``now``."""
+    sequence = ws.sequence(sequence_name)
+    mailbox = ws.config.mailbox(sender)
+    preflight = Preflight(ws, sequence, mailbox)
+    rng = rng or random.Random()
+    result = EnrollResult(file=str(path), sequence=sequence.name, sender=mailbox.email,
+                          dry_run=dry_run)
+    rows = read_prospects(path, on_progress=on_progress)
+    with ws.store.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            writer = _Writer(conn, ws, sequence, mailbox, now, rng, result)
+            for chunk in _accepted_chunks(rows, preflight, writer.suppressed, result):
+                writer.write(chunk)
+            keep = not dry_run and (skip_invalid or not result.rejected)
+            if keep:
+                transaction.commit()
+            else:
+                transaction.rollback()
+            result.applied = keep
+        except BaseException:
+            transaction.rollback()
+            raise
+    return result
+
+
+def _accepted_chunks(
+    rows: Iterable[ProspectRow | RowError],
+    preflight: Preflight,
+    suppressed: Callable[[str], bool],
+    result: EnrollResult,
+) -> Iterable[list[ProspectRow]]:
+    seen: dict[str, int] = {}
+    chunk: list[ProspectRow] = []
+    for row in rows:
+        if isinstance(row, RowError):
+            result.rejected.append(row)
+            continue
+        first = seen.setdefault(row.email, row.line)
+        if first != row.line:
+            result.skipped.append(Skipped(row.line, row.email, f"duplicate of line {first}"))
+            continue
+        if suppressed(row.email):
+            result.skipped.append(Skipped(row.line, row.email, "suppressed"))
+            continue
+        problem = preflight.check(row)
+        if problem is not None:
+            result.rejected.append(RowError(row.line, f"first messages do not render: {problem}"))
+            continue
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Writer:
+    """Upserts prospects and inserts enrollments, one chunk at a time, in the caller's transaction."""
+
+    def __init__(self, conn: Connection, ws: Workspace, sequence: Sequence, mailbox: Mailbox,
+                 now: datetime, rng: random.Random, result: EnrollResult) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.sequence = sequence
+        self.mailbox = mailbox
+        self.now = now
+        self.rng = rng
+        self.result = result
+        self.first_step = sequence.steps[0]
+        self._calendars: dict[str | None, planner.SendingCalendar] = {}
+        values = conn.execute(select(suppressions_t.c.value)).scalars().all()
+        self._suppressed = set(values)
+
+    def suppressed(self, email: str) -> bool:
+        return email in self._suppressed or "@" + email.rpartition("@")[2] in self._suppressed
+
+    def _calendar(self, timezone: str | None) -> planner.SendingCalendar:
+        if timezone not in self._calendars:
+            self._calendars[timezone] = self.ws.config.calendar(self.mailbox, timezone)
+        return self._calendars[timezone]
+
+    def write(self, chunk: list[ProspectRow]) -> None:
+        ids = self._upsert_prospects(chunk)
+        taken = self._already_enrolled([pid for pid, _ in ids.values()])
+        new_rows = []
+        for row in chunk:
+            prospect_id, status = ids[row.email]
+            if status != "active":
+                self.result.skipped.append(Skipped(row.line, row.email, "address is invalid (bounced)"))
+                continue
+            reason = taken.get(prospect_id)
+            if reason:
+                self.result.skipped.append(Skipped(row.line, row.email, reason))
+                continue
+            drawn = self.first_step.wait.draw(self.rng)
+            due = planner.plan_due(self.now, self.first_step.wait, drawn, self._calendar(row.timezone))
+            if self.result.first_due is None or due < self.result.first_due:
+                self.result.first_due = due
+            new_rows.append({
+                "prospect_id": prospect_id, "sequence": self.sequence.name,
+                "sender": self.mailbox.email, "state": "active", "step_index": 0,
+                "due_at": due, "wait_drawn": drawn, "enrolled_at": self.now,
+                "updated_at": self.now,
+            })
+        if new_rows:
+            self.conn.execute(insert(enrollments_t), new_rows)
+            self.result.enrolled += len(new_rows)
+
+    def _upsert_prospects(self, chunk: list[ProspectRow]) -> dict[str, tuple[int, str]]:
+        emails = [row.email for row in chunk]
+        existing = {
+            r.email: r for r in self.conn.execute(
+                select(prospects_t.c.id, prospects_t.c.email, prospects_t.c.status,
+                       prospects_t.c.fields).where(prospects_t.c.email.in_(emails))
+            )
+        }
+        ids: dict[str, tuple[int, str]] = {e: (r.id, r.status) for e, r in existing.items()}
+        fresh = [self._prospect_values(row) for row in chunk if row.email not in existing]
+        if fresh:
+            inserted = self.conn.execute(
+                insert(prospects_t).returning(prospects_t.c.id, prospects_t.c.email), fresh
+            )
+            for prospect_id, email in inserted:
+                ids[email] = (prospect_id, "active")
+            self.result.created += len(fresh)
+        for row in chunk:
+            old = existing.get(row.email)
+            if old is None:
+                continue
+            # A blank cell never erases what the store already knows.
+            changes: dict[str, Any] = {
+                key: getattr(row, key) for key in PROSPECT_FIELDS if getattr(row, key) is not None
+            }
+            if row.extra:
+                changes["fields"] = {**(old.fields or {}), **row.extra}
+            if changes:
+                changes["updated_at"] = self.now
+                self.conn.execute(update(prospects_t).where(prospects_t.c.id == old.id)
+                                  .values(**changes))
+                self.result.updated += 1
+        return ids
+
+    def _prospect_values(self, row: ProspectRow) -> dict[str, Any]:
+        values: dict[str, Any] = {key: getattr(row, key) for key in PROSPECT_FIELDS}
+        values.update(email=row.email, domain=row.email.rpartition("@")[2], fields=row.extra,
+                      status="active", created_at=self.now, updated_at=self.now)
+        return values
+
+    def _already_enrolled(self, prospect_ids: list[int]) -> dict[int, str]:
+        reasons: dict[int, str] = {}
+        rows = self.conn.execute(
+            select(enrollments_t.c.prospect_id, enrollments_t.c.sequence, enrollments_t.c.state)
+            .where(enrollments_t.c.prospect_id.in_(prospect_ids))
+        )
+        for prospect_id, sequence, state in rows:
+            if sequence == self.sequence.name:
+                reasons[prospect_id] = f"already in sequence {sequence} ({state})"
+            elif state in LIVE_STATES and prospect_id not in reasons:
+                reasons[prospect_id] = f"{state} in sequence {sequence}"
+        return reasons
+
+
+def format_rejection(path: Path | str, error: RowError) -> str:
+    return f"{path}:{error.line}: {error.message}"
+
+
+__all__ = ["EnrollResult", "OutreachError", "enroll_csv", "format_rejection", "Preflight"]

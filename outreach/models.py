@@ -1,0 +1,120 @@
+"""The SQLModel tables, and nothing else. Times are aware datetimes, stored and returned in UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Prospect(SQLModel, table=True):
+    """A person we may write to, keyed by their normalised address."""
+
+    __tablename__ = "prospects"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True)
+    domain: str = Field(index=True)
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = Field(default=None, index=True)
+    title: str | None = None
+    linkedin: str | None = None
+    persona: str | None = None
+    language: str | None = None
+    timezone: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # "active", or "invalid" once a hard bounce proved the address dead.
+    status: str = Field(default="active")
+    created_at: datetime
+    updated_at: datetime
+
+
+class Enrollment(SQLModel, table=True):
+    """A prospect in a sequence: where they are in it and when the next step is due."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("prospect_id", "sequence", name="uq_enrollment_prospect_sequence"),
+        Index("ix_enrollments_due", "state", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    prospect_id: int = Field(foreign_key="prospects.id", index=True)
+    sequence: str
+    sender: str = Field(index=True)
+    # active | paused | finished | stopped | replied | bounced | unsubscribed
+    state: str = Field(default="active")
+    step_index: int = 0  # the next step to run
+    due_at: datetime | None = None
+    wait_drawn: int | None = None  # the random wait drawn for the next step, kept across restarts
+    enrolled_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    previous_id: int | None = Field(default=None, foreign_key="enrollments.id")
+
+
+class Message(SQLModel, table=True):
+    """The outbox: one row per step a prospect is given (an email, or a task for the rep)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_index", name="uq_message_enrollment_step"),
+        Index("ix_messages_state_next_attempt", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int = Field(foreign_key="enrollments.id", index=True)
+    prospect_id: int = Field(foreign_key="prospects.id", index=True)
+    sequence: str
+    step_index: int
+    step_name: str
+    channel: str
+    sender: str
+    language: str | None = None
+    persona: str | None = None
+    subject_variant: str | None = None
+    body_variant: str | None = None
+    subject: str | None = None
+    body: str | None = Field(default=None, sa_column=Column(Text))
+    message_id: str | None = Field(default=None, unique=True)
+    thread_root: str | None = None
+    in_reply_to: str | None = None
+    references: str | None = Field(default=None, sa_column=Column(Text))
+    # planned | sending | sent | unknown | failed | bounced | done | skipped
+    state: str = Field(default="planned")
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    created_at: datetime
+    sent_at: datetime | None = None
+    smtp_response: str | None = None
+    error: str | None = None
+
+
+class Event(SQLModel, table=True):
+    """Something that happened to a prospect: reply, bounce, unsubscribe, goal, stop."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prospect_id: int = Field(foreign_key="prospects.id", index=True)
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollments.id")
+    message_id: int | None = Field(default=None, foreign_key="messages.id")
+    kind: str
+    reason: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    occurred_at: datetime
+
+
+class Suppression(SQLModel, table=True):
+    """An address, or a whole ``@domain``, that is never written to again."""
+
+    __tablename__ = "suppressions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    value: str = Field(unique=True, index=True)
+    reason: str | None = None
+    created_at: datetime

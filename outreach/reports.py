@@ -1,0 +1,167 @@
+"""Read-only views for people: status per sequence and step, one prospect, what is coming up."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import case, func
+from sqlmodel import col, select
+
+from outreach.engine import find_prospect
+from outreach.models import Enrollment, Event, Message, Prospect, Suppression
+from outreach.workspace import Workspace
+
+ENDED = ("replied", "bounced", "unsubscribed", "stopped")
+STEP_COUNTS = ("active", "due", "waiting", "sent", *ENDED, "finished")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def status(ws: Workspace, now: datetime) -> dict[str, Any]:
+    """Per sequence and step: who is there now, what was sent, and how enrollments ended.
+
+    An enrollment that ended (replied, bounced, unsubscribed, stopped) is counted at the last
+    step it was given; "finished" (went through every step) at the last step.
+    """
+    sequences = ws.sequences
+    report: dict[str, Any] = {"now": now.isoformat(), "sequences": []}
+    with ws.store.session() as session:
+        is_due = case((col(Enrollment.due_at) <= now, 1), else_=0)
+        enrollment_rows = session.exec(
+            select(Enrollment.sequence, Enrollment.state, Enrollment.step_index, is_due,
+                   func.count()).group_by(Enrollment.sequence, Enrollment.state,
+                                          Enrollment.step_index, is_due)
+        ).all()
+        sent_rows = session.exec(
+            select(Message.sequence, Message.step_index, func.count())
+            .where(col(Message.state).in_(("sent", "done")))
+            .group_by(Message.sequence, Message.step_index)
+        ).all()
+        report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
+    names = list(sequences) + sorted({r[0] for r in enrollment_rows} - set(sequences))
+    for name in names:
+        sequence = sequences.get(name)
+        step_names = [s.name for s in sequence.steps] if sequence else []
+        size = max([len(step_names)] + [r[2] + 1 for r in enrollment_rows if r[0] == name])
+        steps = [
+            {"index": i, "name": step_names[i] if i < len(step_names) else f"#{i}",
+             "channel": sequence.steps[i].channel if sequence and i < len(step_names) else None,
+             **{key: 0 for key in STEP_COUNTS}}
+            for i in range(size)
+        ]
+        totals = {state: 0 for state in ("active", "paused", "finished", *ENDED)}
+        for seq, state, step_index, due, count in enrollment_rows:
+            if seq != name:
+                continue
+            totals[state] = totals.get(state, 0) + count
+            if state == "active":
+                row = steps[min(step_index, size - 1)]
+                row["active"] += count
+                row["due" if due else "waiting"] += count
+            elif state in ENDED or state == "finished":
+                steps[max(min(step_index, size) - 1, 0)][state] += count
+        for seq, step_index, count in sent_rows:
+            if seq == name and step_index < size:
+                steps[step_index]["sent"] += count
+        report["sequences"].append({"name": name, "enrollments": totals, "steps": steps})
+    return report
+
+
+def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
+    """One prospect: fields, enrollments, every message and every event."""
+    with ws.store.session() as session:
+        prospect = find_prospect(session, email)
+        enrollments = session.exec(
+            select(Enrollment).where(Enrollment.prospect_id == prospect.id).order_by(Enrollment.id)
+        ).all()
+        messages = session.exec(
+            select(Message).where(Message.prospect_id == prospect.id).order_by(Message.id)
+        ).all()
+        events = session.exec(
+            select(Event).where(Event.prospect_id == prospect.id).order_by(Event.id)
+        ).all()
+    sequences = ws.sequences
+    return {
+        "prospect": {
+            key: getattr(prospect, key)
+            for key in ("email", "first_name", "last_name", "company", "title", "linkedin",
+                        "persona", "language", "timezone", "status")
+        } | {"fields": prospect.fields, "created_at": _iso(prospect.created_at)},
+        "enrollments": [
+            {
+                "id": e.id, "sequence": e.sequence, "sender": e.sender, "state": e.state,
+                "next_step": _step_name(sequences, e.sequence, e.step_index)
+                if e.state in ("active", "paused") else None,
+                "step_index": e.step_index, "due_at": _iso(e.due_at),
+                "enrolled_at": _iso(e.enrolled_at), "ended_at": _iso(e.ended_at),
+                "end_reason": e.end_reason,
+            }
+            for e in enrollments
+        ],
+        "messages": [
+            {
+                "id": m.id, "sequence": m.sequence, "step": m.step_name, "channel": m.channel,
+                "state": m.state, "sent_at": _iso(m.sent_at), "subject": m.subject,
+                "subject_variant": m.subject_variant, "body_variant": m.body_variant,
+                "message_id": m.message_id,
+            }
+            for m in messages
+        ],
+        "events": [
+            {"kind": ev.kind, "reason": ev.reason, "at": _iso(ev.occurred_at), "data": ev.data}
+            for ev in events
+        ],
+    }
+
+
+def _step_name(sequences: dict[str, Any], sequence: str, index: int) -> str | None:
+    seq = sequences.get(sequence)
+    if seq is None or index >= len(seq.steps):
+        return None
+    return str(seq.steps[index].name)
+
+
+def schedule(ws: Workspace, now: datetime, limit: int = 20) -> dict[str, Any]:
+    """The next steps due, soonest first, in UTC and in the time zone they are planned in."""
+    sequences = ws.sequences
+    with ws.store.session() as session:
+        rows = session.exec(
+            select(Enrollment, Prospect).join(Prospect)
+            .where(Enrollment.state == "active", col(Enrollment.due_at).is_not(None))
+            .order_by(col(Enrollment.due_at), col(Enrollment.id)).limit(limit)
+        ).all()
+        total = session.exec(
+            select(func.count()).select_from(Enrollment).where(Enrollment.state == "active")
+        ).one()
+        due_now = session.exec(
+            select(func.count()).select_from(Enrollment)
+            .where(Enrollment.state == "active", col(Enrollment.due_at) <= now)
+        ).one()
+    items = []
+    for enrollment, prospect in rows:
+        mailbox_zone = _mailbox_zone(ws, enrollment.sender)
+        zone = ZoneInfo(prospect.timezone or mailbox_zone)
+        seq = sequences.get(enrollment.sequence)
+        step = seq.steps[enrollment.step_index] if seq and enrollment.step_index < len(seq.steps) else None
+        assert enrollment.due_at is not None
+        items.append({
+            "email": prospect.email, "name": " ".join(
+                p for p in (prospect.first_name, prospect.last_name) if p) or None,
+            "company": prospect.company, "sequence": enrollment.sequence,
+            "step": step.name if step else None, "channel": step.channel if step else None,
+            "thread": step.thread if step else None, "sender": enrollment.sender,
+            "due_at": enrollment.due_at.isoformat(),
+            "due_local": enrollment.due_at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z"),
+        })
+    return {"now": now.isoformat(), "active": total, "due_now": due_now, "upcoming": items}
+
+
+def _mailbox_zone(ws: Workspace, sender: str) -> str:
+    for box in ws.config.mailboxes:
+        if box.email == sender and box.timezone:
+            return box.timezone
+    return ws.config.settings.sending.timezone

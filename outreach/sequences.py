@@ -1,0 +1,190 @@
+"""Load and validate the YAML sequence definitions (``sequences/*.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from outreach.errors import OutreachError, SequenceError
+from outreach.planner import Wait
+from outreach.yamlfile import YamlDoc, load_yaml
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+# The conditions a sequence's `next.audience` may combine. Each names a fact the store knows
+# about an enrollment that ended without a reaction. ("opened" would need open tracking, which
+# outreach does not do: replies are the metric.)
+AUDIENCE_RULES = {
+    "no_reply": "the prospect did not reply to any message of the sequence",
+    "not_bounced": "no message of the sequence bounced",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    """One touch of a sequence: an email, a LinkedIn message or another manual task."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    channel: Literal["email", "linkedin", "task"]
+    wait: Wait
+    template: str
+    thread: Literal["new", "reply"] = "new"
+    reply_to: str | None = None
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _parse_wait(cls, value: object) -> Wait:
+        if isinstance(value, Wait):
+            return value
+        if isinstance(value, int):
+            value = f"{value} days"
+        if not isinstance(value, str):
+            raise ValueError("wait must be text such as '3-5 business days'")
+        return Wait.parse(value)
+
+    @property
+    def is_email(self) -> bool:
+        return self.channel == "email"
+
+
+class Next(_Strict):
+    """What follows the sequence for those who did not react."""
+
+    sequence: str
+    wait: Wait
+    audience: list[str] = Field(default_factory=lambda: ["no_reply", "not_bounced"])
+
+    _parse_wait = field_validator("wait", mode="before")(Step._parse_wait.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("audience")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        for rule in value:
+            if rule not in AUDIENCE_RULES:
+                raise ValueError(
+                    f"unknown audience rule '{rule}' (known: {', '.join(AUDIENCE_RULES)})"
+                )
+        return value
+
+
+class Sequence(_Strict):
+    """A named cadence: its steps in order and the sequence that follows it."""
+
+    name: str
+    description: str = ""
+    steps: list[Step] = Field(min_length=1)
+    next: Next | None = None
+    source: str = ""
+    next_line: int | None = None
+
+    @model_validator(mode="after")
+    def _threads(self) -> Sequence:
+        seen: dict[str, Step] = {}
+        for index, step in enumerate(self.steps):
+            if step.name in seen:
+                raise _StepError(index, "name", f"step name '{step.name}' is used twice")
+            if step.thread == "reply":
+                if not step.is_email:
+                    raise _StepError(index, "thread", "only an email step can reply in a thread")
+                target = step.reply_to
+                if target is None:
+                    if not any(s.is_email for s in seen.values()):
+                        raise _StepError(
+                            index, "thread", "thread: reply needs an earlier email step"
+                        )
+                elif target not in seen or not seen[target].is_email:
+                    raise _StepError(
+                        index, "reply_to", f"reply_to '{target}' is not an earlier email step"
+                    )
+            elif step.reply_to is not None:
+                raise _StepError(index, "reply_to", "reply_to needs thread: reply")
+            seen[step.name] = step
+        return self
+
+    def step(self, index: int) -> Step:
+        return self.steps[index]
+
+    def thread_root(self, index: int) -> int:
+        """The index of the step whose message starts the thread that step ``index`` is in."""
+        step = self.steps[index]
+        while step.thread == "reply":
+            if step.reply_to is not None:
+                index = next(i for i, s in enumerate(self.steps) if s.name == step.reply_to)
+            else:
+                index = max(i for i in range(index) if self.steps[i].is_email)
+            step = self.steps[index]
+        return index
+
+
+class _StepError(ValueError):
+    def __init__(self, index: int, key: str, message: str) -> None:
+        super().__init__(message)
+        self.loc = ("steps", index, key)
+
+
+def load_sequence(path: Path, display: str | None = None) -> Sequence:
+    """Load one sequence file; its name is the file name without ``.yaml``."""
+    name = display or str(path)
+    doc = load_yaml(path, SequenceError, name)
+    if not isinstance(doc.data, dict):
+        raise SequenceError("a sequence file is a mapping with `steps:`", file=name, line=1)
+    data = dict(doc.data)
+    stem = path.stem
+    if data.setdefault("name", stem) != stem:
+        raise SequenceError(
+            f"name '{data['name']}' differs from the file name '{stem}'",
+            file=name,
+            line=doc.line(("name",)),
+        )
+    try:
+        return Sequence.model_validate(
+            {**data, "source": name, "next_line": doc.line(("next", "sequence"))}
+        )
+    except ValidationError as exc:
+        raise _to_sequence_error(exc, doc, name) from None
+
+
+def _to_sequence_error(exc: ValidationError, doc: YamlDoc, name: str) -> SequenceError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, _StepError):
+        loc = cause.loc
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = f"unknown key '{loc[-1]}'"
+    elif err["type"] == "missing":
+        message = f"'{loc[-1]}' is required"
+    field = ".".join(str(part) for part in loc)
+    return SequenceError(message, file=name, line=doc.line(loc), field=field or None)
+
+
+def load_sequences(directory: Path, root: Path | None = None) -> tuple[dict[str, Sequence], list[OutreachError]]:
+    """Every ``*.yaml`` in ``directory``; returns the good ones and a problem per bad file."""
+    sequences: dict[str, Sequence] = {}
+    problems: list[OutreachError] = []
+    if not directory.is_dir():
+        return {}, [SequenceError("sequences folder not found", file=directory)]
+    for path in sorted(directory.glob("*.y*ml")):
+        display = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+        try:
+            sequence = load_sequence(path, display)
+        except SequenceError as exc:
+            problems.append(exc)
+            continue
+        sequences[sequence.name] = sequence
+    for sequence in sequences.values():
+        if sequence.next and sequence.next.sequence not in sequences:
+            problems.append(
+                SequenceError(
+                    f"next.sequence '{sequence.next.sequence}' does not exist",
+                    file=sequence.source,
+                    line=sequence.next_line,
+                )
+            )
+    return sequences, problems

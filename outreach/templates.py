@@ -1,0 +1,340 @@
+"""Find, load and render the subject and body variants of a step, in Jinja's sandbox.
+
+One YAML file per step holds every variant side by side::
+
+    subjects:
+      - id: quick-question          # stable: A/B statistics hang on it
+        en: "Quick question, {{ first_name | default('there') }}"
+        fi: "Nopea kysymys"
+    bodies:
+      - id: short-case
+        retired: true               # kept for its history, never chosen again
+        en:
+          default: |
+            Hi {{ first_name }}, ...
+          decision_maker: |
+            ...
+
+A language value is either one text for every persona or a mapping of persona to text, with
+``default`` for personas that have no text of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from outreach.errors import TemplateError
+from outreach.prospects import LANGUAGES, PERSONAS
+from outreach.yamlfile import Loc, YamlDoc, load_yaml
+
+PERSONA_KEYS = ("default", *PERSONAS)
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+Kind = Literal["subject", "body"]
+
+
+@dataclass(frozen=True)
+class Text:
+    """One Jinja source text and the line of the file where it begins."""
+
+    source: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A subject or a body variant: one idea, written per language and persona."""
+
+    kind: Kind
+    id: str
+    line: int
+    texts: dict[tuple[str, str], Text]
+    html: dict[tuple[str, str], Text] = field(default_factory=dict)
+    retired: bool = False
+    note: str | None = None
+
+    @property
+    def languages(self) -> set[str]:
+        return {language for language, _ in self.texts}
+
+    def text_for(self, language: str, persona: str | None) -> Text | None:
+        """The persona's own text in ``language``, else that language's default."""
+        return _pick(self.texts, language, persona)
+
+    def html_for(self, language: str, persona: str | None) -> Text | None:
+        return _pick(self.html, language, persona)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of every text of the variant: an edit in place changes it."""
+        digest = hashlib.sha256()
+        for key in sorted(self.texts):
+            digest.update(repr((key, self.texts[key].source)).encode())
+        for key in sorted(self.html):
+            digest.update(repr(("html", key, self.html[key].source)).encode())
+        return digest.hexdigest()[:16]
+
+
+def _pick(texts: dict[tuple[str, str], Text], language: str, persona: str | None) -> Text | None:
+    if persona and (language, persona) in texts:
+        return texts[(language, persona)]
+    return texts.get((language, "default"))
+
+
+@dataclass(frozen=True)
+class StepTemplate:
+    """Every variant of one step, as loaded from its file."""
+
+    path: str
+    subjects: list[Variant]
+    bodies: list[Variant]
+
+    def active(self, kind: Kind) -> list[Variant]:
+        return [v for v in (self.subjects if kind == "subject" else self.bodies) if not v.retired]
+
+    def variant(self, kind: Kind, variant_id: str) -> Variant:
+        for variant in self.subjects if kind == "subject" else self.bodies:
+            if variant.id == variant_id:
+                return variant
+        raise TemplateError(f"no {kind} variant '{variant_id}'", file=self.path)
+
+    def eligible(self, kind: Kind, language: str, persona: str | None) -> list[Variant]:
+        """Active variants that have a text for this language (and persona)."""
+        return [v for v in self.active(kind) if v.text_for(language, persona) is not None]
+
+
+def load_step_template(path: Path, display: str | None = None) -> StepTemplate:
+    """Load and check one template file (structure only; rendering is checked separately)."""
+    name = display or str(path)
+    doc = load_yaml(path, TemplateError, name)
+    if not isinstance(doc.data, dict):
+        raise TemplateError("a template file is a mapping with `subjects:` and `bodies:`",
+                            file=name, line=1)
+    unknown = set(doc.data) - {"subjects", "bodies"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise TemplateError(f"unknown key '{key}' (use subjects and bodies)", file=name,
+                            line=doc.line((key,)))
+    subjects = _variants(doc, name, "subjects", "subject")
+    bodies = _variants(doc, name, "bodies", "body")
+    if not bodies:
+        raise TemplateError("a step needs at least one body variant", file=name, line=1)
+    return StepTemplate(path=name, subjects=subjects, bodies=bodies)
+
+
+def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
+    items = doc.data.get(key) or []
+    if not isinstance(items, list):
+        raise TemplateError(f"`{key}` is a list of variants", file=name, line=doc.line((key,)))
+    seen: set[str] = set()
+    result = []
+    for i, item in enumerate(items):
+        loc: Loc = (key, i)
+        line = doc.line(loc) or 1
+        if not isinstance(item, dict):
+            raise TemplateError(f"each {kind} variant is a mapping with an `id`", file=name, line=line)
+        variant_id = item.get("id")
+        if not isinstance(variant_id, str) or not ID_PATTERN.match(variant_id):
+            raise TemplateError(
+                f"{kind} variant needs an `id` of lowercase letters, digits and dashes",
+                file=name, line=line,
+            )
+        if variant_id in seen:
+            raise TemplateError(f"{kind} id '{variant_id}' is used twice", file=name, line=line)
+        seen.add(variant_id)
+        texts: dict[tuple[str, str], Text] = {}
+        html: dict[tuple[str, str], Text] = {}
+        retired = item.get("retired", False)
+        if not isinstance(retired, bool):
+            raise TemplateError("retired is true or false", file=name, line=doc.line((*loc, "retired")))
+        for field_name, value in item.items():
+            if field_name in ("id", "retired", "note"):
+                continue
+            if field_name == "html" and kind == "body":
+                if not isinstance(value, dict):
+                    raise TemplateError("html maps languages to texts", file=name,
+                                        line=doc.line((*loc, "html")))
+                for language, per_persona in value.items():
+                    _texts(doc, name, (*loc, "html", language), language, per_persona, html)
+                continue
+            if field_name not in LANGUAGES:
+                raise TemplateError(
+                    f"unknown key '{field_name}' in {kind} '{variant_id}' "
+                    f"(languages: {', '.join(LANGUAGES)}; also id, note, retired"
+                    + (", html)" if kind == "body" else ")"),
+                    file=name, line=doc.line((*loc, field_name)),
+                )
+            _texts(doc, name, (*loc, field_name), field_name, value, texts)
+        if not texts:
+            raise TemplateError(f"{kind} '{variant_id}' has no text in any language", file=name,
+                                line=line)
+        note = item.get("note")
+        result.append(Variant(kind=kind, id=variant_id, line=line, texts=texts, html=html,
+                              retired=retired, note=str(note) if note is not None else None))
+    return result
+
+
+def _texts(doc: YamlDoc, name: str, loc: Loc, language: str, value: Any,
+           out: dict[tuple[str, str], Text]) -> None:
+    if language not in LANGUAGES:
+        raise TemplateError(f"unknown language '{language}'", file=name, line=doc.line(loc))
+    if isinstance(value, str):
+        out[(language, "default")] = Text(value, doc.text_line(loc) or 1)
+        return
+    if not isinstance(value, dict):
+        raise TemplateError("a language holds a text, or a mapping of persona to text",
+                            file=name, line=doc.line(loc))
+    for persona, text in value.items():
+        if persona not in PERSONA_KEYS:
+            raise TemplateError(f"unknown persona '{persona}' (use {', '.join(PERSONA_KEYS)})",
+                                file=name, line=doc.line((*loc, persona)))
+        if not isinstance(text, str):
+            raise TemplateError("a text must be a string", file=name,
+                                line=doc.line((*loc, persona)))
+        out[(language, persona)] = Text(text, doc.text_line((*loc, persona)) or 1)
+    if "default" not in value:
+        raise TemplateError(
+            "give a `default` text too: a prospect without one of these personas needs one",
+            file=name, line=doc.line(loc),
+        )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str | None
+    text: str
+    html: str | None = None
+
+
+class Renderer:
+    """Renders variant texts in a sandbox where an undefined variable is an error."""
+
+    def __init__(self) -> None:
+        self._text_env = SandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
+        )
+        self._html_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+        self._compiled: dict[tuple[bool, str], jinja2.Template] = {}
+
+    def _template(self, text: Text, where: str, html: bool) -> jinja2.Template:
+        key = (html, text.source)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            env = self._html_env if html else self._text_env
+            try:
+                compiled = env.from_string(text.source)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"{where}: {exc.message}", file=_file(where),
+                                    line=text.line + (exc.lineno or 1) - 1) from None
+            self._compiled[key] = compiled
+        return compiled
+
+    def render(self, text: Text, variables: Mapping[str, Any], where: str, *,
+               html: bool = False) -> str:
+        """Render ``text``; ``where`` is ``file#what`` for error messages."""
+        template = self._template(text, where, html)
+        try:
+            return template.render(variables)
+        except jinja2.UndefinedError as exc:
+            missing = _undefined_name(str(exc.message))
+            raise TemplateError(
+                f"{_what(where)}: {exc.message}",
+                file=_file(where), line=_line_of(text, missing),
+                hint="give the prospect that field, or a default in the template: "
+                     "{{ %s | default('...') }}" % missing if missing else None,
+            ) from None
+        except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
+            raise TemplateError(f"{_what(where)}: {exc}", file=_file(where), line=text.line) from None
+        except Exception as exc:  # noqa: BLE001 - user code: a filter on a bad value and the like
+            raise TemplateError(f"{_what(where)}: {type(exc).__name__}: {exc}",
+                                file=_file(where), line=text.line) from None
+
+    def render_subject(self, variant: Variant, language: str, persona: str | None,
+                       variables: Mapping[str, Any], path: str) -> str:
+        text = _require(variant, language, persona, path)
+        where = f"{path}#subject '{variant.id}' [{language}/{persona or 'default'}]"
+        subject = " ".join(self.render(text, variables, where).split())
+        if not subject:
+            raise TemplateError(f"{_what(where)}: renders to an empty subject", file=path,
+                                line=text.line)
+        return subject
+
+    def render_body(self, variant: Variant, language: str, persona: str | None,
+                    variables: Mapping[str, Any], path: str) -> tuple[str, str | None]:
+        text = _require(variant, language, persona, path)
+        where = f"{path}#body '{variant.id}' [{language}/{persona or 'default'}]"
+        body = self.render(text, variables, where).strip("\n") + "\n"
+        if not body.strip():
+            raise TemplateError(f"{_what(where)}: renders to an empty body", file=path,
+                                line=text.line)
+        html_text = variant.html_for(language, persona)
+        html = self.render(html_text, variables, where, html=True) if html_text else None
+        return body, html
+
+
+def _require(variant: Variant, language: str, persona: str | None, path: str) -> Text:
+    text = variant.text_for(language, persona)
+    if text is None:
+        raise TemplateError(f"{variant.kind} '{variant.id}' has no '{language}' text",
+                            file=path, line=variant.line)
+    return text
+
+
+def _file(where: str) -> str:
+    return where.split("#", 1)[0]
+
+
+def _what(where: str) -> str:
+    return where.split("#", 1)[1] if "#" in where else where
+
+
+def _undefined_name(message: str) -> str | None:
+    match = re.search(r"'([^']+)' is undefined", message) or re.search(
+        r"has no attribute '([^']+)'", message
+    )
+    return match.group(1) if match else None
+
+
+def _line_of(text: Text, name: str | None) -> int:
+    """The file line where ``name`` first appears in the text, else where the text starts."""
+    if name:
+        pattern = re.compile(rf"\b{re.escape(name)}\b")
+        for offset, line in enumerate(text.source.splitlines()):
+            if pattern.search(line):
+                return text.line + offset
+    return text.line
+
+
+class TemplateLibrary:
+    """The step templates under one ``templates/`` folder, loaded once each."""
+
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
+        self.directory = directory
+        self.root = root
+        self._loaded: dict[str, StepTemplate] = {}
+
+    def display(self, relative: str) -> str:
+        path = self.directory / relative
+        if self.root is not None and path.is_relative_to(self.root):
+            return str(path.relative_to(self.root))
+        return str(path)
+
+    def get(self, relative: str) -> StepTemplate:
+        if relative not in self._loaded:
+            path = self.directory / relative
+            if not path.resolve().is_relative_to(self.directory.resolve()):
+                raise TemplateError("templates must live under the templates folder",
+                                    file=self.display(relative))
+            self._loaded[relative] = load_step_template(path, self.display(relative))
+        return self._loaded[relative]
+
+    def files(self) -> Iterator[str]:
+        for path in sorted(self.directory.rglob("*.y*ml")):
+            yield str(path.relative_to(self.directory))

@@ -1,0 +1,104 @@
+"""A loaded workspace: the configuration, the sequences, the templates and the store they name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from outreach.config import Config, Mailbox, find_config_path, load_config
+from outreach.errors import OutreachError, Problems, SequenceError
+from outreach.prospects import STANDARD_FIELDS
+from outreach.sequences import Sequence, load_sequences
+from outreach.store import Store, open_store
+from outreach.templates import Renderer, TemplateLibrary
+
+
+@dataclass
+class Workspace:
+    """Everything a command needs, loaded on first use."""
+
+    config: Config
+    _store: Store | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, config_path: str | Path | None = None) -> Workspace:
+        return cls(load_config(find_config_path(config_path)))
+
+    @cached_property
+    def _sequences(self) -> tuple[dict[str, Sequence], list[OutreachError]]:
+        return load_sequences(self.config.sequences_dir, self.config.root)
+
+    @property
+    def sequences(self) -> dict[str, Sequence]:
+        """The valid sequences; raises the first problem when any file is broken."""
+        sequences, problems = self._sequences
+        if problems:
+            raise Problems(problems)
+        return sequences
+
+    @property
+    def sequence_problems(self) -> list[OutreachError]:
+        return self._sequences[1]
+
+    def sequence(self, name: str) -> Sequence:
+        sequences = self.sequences
+        if name not in sequences:
+            raise SequenceError(
+                f"no sequence named '{name}'",
+                file=self.config.sequences_dir / f"{name}.yaml",
+                hint="known: " + ", ".join(sorted(sequences)) if sequences else None,
+            )
+        return sequences[name]
+
+    @cached_property
+    def templates(self) -> TemplateLibrary:
+        return TemplateLibrary(self.config.templates_dir, self.config.root)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.config.database_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
+    def sender_variables(self, mailbox: Mailbox) -> dict[str, str]:
+        """What templates see as ``sender``: name, first_name, email, title, company, signature."""
+        company = mailbox.company or self.config.settings.sending.company
+        signature = mailbox.signature
+        if signature is None:
+            signature = "\n".join(part for part in (mailbox.name, mailbox.title, company) if part)
+        values = {
+            "name": mailbox.name,
+            "first_name": mailbox.first_name,
+            "email": mailbox.email,
+            "title": mailbox.title,
+            "company": company,
+            "signature": signature.strip("\n"),
+        }
+        return {key: value for key, value in values.items() if value}
+
+
+def template_variables(
+    prospect: Mapping[str, Any], extra: Mapping[str, Any], sender: Mapping[str, str]
+) -> dict[str, Any]:
+    """The variables a template sees. A blank value is left out, so it is undefined, never empty."""
+    variables: dict[str, Any] = {
+        key: extra[key] for key in extra if extra[key] not in (None, "")
+    }
+    for key in STANDARD_FIELDS:
+        value = prospect.get(key)
+        if value not in (None, ""):
+            variables[key] = value
+    variables["sender"] = dict(sender)
+    return variables

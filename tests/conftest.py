@@ -1,0 +1,65 @@
+"""Shared fixtures: a real workspace on disk, a real SQLite file, the real CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from outreach.cli import cli
+from outreach.starter import init_workspace
+from outreach.workspace import Workspace
+
+
+@dataclass
+class Cli:
+    """Runs ``outreach --config <workspace>/outreach.toml ...`` in-process."""
+
+    config: Path
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        runner = CliRunner()
+        return runner.invoke(cli, ["--config", str(self.config), *args], input=input,
+                             catch_exceptions=False)
+
+    def json(self, *args: str) -> Any:
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output + result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def workspace_dir(tmp_path: Path) -> Path:
+    """A fresh starter workspace, exactly as `outreach init` writes it."""
+    directory = tmp_path / "ws"
+    init_workspace(directory)
+    return directory
+
+
+@pytest.fixture
+def run(workspace_dir: Path) -> Cli:
+    return Cli(workspace_dir / "outreach.toml")
+
+
+@pytest.fixture
+def workspace(workspace_dir: Path) -> Workspace:
+    ws = Workspace.load(workspace_dir / "outreach.toml")
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[..., Path]:
+    """Write text to a CSV file in the given encoding (UTF-8 by default)."""
+
+    def write(text: str, name: str = "prospects.csv", encoding: str = "utf-8") -> Path:
+        path = tmp_path / name
+        path.write_bytes(text.encode(encoding))
+        return path
+
+    return write

@@ -1,0 +1,113 @@
+"""outreach.toml: every mistake is one line naming the file and the line or field."""
+
+from pathlib import Path
+
+import pytest
+
+from outreach.config import load_config
+from outreach.errors import ConfigError
+
+BASE = """
+[database]
+url = "sqlite:///outreach.db"
+
+[sending]
+timezone = "Europe/Helsinki"
+
+[[mailboxes]]
+name = "Aino Virtanen"
+email = "aino@northwind.example"
+smtp_host = "127.0.0.1"
+smtp_security = "none"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "outreach.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value
+
+
+def test_starter_config_loads(workspace_dir: Path) -> None:
+    config = load_config(workspace_dir / "outreach.toml")
+    assert config.mailboxes[0].email == "aino.virtanen@northwind.example"
+    assert config.database_url == f"sqlite:///{(workspace_dir / 'outreach.db').resolve()}"
+    assert config.settings.ab.min_active_subjects == 3
+
+
+def test_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE.replace("outreach.db", "data/x.db")))
+    assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'x.db'}"
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert "nope.toml" in info.value.one_line()
+    assert "outreach init" in info.value.one_line()
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE + "\n[ab\n")
+    assert error.line == BASE.count("\n") + 2
+    assert error.one_line().startswith(f"{tmp_path / 'outreach.toml'}:{error.line}: TOML syntax")
+
+
+def test_unknown_setting_names_line_and_field(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE.replace('timezone = "Europe/Helsinki"',
+                                            'timezone = "Europe/Helsinki"\ndaily_limt = 5'))
+    assert error.field == "sending.daily_limt"
+    assert error.line == 7
+    assert "unknown setting" in error.message
+
+
+def test_password_in_file_is_refused(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE + 'password = "hunter2"\n')
+    assert "secrets never sit in the config file" in error.message
+    assert error.field == "mailboxes[0].password"
+    assert error.line == BASE.count("\n") + 1
+    assert "hunter2" not in error.one_line()
+
+
+def test_plaintext_smtp_only_to_loopback(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE.replace('smtp_host = "127.0.0.1"',
+                                            'smtp_host = "smtp.example.com"'))
+    assert "only allowed for a loopback host" in error.message
+    assert error.field == "mailboxes[0]"
+
+
+def test_bad_timezone_window_and_days(tmp_path: Path) -> None:
+    assert "unknown time zone 'Mars/Base'" in error_of(
+        tmp_path, BASE.replace("Europe/Helsinki", "Mars/Base")).message
+    bad_window = BASE.replace('timezone = "Europe/Helsinki"', 'window = "17:00-08:00"')
+    assert error_of(tmp_path, bad_window).field == "sending.window"
+    bad_days = BASE.replace('timezone = "Europe/Helsinki"', 'days = "mon-fry"')
+    assert error_of(tmp_path, bad_days).field == "sending.days"
+
+
+def test_second_mailbox_error_points_at_its_own_line(tmp_path: Path) -> None:
+    text = BASE + '\n[[mailboxes]]\nname = "B"\nemail = "not-an-address"\n'
+    error = error_of(tmp_path, text)
+    assert error.field == "mailboxes[1].email"
+    assert error.line == text.splitlines().index('email = "not-an-address"') + 1
+
+
+def test_mailbox_lookup_by_sender(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE))
+    assert config.mailbox(None).name == "Aino Virtanen"
+    assert config.mailbox("AINO@northwind.example").name == "Aino Virtanen"
+    with pytest.raises(ConfigError) as info:
+        config.mailbox("bob@northwind.example")
+    assert info.value.field == "--sender"
+
+
+def test_password_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, BASE + 'password_env = "OUTREACH_TEST_PW"\n'))
+    monkeypatch.setenv("OUTREACH_TEST_PW", "s3cret")
+    assert config.mailboxes[0].password() == "s3cret"
