@@ -11,8 +11,12 @@ from typing import Any
 
 import click
 
-from outreach import __version__, clock
+from outreach import __version__, clock, engine, reports
+from outreach.enroll import enroll_csv, format_rejection
 from outreach.errors import OutreachError, Problems
+from outreach.starter import init_workspace
+from outreach.store import Store
+from outreach.validate import validate as validate_workspace
 from outreach.workspace import Workspace
 
 
@@ -69,8 +73,6 @@ def cli(ctx: click.Context, config: str | None) -> None:
 def init(directory: Path, force: bool) -> None:
     """Write a working starter: outreach.toml, the three playbook sequences, their templates
     and a sample prospects CSV."""
-    from outreach.starter import init_workspace
-
     written = init_workspace(directory, force=force)
     click.echo(f"wrote {len(written)} files to {directory}/")
     click.echo("next: cd into it, run `outreach validate`, then "
@@ -82,9 +84,7 @@ def init(directory: Path, force: bool) -> None:
 @pass_ctx
 def validate(ctx: Context, as_json: bool) -> None:
     """Check config, sequences and templates; render every variant against a sample prospect."""
-    from outreach.validate import validate as run
-
-    report = run(ctx.ws)
+    report = validate_workspace(ctx.ws)
     if as_json:
         _print_json({
             "ok": not report.problems,
@@ -131,8 +131,6 @@ def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
 def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run: bool,
            skip_invalid: bool, as_json: bool) -> None:
     """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
-    from outreach.enroll import enroll_csv, format_rejection
-
     with _progress(file) as on_progress:
         result = enroll_csv(ctx.ws, file, sequence, now=clock.now(), sender=sender,
                             dry_run=dry_run, skip_invalid=skip_invalid, on_progress=on_progress)
@@ -182,18 +180,17 @@ def _table(rows: list[list[Any]], header: list[str]) -> None:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Per sequence and step: active, waiting, sent, replied, bounced, unsubscribed, finished."""
-    from outreach.reports import STEP_COUNTS
     from outreach.reports import status as build
 
-    report = build(ctx.ws, clock.now())
+    report = reports.status(ctx.ws, clock.now())
     if as_json:
         _print_json(report)
         return
     for seq in report["sequences"]:
         totals = ", ".join(f"{k} {v}" for k, v in seq["enrollments"].items() if v) or "empty"
         click.echo(f"{seq['name']}: {totals}")
-        _table([[f"{s['index'] + 1}. {s['name']} ({s['channel']})", *(s[k] for k in STEP_COUNTS)]
-                for s in seq["steps"]], ["  step", *STEP_COUNTS])
+        _table([[f"{s['index'] + 1}. {s['name']} ({s['channel']})", *(s[k] for k in reports.STEP_COUNTS)]
+                for s in seq["steps"]], ["  step", *reports.STEP_COUNTS])
         click.echo()
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
@@ -204,9 +201,7 @@ def status(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def prospect(ctx: Context, email: str, as_json: bool) -> None:
     """One prospect's enrollments, every message sent and every event."""
-    from outreach.reports import prospect_view
-
-    view = prospect_view(ctx.ws, email)
+    view = reports.prospect_view(ctx.ws, email)
     if as_json:
         _print_json(view)
         return
@@ -239,9 +234,7 @@ def prospect(ctx: Context, email: str, as_json: bool) -> None:
 @pass_ctx
 def stop(ctx: Context, email: str, reason: str) -> None:
     """Stop every active enrollment of a prospect now."""
-    from outreach.engine import stop as run
-
-    result = run(ctx.ws.store, email, reason, clock.now())
+    result = engine.stop(ctx.ws.store, email, reason, clock.now())
     if result.stopped:
         click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
     else:
@@ -255,9 +248,7 @@ def stop(ctx: Context, email: str, reason: str) -> None:
 @pass_ctx
 def suppress(ctx: Context, value: str, reason: str) -> None:
     """Never write to an address, or to a whole @domain, again, in any sequence."""
-    from outreach.engine import suppress as run
-
-    result = run(ctx.ws.store, value, clock.now(), reason)
+    result = engine.suppress(ctx.ws.store, value, clock.now(), reason)
     state = "added" if result.added else "already suppressed"
     click.echo(f"{result.value}: {state}; {result.stopped} active enrollment(s) stopped")
 
@@ -267,10 +258,8 @@ def suppress(ctx: Context, value: str, reason: str) -> None:
 @pass_ctx
 def suppressions(ctx: Context, as_json: bool) -> None:
     """List the suppressed addresses and domains."""
-    from outreach.engine import suppressions as run
-
     rows = [{"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
-            for s in run(ctx.ws.store)]
+            for s in engine.suppressions(ctx.ws.store)]
     if as_json:
         _print_json(rows)
         return
@@ -285,9 +274,7 @@ def suppressions(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def schedule(ctx: Context, limit: int, as_json: bool) -> None:
     """What is due next, and when, in the prospect's own time zone."""
-    from outreach.reports import schedule as build
-
-    report = build(ctx.ws, clock.now(), limit)
+    report = reports.schedule(ctx.ws, clock.now(), limit)
     if as_json:
         _print_json(report)
         return
@@ -305,8 +292,6 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Create or migrate the schema to this version of outreach."""
-    from outreach.store import Store
-
     store = Store(ctx.ws.config.database_url)
     before = store.current_revision()
     store.upgrade()

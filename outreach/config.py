@@ -184,6 +184,9 @@ class Settings(_Strict):
     mailboxes: list[Mailbox] = Field(default_factory=list)
     ab: ABSettings = ABSettings()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
+    # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column
+    # of the same name overrides them per prospect.
+    variables: dict[str, str] = Field(default_factory=dict)
 
 
 def _is_loopback(host: str) -> bool:

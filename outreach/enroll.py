@@ -90,7 +90,8 @@ class Preflight:
         """None when every step renders for this row, else the first problem, in one line."""
         fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
         fields["email"] = row.email
-        variables = template_variables(fields, row.extra, self.sender)
+        variables = template_variables(fields, row.extra, self.sender,
+                                       self.ws.config.settings.variables)
         # Whether a template renders depends on which variables are defined (and, for
         # subjects, on line breaks), not on their values: memoise on that shape.
         shape = (

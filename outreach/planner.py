@@ -259,8 +259,7 @@ class SendingCalendar:
         t = _require_aware(t)
         if self.is_open(t):
             return t
-        first_day = t.astimezone(self.timezone).date() - timedelta(1)
-        found: datetime | None = None
+        first_day = t.astimezone(self.timezone).date() - timedelta(1)  # clocks may go back
         for offset in range(_HORIZON_DAYS):
             d = first_day + timedelta(offset)
             # An open stretch starts where the wall clock reaches the window start (either
@@ -270,12 +269,8 @@ class SendingCalendar:
             if jump is not None:
                 candidates.append(jump)
             opens = [c for c in candidates if c >= t and self.is_open(c)]
-            if found is not None:  # a DST jump across midnight can reorder neighbouring days
-                return min([found, *opens])
             if opens:
-                found = min(opens)
-        if found is not None:
-            return found
+                return min(opens)
         raise ValueError(
             f"no sending day within {_HORIZON_DAYS} days of {t.isoformat()}; check the sending "
             f"days {sorted(self.days)} and holidays {self.holidays!r}"

@@ -82,7 +82,7 @@ def validate(ws: Workspace) -> Report:
                     variables = template_variables(
                         {**standard, "language": language,
                          "persona": None if persona == "default" else persona},
-                        extra, sender)
+                        extra, sender, settings.variables)
                     who = None if persona == "default" else persona
                     try:
                         if variant.kind == "subject":

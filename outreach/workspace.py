@@ -90,12 +90,17 @@ class Workspace:
 
 
 def template_variables(
-    prospect: Mapping[str, Any], extra: Mapping[str, Any], sender: Mapping[str, str]
+    prospect: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    sender: Mapping[str, str],
+    workspace: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The variables a template sees. A blank value is left out, so it is undefined, never empty."""
-    variables: dict[str, Any] = {
-        key: extra[key] for key in extra if extra[key] not in (None, "")
-    }
+    """The variables a template sees: the workspace's ``[variables]``, overridden by the
+    prospect's extra CSV columns and fields, and ``sender``. A blank value is left out, so it
+    is undefined, never empty."""
+    variables: dict[str, Any] = {}
+    for source in (workspace or {}, extra):
+        variables.update((key, value) for key, value in source.items() if value not in (None, ""))
     for key in STANDARD_FIELDS:
         value = prospect.get(key)
         if value not in (None, ""):

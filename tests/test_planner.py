@@ -240,6 +240,26 @@ def test_fall_back_ambiguous_time_takes_the_first_occurrence() -> None:
     assert add_wait(hki(2027, 10, 30, 3, 30), 1, "days", cal) == utc(2027, 10, 31, 0, 30)
 
 
+def test_window_reopens_when_the_clocks_go_back_into_it() -> None:
+    # On 31 October 2027 04:00 EEST (01:00 UTC) becomes 03:00 EET: 03:00-04:00 happens twice.
+    late_night = SendingCalendar.from_text("Europe/Helsinki", "02:00-03:30", "mon-sun")
+    after_first_pass = hki(2027, 10, 31, 3, 45)  # 00:45 UTC, the first 03:45
+    assert not late_night.is_open(after_first_pass)
+    assert late_night.next_open(after_first_pass) == utc(2027, 10, 31, 1, 0)  # second 03:00
+    short = SendingCalendar.from_text("Europe/Helsinki", "03:10-03:20", "mon-sun")
+    assert short.next_open(after_first_pass) == utc(2027, 10, 31, 1, 10)  # second 03:10
+
+
+def test_window_closes_when_the_clocks_go_back_out_of_it() -> None:
+    cal = SendingCalendar.from_text("Europe/Helsinki", "03:30-05:00", "mon-sun")
+    first_0345 = utc(2027, 10, 31, 0, 45)
+    assert cal.is_open(first_0345)
+    # At 01:00 UTC the wall clock jumps back to 03:00, before the window: it closes there...
+    assert cal.window_closes(first_0345) == utc(2027, 10, 31, 1, 0)
+    # ...and opens again at the second 03:30.
+    assert cal.next_open(utc(2027, 10, 31, 1, 0)) == utc(2027, 10, 31, 1, 30)
+
+
 # --- parsing ------------------------------------------------------------------------------
 
 
@@ -249,6 +269,7 @@ def test_fall_back_ambiguous_time_takes_the_first_occurrence() -> None:
         ("0 days", Wait(0, 0, "days"), "0 days"),
         ("3 days", Wait(3, 3, "days"), "3 days"),
         ("1 day", Wait(1, 1, "days"), "1 day"),
+        ("0-1 days", Wait(0, 1, "days"), "0-1 days"),
         ("3-5 days", Wait(3, 5, "days"), "3-5 days"),
         ("3 - 5 days", Wait(3, 5, "days"), "3-5 days"),
         ("3-5 Business Days", Wait(3, 5, "business_days"), "3-5 business days"),
