@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from outreach import planner
 from outreach.config import Mailbox
@@ -23,12 +23,18 @@ from outreach.errors import OutreachError, TemplateError
 from outreach.models import Enrollment, Prospect, Suppression
 from outreach.prospects import ProspectRow, RowError, read_prospects
 from outreach.sequences import Sequence
+from outreach.store import bulk_insert, db_datetime, db_json
 from outreach.workspace import Workspace, template_variables
 
 CHUNK = 1000
 LIVE_STATES = ("active", "paused")
 PROSPECT_FIELDS = ("first_name", "last_name", "company", "title", "linkedin", "persona",
                    "language", "timezone")
+
+PROSPECT_COLUMNS = ("email", "domain", *PROSPECT_FIELDS, "fields", "status", "created_at",
+                    "updated_at")
+ENROLLMENT_COLUMNS = ("prospect_id", "sequence", "sender", "state", "step_index", "due_at",
+                      "wait_drawn", "enrolled_at", "updated_at")
 
 prospects_t = Prospect.__table__  # type: ignore[attr-defined]
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -88,22 +94,23 @@ class Preflight:
 
     def check(self, row: ProspectRow) -> str | None:
         """None when every step renders for this row, else the first problem, in one line."""
-        fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
-        fields["email"] = row.email
-        variables = template_variables(fields, row.extra, self.sender,
-                                       self.ws.config.settings.variables)
-        # Whether a template renders depends on which variables are defined (and, for
-        # subjects, on line breaks), not on their values: memoise on that shape.
+        # Whether a template renders depends on which variables are defined, not on their
+        # values: memoise the verdict on that shape of the row.
         shape = (
             row.language, row.persona,
-            frozenset(k for k, v in variables.items() if k != "sender"),
-            frozenset(k for k, v in row.extra.items() if "\n" in v or "\r" in v),
+            tuple(getattr(row, key) is None for key in PROSPECT_FIELDS),
+            frozenset(row.extra),
         )
-        if shape not in self._verdicts:
-            self._verdicts[shape] = self._render_all(
-                row.language or self.default_language, row.persona, variables
-            )
-        return self._verdicts[shape]
+        verdict = self._verdicts.get(shape, False)
+        if verdict is False:
+            fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
+            fields["email"] = row.email
+            variables = template_variables(fields, row.extra, self.sender,
+                                           self.ws.config.settings.variables)
+            verdict = self._render_all(row.language or self.default_language, row.persona,
+                                       variables)
+            self._verdicts[shape] = verdict
+        return verdict
 
     def _render_all(self, language: str, persona: str | None, variables: dict[str, Any]) -> str | None:
         renderer = self.ws.renderer
@@ -208,6 +215,8 @@ class _Writer:
         self.result = result
         self.first_step = sequence.steps[0]
         self._calendars: dict[str | None, planner.SendingCalendar] = {}
+        self._dues: dict[tuple[int, str | None], tuple[datetime, Any]] = {}
+        self._now = db_datetime(conn, now)
         values = conn.execute(select(suppressions_t.c.value)).scalars().all()
         self._suppressed = set(values)
 
@@ -218,6 +227,15 @@ class _Writer:
         if timezone not in self._calendars:
             self._calendars[timezone] = self.ws.config.calendar(self.mailbox, timezone)
         return self._calendars[timezone]
+
+    def _due(self, drawn: int, timezone: str | None) -> tuple[datetime, Any]:
+        """The due time, and its database form. Every row of one import shares `now`, so it
+        depends only on the draw and the zone: each pair is planned once."""
+        key = (drawn, timezone)
+        if key not in self._dues:
+            due = planner.plan_due(self.now, self.first_step.wait, drawn, self._calendar(timezone))
+            self._dues[key] = (due, db_datetime(self.conn, due))
+        return self._dues[key]
 
     def write(self, chunk: list[ProspectRow]) -> None:
         ids = self._upsert_prospects(chunk)
@@ -233,36 +251,24 @@ class _Writer:
                 self.result.skipped.append(Skipped(row.line, row.email, reason))
                 continue
             drawn = self.first_step.wait.draw(self.rng)
-            due = planner.plan_due(self.now, self.first_step.wait, drawn, self._calendar(row.timezone))
+            due, stored_due = self._due(drawn, row.timezone)
             if self.result.first_due is None or due < self.result.first_due:
                 self.result.first_due = due
-            new_rows.append({
-                "prospect_id": prospect_id, "sequence": self.sequence.name,
-                "sender": self.mailbox.email, "state": "active", "step_index": 0,
-                "due_at": due, "wait_drawn": drawn, "enrolled_at": self.now,
-                "updated_at": self.now,
-            })
-        if new_rows:
-            self.conn.execute(insert(enrollments_t), new_rows)
-            self.result.enrolled += len(new_rows)
+            new_rows.append((prospect_id, self.sequence.name, self.mailbox.email, "active", 0,
+                             stored_due, drawn, self._now, self._now))
+        bulk_insert(self.conn, enrollments_t, ENROLLMENT_COLUMNS, new_rows)
+        self.result.enrolled += len(new_rows)
 
     def _upsert_prospects(self, chunk: list[ProspectRow]) -> dict[str, tuple[int, str]]:
         emails = [row.email for row in chunk]
-        existing = {
-            r.email: r for r in self.conn.execute(
-                select(prospects_t.c.id, prospects_t.c.email, prospects_t.c.status,
-                       prospects_t.c.fields).where(prospects_t.c.email.in_(emails))
-            )
-        }
-        ids: dict[str, tuple[int, str]] = {e: (r.id, r.status) for e, r in existing.items()}
+        existing = {r.email: r for r in self._select_prospects(emails)}
         fresh = [self._prospect_values(row) for row in chunk if row.email not in existing]
+        bulk_insert(self.conn, prospects_t, PROSPECT_COLUMNS, fresh)
+        self.result.created += len(fresh)
+        ids: dict[str, tuple[int, str]] = {e: (r.id, r.status) for e, r in existing.items()}
         if fresh:
-            inserted = self.conn.execute(
-                insert(prospects_t).returning(prospects_t.c.id, prospects_t.c.email), fresh
-            )
-            for prospect_id, email in inserted:
-                ids[email] = (prospect_id, "active")
-            self.result.created += len(fresh)
+            fresh_emails = [row.email for row in chunk if row.email not in existing]
+            ids.update((r.email, (r.id, r.status)) for r in self._select_prospects(fresh_emails))
         for row in chunk:
             old = existing.get(row.email)
             if old is None:
@@ -272,7 +278,9 @@ class _Writer:
                 key: getattr(row, key) for key in PROSPECT_FIELDS if getattr(row, key) is not None
             }
             if row.extra:
-                changes["fields"] = {**(old.fields or {}), **row.extra}
+                fields = self.conn.execute(select(prospects_t.c.fields)
+                                           .where(prospects_t.c.id == old.id)).scalar_one()
+                changes["fields"] = {**(fields or {}), **row.extra}
             if changes:
                 changes["updated_at"] = self.now
                 self.conn.execute(update(prospects_t).where(prospects_t.c.id == old.id)
@@ -280,11 +288,16 @@ class _Writer:
                 self.result.updated += 1
         return ids
 
-    def _prospect_values(self, row: ProspectRow) -> dict[str, Any]:
-        values: dict[str, Any] = {key: getattr(row, key) for key in PROSPECT_FIELDS}
-        values.update(email=row.email, domain=row.email.rpartition("@")[2], fields=row.extra,
-                      status="active", created_at=self.now, updated_at=self.now)
-        return values
+    def _select_prospects(self, emails: list[str]) -> Any:
+        return self.conn.execute(
+            select(prospects_t.c.id, prospects_t.c.email, prospects_t.c.status)
+            .where(prospects_t.c.email.in_(emails))
+        )
+
+    def _prospect_values(self, row: ProspectRow) -> tuple[Any, ...]:
+        return (row.email, row.email.rpartition("@")[2], row.first_name, row.last_name,
+                row.company, row.title, row.linkedin, row.persona, row.language, row.timezone,
+                db_json(row.extra), "active", self._now, self._now)
 
     def _already_enrolled(self, prospect_ids: list[int]) -> dict[int, str]:
         reasons: dict[int, str] = {}

@@ -26,6 +26,7 @@ _FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "satu
 Unit = Literal["days", "business_days", "weeks"]
 _UNITS: tuple[str, ...] = ("days", "business_days", "weeks")
 _HORIZON_DAYS = 400  # next_open gives up after this many days without a sending day
+_MAX_WAIT = 1000  # far beyond the playbook's longest wait (6 months); catches typos early
 
 _WAIT_FORMS = (
     'accepted forms: "3 days", "1 day", "3-5 days", "1 business day", '
@@ -49,9 +50,14 @@ class Wait:
         if self.unit not in _UNITS:
             raise ValueError(f"wait unit must be one of {', '.join(_UNITS)}, not {self.unit!r}")
         if self.low < 0 or self.high < 0:
-            raise ValueError(f"wait {self}: a wait cannot be negative")
+            raise ValueError(f"wait {str(self)!r} is negative; {_WAIT_FORMS}")
         if self.low > self.high:
-            raise ValueError(f"wait {self}: the lower bound {self.low} exceeds {self.high}")
+            raise ValueError(
+                f"wait {str(self)!r}: the lower bound {self.low} exceeds the upper bound "
+                f"{self.high}; write it as {self.high}-{self.low}"
+            )
+        if self.high > _MAX_WAIT:
+            raise ValueError(f"wait {str(self)!r} is longer than {_MAX_WAIT} {self.unit}")
 
     @classmethod
     def parse(cls, text: str) -> Wait:
@@ -61,13 +67,6 @@ class Wait:
             raise ValueError(f"cannot read wait {text!r}; {_WAIT_FORMS}")
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) is not None else low
-        if low < 0 or high < 0:
-            raise ValueError(f"wait {text!r} is negative; {_WAIT_FORMS}")
-        if low > high:
-            raise ValueError(
-                f"wait {text!r}: the lower bound {low} exceeds the upper bound {high}; "
-                f"write it as {high}-{low}"
-            )
         word = match.group(3).lower()
         unit: Unit = "days"
         if word.startswith("business"):
@@ -218,8 +217,9 @@ class SendingCalendar:
         try:
             zone = ZoneInfo(timezone)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {timezone!r}; use a name like "
-                             '"Europe/Helsinki"') from exc
+            raise ValueError(
+                f'unknown time zone {timezone!r}; use a name like "Europe/Helsinki"'
+            ) from exc
         return cls(zone, parse_window(window), parse_days(days), holidays or None)
 
     def is_holiday(self, d: date) -> bool:
@@ -284,8 +284,8 @@ class SendingCalendar:
         """
         opened = self.next_open(t)
         d = opened.astimezone(self.timezone).date()
-        ends = [e for e in self._end_instants(d) if e > opened]
-        last = max(self._end_instants(d))
+        instants = self._end_instants(d)
+        ends, last = [e for e in instants if e > opened], max(instants)
         jump = _transition(self.timezone, opened, last)
         if jump is not None and jump > opened and not self.is_open(jump):
             ends.append(jump)
@@ -312,8 +312,8 @@ def add_wait(anchor: datetime, amount: int, unit: str, cal: SendingCalendar) -> 
     anchor = _require_aware(anchor, "anchor")
     if unit not in _UNITS:
         raise ValueError(f"wait unit must be one of {', '.join(_UNITS)}, not {unit!r}")
-    if amount < 0:
-        raise ValueError(f"cannot wait a negative amount ({amount} {unit})")
+    if not 0 <= amount <= _MAX_WAIT:
+        raise ValueError(f"cannot wait {amount} {unit}: the amount must be 0 to {_MAX_WAIT}")
     if amount == 0:
         return anchor
     local = anchor.astimezone(cal.timezone)

@@ -389,7 +389,17 @@ _domain = st.builds(
     st.lists(_label, min_size=0, max_size=5),
     st.sampled_from(["", "", "", ".", ".com", ".FI", ".test"]),
 )
+# Mostly valid: exercises the fast path and its edges (hyphens, digits, length, special TLDs).
+_plausible = st.builds(
+    lambda local, labels, tld: local + "@" + ".".join([*labels, tld]),
+    st.text(alphabet=_ATEXT + ".", min_size=1, max_size=20),
+    st.lists(st.text(alphabet="abzAZ09-", min_size=1, max_size=10)
+             | st.sampled_from(["xn--mnchen-3ya", "bücher", "a" * 63, "a" * 64]),
+             min_size=1, max_size=3),
+    st.sampled_from(["com", "FI", "c0m", "x", "museum", "test", "local", "onion", "a" * 63]),
+)
 _address = st.one_of(
+    _plausible,
     st.builds(lambda pre, local, at, domain, post: pre + local + at + domain + post,
               st.sampled_from(["", "", " ", "\t", "\n", "<"]), _local,
               st.sampled_from(["@", "@", "@", "@@", "＠", "", " @"]), _domain,
