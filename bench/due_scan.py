@@ -36,15 +36,26 @@ def build(path: Path, rows: int) -> None:
         db.executemany(
             "INSERT INTO prospects (id, email, domain, fields, status, created_at, updated_at)"
             " VALUES (?, ?, ?, '{}', 'active', ?, ?)",
-            ((i, f"p{i}@c{i % 50000}.example", f"c{i % 50000}.example", now_text, now_text)
-             for i in range(1, rows + 1)))
+            (
+                (i, f"p{i}@c{i % 50000}.example", f"c{i % 50000}.example", now_text, now_text)
+                for i in range(1, rows + 1)
+            ),
+        )
         states = ["active"] * 8 + ["finished", "replied"]
         db.executemany(
             "INSERT INTO enrollments (prospect_id, sequence, sender, state, step_index, due_at,"
             " enrolled_at, updated_at) VALUES (?, 'cold', 'a@n.example', ?, 0, ?, ?, ?)",
-            ((i, rng.choice(states),
-              (NOW + timedelta(minutes=rng.randint(-90 * 1440, 90 * 1440))).strftime(fmt),
-              now_text, now_text) for i in range(1, rows + 1)))
+            (
+                (
+                    i,
+                    rng.choice(states),
+                    (NOW + timedelta(minutes=rng.randint(-90 * 1440, 90 * 1440))).strftime(fmt),
+                    now_text,
+                    now_text,
+                )
+                for i in range(1, rows + 1)
+            ),
+        )
     db.execute("ANALYZE")
     db.close()
 
@@ -74,8 +85,10 @@ def main() -> None:
             assert len(ids) == 500
             ours = time_ms(lambda: due_enrollment_ids(conn, NOW, 500))
         raw = sqlite3.connect(path)
-        scan_sql = ("SELECT id FROM enrollments NOT INDEXED WHERE state = 'active' AND due_at <= ?"
-                    " ORDER BY due_at, id LIMIT 500")
+        scan_sql = (
+            "SELECT id FROM enrollments NOT INDEXED WHERE state = 'active' AND due_at <= ?"
+            " ORDER BY due_at, id LIMIT 500"
+        )
         now_text = NOW.strftime("%Y-%m-%d %H:%M:%S.%f")
         assert [r[0] for r in raw.execute(scan_sql, (now_text,))] == ids
         scan = time_ms(lambda: raw.execute(scan_sql, (now_text,)).fetchall(), repeat=5)

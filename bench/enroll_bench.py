@@ -31,9 +31,11 @@ def write_csv(path: Path, rows: int) -> None:
         f.write("Sähköposti;Etunimi;Sukunimi;Yritys;Titteli;Persona;Language;Industry\n")
         for i in range(rows):
             first, last = rng.choice(FIRST), rng.choice(LAST)
-            f.write(f"{first.lower()}.{last.lower()}{i}@company{i % 5000}.example;{first};"
-                    f"{last};Company {i % 5000} Oy;Head of Sales;{rng.choice(PERSONAS)};"
-                    f"{rng.choice(['fi', 'en'])};Software\n")
+            f.write(
+                f"{first.lower()}.{last.lower()}{i}@company{i % 5000}.example;{first};"
+                f"{last};Company {i % 5000} Oy;Head of Sales;{rng.choice(PERSONAS)};"
+                f"{rng.choice(['fi', 'en'])};Software\n"
+            )
 
 
 def run_outreach(workdir: Path, csv_path: Path) -> dict[str, float]:
@@ -47,8 +49,9 @@ def run_outreach(workdir: Path, csv_path: Path) -> dict[str, float]:
     ws = Workspace.load(workdir / "outreach.toml")
     ws.store  # noqa: B018 - create the schema outside the timed part
     start = time.perf_counter()
-    result = enroll_csv(ws, csv_path, "cold", now=datetime(2027, 1, 4, 8, tzinfo=UTC),
-                        rng=random.Random(1))
+    result = enroll_csv(
+        ws, csv_path, "cold", now=datetime(2027, 1, 4, 8, tzinfo=UTC), rng=random.Random(1)
+    )
     elapsed = time.perf_counter() - start
     assert result.applied and not result.rejected, result.rejected[:3]
     return {"rows": result.enrolled, "seconds": elapsed}
@@ -60,16 +63,21 @@ def run_baseline(workdir: Path, csv_path: Path) -> dict[str, float]:
 
     db = sqlite3.connect(workdir / "baseline.db")
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE prospects (id INTEGER PRIMARY KEY, email TEXT UNIQUE, first_name TEXT,"
-               " last_name TEXT, company TEXT, title TEXT, persona TEXT, language TEXT,"
-               " industry TEXT)")
+    db.execute(
+        "CREATE TABLE prospects (id INTEGER PRIMARY KEY, email TEXT UNIQUE, first_name TEXT,"
+        " last_name TEXT, company TEXT, title TEXT, persona TEXT, language TEXT,"
+        " industry TEXT)"
+    )
     start = time.perf_counter()
     with csv_path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=";")
         next(reader)
         with db:
-            db.executemany("INSERT INTO prospects (email, first_name, last_name, company, title,"
-                           " persona, language, industry) VALUES (?,?,?,?,?,?,?,?)", reader)
+            db.executemany(
+                "INSERT INTO prospects (email, first_name, last_name, company, title,"
+                " persona, language, industry) VALUES (?,?,?,?,?,?,?,?)",
+                reader,
+            )
     elapsed = time.perf_counter() - start
     rows = db.execute("SELECT count(*) FROM prospects").fetchone()[0]
     return {"rows": rows, "seconds": elapsed}
@@ -85,8 +93,12 @@ def child(which: str, workdir: str, csv_path: str) -> None:
 def measure(which: str, tmp: Path, csv_path: Path) -> dict[str, float]:
     workdir = tmp / which
     workdir.mkdir()
-    done = subprocess.run([sys.executable, __file__, "--child", which, str(workdir),
-                           str(csv_path)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", which, str(workdir), str(csv_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -108,8 +120,10 @@ def main() -> None:
     print(f"enroll {args.rows:,} rows from a {size_mb:.1f} MB CSV into SQLite")
     print(f"{'':28}{'rows/s':>10}{'seconds':>10}{'peak RSS':>12}")
     for name, fig in (("outreach enroll", ours), ("baseline csv+sqlite3", base)):
-        print(f"{name:28}{fig['rows'] / fig['seconds']:>10,.0f}{fig['seconds']:>10.2f}"
-              f"{fig['peak_rss_mb']:>9.0f} MB")
+        print(
+            f"{name:28}{fig['rows'] / fig['seconds']:>10,.0f}{fig['seconds']:>10.2f}"
+            f"{fig['peak_rss_mb']:>9.0f} MB"
+        )
     ratio = (ours["rows"] / ours["seconds"]) / (base["rows"] / base["seconds"])
     print(f"outreach / baseline throughput: {ratio:.2f}")
     ok = ours["rows"] / ours["seconds"] >= 20_000 and ours["peak_rss_mb"] < 300

@@ -58,8 +58,13 @@ class OutreachGroup(click.Group):
 
 
 @click.group(cls=OutreachGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config", type=click.Path(dir_okay=False), envvar="OUTREACH_CONFIG",
-              help="Configuration file (default: $OUTREACH_CONFIG, else ./outreach.toml).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="OUTREACH_CONFIG",
+    help="Configuration file (default: $OUTREACH_CONFIG, else ./outreach.toml).",
+)
 @click.version_option(__version__, prog_name="outreach")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
@@ -75,8 +80,10 @@ def init(directory: Path, force: bool) -> None:
     and a sample prospects CSV."""
     written = init_workspace(directory, force=force)
     click.echo(f"wrote {len(written)} files to {directory}/")
-    click.echo("next: cd into it, run `outreach validate`, then "
-               "`outreach enroll prospects.csv --sequence cold`")
+    click.echo(
+        "next: cd into it, run `outreach validate`, then "
+        "`outreach enroll prospects.csv --sequence cold`"
+    )
 
 
 @cli.command()
@@ -86,22 +93,28 @@ def validate(ctx: Context, as_json: bool) -> None:
     """Check config, sequences and templates; render every variant against a sample prospect."""
     report = validate_workspace(ctx.ws)
     if as_json:
-        _print_json({
-            "ok": not report.problems,
-            "problems": [p.one_line() for p in report.problems],
-            "warnings": report.warnings,
-            "sequences": report.sequences, "templates": report.templates,
-            "rendered": report.rendered,
-        })
+        _print_json(
+            {
+                "ok": not report.problems,
+                "problems": [p.one_line() for p in report.problems],
+                "warnings": report.warnings,
+                "sequences": report.sequences,
+                "templates": report.templates,
+                "rendered": report.rendered,
+            }
+        )
     else:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
         if not report.problems:
-            click.echo(f"ok: {report.sequences} sequences, {report.templates} template files, "
-                       f"{report.rendered} texts rendered")
+            click.echo(
+                f"ok: {report.sequences} sequences, {report.templates} template files, "
+                f"{report.rendered} texts rendered"
+            )
     if report.problems:
-        _fail([p.one_line() for p in report.problems]
-              + [f"{len(report.problems)} problem(s) found"])
+        _fail(
+            [p.one_line() for p in report.problems] + [f"{len(report.problems)} problem(s) found"]
+        )
 
 
 @contextmanager
@@ -125,23 +138,42 @@ def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
 @click.option("--sequence", required=True, help="The sequence to enroll into (e.g. cold).")
 @click.option("--sender", help="Mailbox email the messages go out from (default: the only one).")
 @click.option("--dry-run", is_flag=True, help="Check and count everything, write nothing.")
-@click.option("--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected.")
+@click.option(
+    "--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
-def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run: bool,
-           skip_invalid: bool, as_json: bool) -> None:
+def enroll(
+    ctx: Context,
+    file: Path,
+    sequence: str,
+    sender: str | None,
+    dry_run: bool,
+    skip_invalid: bool,
+    as_json: bool,
+) -> None:
     """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
     with _progress(file) as on_progress:
-        result = enroll_csv(ctx.ws, file, sequence, now=clock.now(), sender=sender,
-                            dry_run=dry_run, skip_invalid=skip_invalid, on_progress=on_progress)
+        result = enroll_csv(
+            ctx.ws,
+            file,
+            sequence,
+            now=clock.now(),
+            sender=sender,
+            dry_run=dry_run,
+            skip_invalid=skip_invalid,
+            on_progress=on_progress,
+        )
     if as_json:
         _print_json(result.as_json())
     else:
         would = "" if result.applied else "would be "
         click.echo(f"{file} -> sequence {result.sequence}, sender {result.sender}")
         click.echo(f"  {would}enrolled  {result.enrolled}")
-        click.echo(f"  prospects {result.created} new, {result.updated} updated"
-                   + ("" if result.applied else " (not written)"))
+        click.echo(
+            f"  prospects {result.created} new, {result.updated} updated"
+            + ("" if result.applied else " (not written)")
+        )
         click.echo(f"  skipped   {len(result.skipped)}")
         for skip in result.skipped[:50]:
             click.echo(f"    line {skip.line}: {skip.email}: {skip.reason}")
@@ -149,8 +181,10 @@ def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run:
             click.echo(f"    ... and {len(result.skipped) - 50} more (--json lists all)")
         click.echo(f"  rejected  {len(result.rejected)}")
         if result.first_due and result.applied:
-            click.echo(f"first step due {result.first_due:%Y-%m-%d %H:%M} UTC "
-                       "(`outreach schedule` shows what comes next)")
+            click.echo(
+                f"first step due {result.first_due:%Y-%m-%d %H:%M} UTC "
+                "(`outreach schedule` shows what comes next)"
+            )
         if dry_run:
             click.echo("dry run: nothing was written")
     if result.rejected:
@@ -158,8 +192,10 @@ def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run:
         if len(result.rejected) > 50:
             lines.append(f"... and {len(result.rejected) - 50} more rejected rows")
         if not skip_invalid:
-            lines.append(f"nothing imported: {len(result.rejected)} row(s) rejected "
-                         "(fix them, or pass --skip-invalid to import the good rows)")
+            lines.append(
+                f"nothing imported: {len(result.rejected)} row(s) rejected "
+                "(fix them, or pass --skip-invalid to import the good rows)"
+            )
             if not as_json:
                 _fail(lines)
             sys.exit(1)
@@ -171,8 +207,12 @@ def enroll(ctx: Context, file: Path, sequence: str, sender: str | None, dry_run:
 def _table(rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
-        click.echo("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
-                             for i, (v, w) in enumerate(zip(row, widths, strict=False))).rstrip())
+        click.echo(
+            "  ".join(
+                str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=False))
+            ).rstrip()
+        )
 
 
 @cli.command()
@@ -180,7 +220,6 @@ def _table(rows: list[list[Any]], header: list[str]) -> None:
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Per sequence and step: active, waiting, sent, replied, bounced, unsubscribed, finished."""
-    from outreach.reports import status as build
 
     report = reports.status(ctx.ws, clock.now())
     if as_json:
@@ -189,8 +228,16 @@ def status(ctx: Context, as_json: bool) -> None:
     for seq in report["sequences"]:
         totals = ", ".join(f"{k} {v}" for k, v in seq["enrollments"].items() if v) or "empty"
         click.echo(f"{seq['name']}: {totals}")
-        _table([[f"{s['index'] + 1}. {s['name']} ({s['channel']})", *(s[k] for k in reports.STEP_COUNTS)]
-                for s in seq["steps"]], ["  step", *reports.STEP_COUNTS])
+        _table(
+            [
+                [
+                    f"{s['index'] + 1}. {s['name']} ({s['channel']})",
+                    *(s[k] for k in reports.STEP_COUNTS),
+                ]
+                for s in seq["steps"]
+            ],
+            ["  step", *reports.STEP_COUNTS],
+        )
         click.echo()
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
@@ -208,20 +255,28 @@ def prospect(ctx: Context, email: str, as_json: bool) -> None:
     p = view["prospect"]
     name = " ".join(x for x in (p["first_name"], p["last_name"]) if x)
     click.echo(f"{p['email']}  {name}  {p['company'] or ''}  {p['title'] or ''}".rstrip())
-    click.echo(f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, "
-               f"status {p['status']}")
+    click.echo(
+        f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, status {p['status']}"
+    )
     for key, value in p["fields"].items():
         click.echo(f"  {key}: {value}")
     click.echo("enrollments:")
     for e in view["enrollments"] or []:
-        tail = (f"next {e['next_step']} due {e['due_at']}" if e["next_step"]
-                else f"ended {e['ended_at']} ({e['end_reason']})" if e["ended_at"] else "")
+        tail = (
+            f"next {e['next_step']} due {e['due_at']}"
+            if e["next_step"]
+            else f"ended {e['ended_at']} ({e['end_reason']})"
+            if e["ended_at"]
+            else ""
+        )
         click.echo(f"  {e['sequence']}: {e['state']}, from {e['sender']}, {tail}".rstrip(", "))
     click.echo("messages:" if view["messages"] else "messages: none yet")
     for m in view["messages"]:
-        click.echo(f"  {m['sent_at'] or '-'}  {m['sequence']}/{m['step']}  {m['state']}  "
-                   f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
-                   f"{m['message_id'] or ''}".rstrip())
+        click.echo(
+            f"  {m['sent_at'] or '-'}  {m['sequence']}/{m['step']}  {m['state']}  "
+            f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
+            f"{m['message_id'] or ''}".rstrip()
+        )
     click.echo("events:" if view["events"] else "events: none")
     for ev in view["events"]:
         click.echo(f"  {ev['at']}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
@@ -229,8 +284,11 @@ def prospect(ctx: Context, email: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("email")
-@click.option("--reason", required=True,
-              type=click.Choice(["replied", "meeting", "webinar", "not-interested", "other"]))
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(["replied", "meeting", "webinar", "not-interested", "other"]),
+)
 @pass_ctx
 def stop(ctx: Context, email: str, reason: str) -> None:
     """Stop every active enrollment of a prospect now."""
@@ -243,8 +301,12 @@ def stop(ctx: Context, email: str, reason: str) -> None:
 
 @cli.command()
 @click.argument("value", metavar="ADDRESS_OR_@DOMAIN")
-@click.option("--reason", default="manual", show_default=True,
-              help="Why (e.g. unsubscribed, customer, competitor).")
+@click.option(
+    "--reason",
+    default="manual",
+    show_default=True,
+    help="Why (e.g. unsubscribed, customer, competitor).",
+)
 @pass_ctx
 def suppress(ctx: Context, value: str, reason: str) -> None:
     """Never write to an address, or to a whole @domain, again, in any sequence."""
@@ -258,8 +320,10 @@ def suppress(ctx: Context, value: str, reason: str) -> None:
 @pass_ctx
 def suppressions(ctx: Context, as_json: bool) -> None:
     """List the suppressed addresses and domains."""
-    rows = [{"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
-            for s in engine.suppressions(ctx.ws.store)]
+    rows = [
+        {"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
+        for s in engine.suppressions(ctx.ws.store)
+    ]
     if as_json:
         _print_json(rows)
         return
@@ -279,8 +343,13 @@ def schedule(ctx: Context, limit: int, as_json: bool) -> None:
         _print_json(report)
         return
     click.echo(f"{report['active']} active enrollment(s), {report['due_now']} due now")
-    _table([[i["email"], i["sequence"], f"{i['step']} ({i['channel']})", i["due_local"]]
-            for i in report["upcoming"]], ["prospect", "sequence", "next step", "due (local)"])
+    _table(
+        [
+            [i["email"], i["sequence"], f"{i['step']} ({i['channel']})", i["due_local"]]
+            for i in report["upcoming"]
+        ],
+        ["prospect", "sequence", "next step", "due (local)"],
+    )
 
 
 @cli.group()

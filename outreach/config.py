@@ -31,7 +31,9 @@ def _check_zone(value: str | None) -> str | None:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone '{value}' (use an IANA name such as Europe/Helsinki)")
+        raise ValueError(
+            f"unknown time zone '{value}' (use an IANA name such as Europe/Helsinki)"
+        ) from None
     return value
 
 
@@ -146,7 +148,7 @@ class Mailbox(_Strict):
         ):
             if host and security == "none" and not _is_loopback(host):
                 raise ValueError(
-                    f"{proto}_security = \"none\" is only allowed for a loopback host, "
+                    f'{proto}_security = "none" is only allowed for a loopback host, '
                     f"not {host} (use starttls or tls)"
                 )
         return self
@@ -214,7 +216,7 @@ class Config:
         url = self.settings.database.url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-            return prefix + str((self.root / url[len(prefix):]).resolve())
+            return prefix + str((self.root / url[len(prefix) :]).resolve())
         return url
 
     @property
@@ -252,7 +254,9 @@ class Config:
             hint="known: " + ", ".join(b.email for b in boxes) if boxes else None,
         )
 
-    def calendar(self, mailbox: Mailbox, prospect_timezone: str | None = None) -> planner.SendingCalendar:
+    def calendar(
+        self, mailbox: Mailbox, prospect_timezone: str | None = None
+    ) -> planner.SendingCalendar:
         """The sending calendar of a mailbox, in the prospect's zone when it has one."""
         defaults = self.settings.sending
         zone = prospect_timezone or mailbox.timezone or defaults.timezone
@@ -288,8 +292,9 @@ def load_config(path: Path) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
-        raise ConfigError(f"TOML syntax: {exc.msg if hasattr(exc, 'msg') else exc}", file=path,
-                          line=line) from None
+        raise ConfigError(
+            f"TOML syntax: {exc.msg if hasattr(exc, 'msg') else exc}", file=path, line=line
+        ) from None
     _refuse_secrets(raw, path, text)
     try:
         settings = Settings.model_validate(raw)
@@ -299,7 +304,9 @@ def load_config(path: Path) -> Config:
         message = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown setting"
-        raise ConfigError(message, file=path, line=_find_line(text, loc), field=_dotted(loc)) from None
+        raise ConfigError(
+            message, file=path, line=_find_line(text, loc), field=_dotted(loc)
+        ) from None
     return Config(path=path.resolve(), settings=settings)
 
 

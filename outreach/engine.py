@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from outreach.errors import NotFound, OutreachError
@@ -16,6 +15,12 @@ from outreach.store import Store
 STOP_REASONS = ("replied", "meeting", "webinar", "not-interested", "other")
 GOALS = ("meeting", "webinar")
 LIVE_STATES = ("active", "paused")
+
+
+def _id(row: Prospect | Enrollment | Message) -> int:
+    """The primary key of a stored row (SQLModel types it as optional)."""
+    assert row.id is not None
+    return row.id
 
 
 def find_prospect(session: Session, email: str) -> Prospect:
@@ -56,20 +61,29 @@ class StopResult:
 def stop(store: Store, email: str, reason: str, now: datetime) -> StopResult:
     """Stop every live enrollment of a prospect now, and record why."""
     if reason not in STOP_REASONS:
-        raise OutreachError(f"unknown reason '{reason}'", field="--reason",
-                            hint="one of " + ", ".join(STOP_REASONS))
+        raise OutreachError(
+            f"unknown reason '{reason}'", field="--reason", hint="one of " + ", ".join(STOP_REASONS)
+        )
     with store.session() as session:
         prospect = find_prospect(session, email)
         state = "replied" if reason == "replied" else "stopped"
         stopped = []
         for enrollment in session.exec(
-            select(Enrollment).where(Enrollment.prospect_id == prospect.id,
-                                     col(Enrollment.state).in_(LIVE_STATES))
+            select(Enrollment).where(
+                Enrollment.prospect_id == prospect.id, col(Enrollment.state).in_(LIVE_STATES)
+            )
         ):
             _end(session, enrollment, state, reason, now)
             stopped.append(enrollment.sequence)
-        session.add(Event(prospect_id=prospect.id, kind="goal" if reason in GOALS else "stop",
-                          reason=reason, data={"sequences": stopped}, occurred_at=now))
+        session.add(
+            Event(
+                prospect_id=_id(prospect),
+                kind="goal" if reason in GOALS else "stop",
+                reason=reason,
+                data={"sequences": stopped},
+                occurred_at=now,
+            )
+        )
         return StopResult(email=prospect.email, reason=reason, stopped=stopped)
 
 
@@ -94,8 +108,9 @@ def suppress(store: Store, value: str, now: datetime, reason: str = "manual") ->
     try:
         normalised = suppression_value(value)
     except ValueError as exc:
-        raise OutreachError(f"'{value}' is neither an address nor @domain: {exc}",
-                            field="ADDRESS_OR_@DOMAIN") from None
+        raise OutreachError(
+            f"'{value}' is neither an address nor @domain: {exc}", field="ADDRESS_OR_@DOMAIN"
+        ) from None
     with store.session() as session:
         existing = session.exec(select(Suppression).where(Suppression.value == normalised)).first()
         if existing is None:
@@ -107,14 +122,21 @@ def suppress(store: Store, value: str, now: datetime, reason: str = "manual") ->
         state = "unsubscribed" if reason == "unsubscribed" else "stopped"
         stopped = 0
         for enrollment, prospect in session.exec(
-            select(Enrollment, Prospect).join(Prospect).where(
-                match, or_(*(Enrollment.state == s for s in LIVE_STATES))
-            )
+            select(Enrollment, Prospect)
+            .join(Prospect)
+            .where(match, col(Enrollment.state).in_(LIVE_STATES))
         ):
             _end(session, enrollment, state, f"suppressed: {reason}", now)
-            session.add(Event(prospect_id=prospect.id, enrollment_id=enrollment.id,
-                              kind="suppress", reason=reason, data={"value": normalised},
-                              occurred_at=now))
+            session.add(
+                Event(
+                    prospect_id=_id(prospect),
+                    enrollment_id=enrollment.id,
+                    kind="suppress",
+                    reason=reason,
+                    data={"value": normalised},
+                    occurred_at=now,
+                )
+            )
             stopped += 1
         return SuppressResult(value=normalised, added=existing is None, stopped=stopped)
 

@@ -28,13 +28,37 @@ from outreach.workspace import Workspace, template_variables
 
 CHUNK = 1000
 LIVE_STATES = ("active", "paused")
-PROSPECT_FIELDS = ("first_name", "last_name", "company", "title", "linkedin", "persona",
-                   "language", "timezone")
+PROSPECT_FIELDS = (
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "linkedin",
+    "persona",
+    "language",
+    "timezone",
+)
 
-PROSPECT_COLUMNS = ("email", "domain", *PROSPECT_FIELDS, "fields", "status", "created_at",
-                    "updated_at")
-ENROLLMENT_COLUMNS = ("prospect_id", "sequence", "sender", "state", "step_index", "due_at",
-                      "wait_drawn", "enrolled_at", "updated_at")
+PROSPECT_COLUMNS = (
+    "email",
+    "domain",
+    *PROSPECT_FIELDS,
+    "fields",
+    "status",
+    "created_at",
+    "updated_at",
+)
+ENROLLMENT_COLUMNS = (
+    "prospect_id",
+    "sequence",
+    "sender",
+    "state",
+    "step_index",
+    "due_at",
+    "wait_drawn",
+    "enrolled_at",
+    "updated_at",
+)
 
 prospects_t = Prospect.__table__  # type: ignore[attr-defined]
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -97,22 +121,25 @@ class Preflight:
         # Whether a template renders depends on which variables are defined, not on their
         # values: memoise the verdict on that shape of the row.
         shape = (
-            row.language, row.persona,
+            row.language,
+            row.persona,
             tuple(getattr(row, key) is None for key in PROSPECT_FIELDS),
             frozenset(row.extra),
         )
-        verdict = self._verdicts.get(shape, False)
-        if verdict is False:
+        if shape not in self._verdicts:
             fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
             fields["email"] = row.email
-            variables = template_variables(fields, row.extra, self.sender,
-                                           self.ws.config.settings.variables)
-            verdict = self._render_all(row.language or self.default_language, row.persona,
-                                       variables)
-            self._verdicts[shape] = verdict
-        return verdict
+            variables = template_variables(
+                fields, row.extra, self.sender, self.ws.config.settings.variables
+            )
+            self._verdicts[shape] = self._render_all(
+                row.language or self.default_language, row.persona, variables
+            )
+        return self._verdicts[shape]
 
-    def _render_all(self, language: str, persona: str | None, variables: dict[str, Any]) -> str | None:
+    def _render_all(
+        self, language: str, persona: str | None, variables: dict[str, Any]
+    ) -> str | None:
         renderer = self.ws.renderer
         for step, template in self.steps:
             bodies = template.eligible("body", language, persona)
@@ -149,8 +176,9 @@ def enroll_csv(
     mailbox = ws.config.mailbox(sender)
     preflight = Preflight(ws, sequence, mailbox)
     rng = rng or random.Random()
-    result = EnrollResult(file=str(path), sequence=sequence.name, sender=mailbox.email,
-                          dry_run=dry_run)
+    result = EnrollResult(
+        file=str(path), sequence=sequence.name, sender=mailbox.email, dry_run=dry_run
+    )
     rows = read_prospects(path, on_progress=on_progress)
     with ws.store.engine.connect() as conn:
         transaction = conn.begin()
@@ -202,10 +230,18 @@ def _accepted_chunks(
 
 
 class _Writer:
-    """Upserts prospects and inserts enrollments, one chunk at a time, in the caller's transaction."""
+    """Upserts prospects and inserts enrollments, a chunk at a time, in the caller's transaction."""
 
-    def __init__(self, conn: Connection, ws: Workspace, sequence: Sequence, mailbox: Mailbox,
-                 now: datetime, rng: random.Random, result: EnrollResult) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        ws: Workspace,
+        sequence: Sequence,
+        mailbox: Mailbox,
+        now: datetime,
+        rng: random.Random,
+        result: EnrollResult,
+    ) -> None:
         self.conn = conn
         self.ws = ws
         self.sequence = sequence
@@ -244,7 +280,9 @@ class _Writer:
         for row in chunk:
             prospect_id, status = ids[row.email]
             if status != "active":
-                self.result.skipped.append(Skipped(row.line, row.email, "address is invalid (bounced)"))
+                self.result.skipped.append(
+                    Skipped(row.line, row.email, "address is invalid (bounced)")
+                )
                 continue
             reason = taken.get(prospect_id)
             if reason:
@@ -254,8 +292,19 @@ class _Writer:
             due, stored_due = self._due(drawn, row.timezone)
             if self.result.first_due is None or due < self.result.first_due:
                 self.result.first_due = due
-            new_rows.append((prospect_id, self.sequence.name, self.mailbox.email, "active", 0,
-                             stored_due, drawn, self._now, self._now))
+            new_rows.append(
+                (
+                    prospect_id,
+                    self.sequence.name,
+                    self.mailbox.email,
+                    "active",
+                    0,
+                    stored_due,
+                    drawn,
+                    self._now,
+                    self._now,
+                )
+            )
         bulk_insert(self.conn, enrollments_t, ENROLLMENT_COLUMNS, new_rows)
         self.result.enrolled += len(new_rows)
 
@@ -278,32 +327,49 @@ class _Writer:
                 key: getattr(row, key) for key in PROSPECT_FIELDS if getattr(row, key) is not None
             }
             if row.extra:
-                fields = self.conn.execute(select(prospects_t.c.fields)
-                                           .where(prospects_t.c.id == old.id)).scalar_one()
+                fields = self.conn.execute(
+                    select(prospects_t.c.fields).where(prospects_t.c.id == old.id)
+                ).scalar_one()
                 changes["fields"] = {**(fields or {}), **row.extra}
             if changes:
                 changes["updated_at"] = self.now
-                self.conn.execute(update(prospects_t).where(prospects_t.c.id == old.id)
-                                  .values(**changes))
+                self.conn.execute(
+                    update(prospects_t).where(prospects_t.c.id == old.id).values(**changes)
+                )
                 self.result.updated += 1
         return ids
 
     def _select_prospects(self, emails: list[str]) -> Any:
         return self.conn.execute(
-            select(prospects_t.c.id, prospects_t.c.email, prospects_t.c.status)
-            .where(prospects_t.c.email.in_(emails))
+            select(prospects_t.c.id, prospects_t.c.email, prospects_t.c.status).where(
+                prospects_t.c.email.in_(emails)
+            )
         )
 
     def _prospect_values(self, row: ProspectRow) -> tuple[Any, ...]:
-        return (row.email, row.email.rpartition("@")[2], row.first_name, row.last_name,
-                row.company, row.title, row.linkedin, row.persona, row.language, row.timezone,
-                db_json(row.extra), "active", self._now, self._now)
+        return (
+            row.email,
+            row.email.rpartition("@")[2],
+            row.first_name,
+            row.last_name,
+            row.company,
+            row.title,
+            row.linkedin,
+            row.persona,
+            row.language,
+            row.timezone,
+            db_json(row.extra),
+            "active",
+            self._now,
+            self._now,
+        )
 
     def _already_enrolled(self, prospect_ids: list[int]) -> dict[int, str]:
         reasons: dict[int, str] = {}
         rows = self.conn.execute(
-            select(enrollments_t.c.prospect_id, enrollments_t.c.sequence, enrollments_t.c.state)
-            .where(enrollments_t.c.prospect_id.in_(prospect_ids))
+            select(
+                enrollments_t.c.prospect_id, enrollments_t.c.sequence, enrollments_t.c.state
+            ).where(enrollments_t.c.prospect_id.in_(prospect_ids))
         )
         for prospect_id, sequence, state in rows:
             if sequence == self.sequence.name:

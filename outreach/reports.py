@@ -7,12 +7,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.workspace import Workspace
 
+enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
+messages_t = Message.__table__  # type: ignore[attr-defined]
 ENDED = ("replied", "bounced", "unsubscribed", "stopped")
 STEP_COUNTS = ("active", "due", "waiting", "sent", *ENDED, "finished")
 
@@ -30,27 +33,37 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
     sequences = ws.sequences
     report: dict[str, Any] = {"now": now.isoformat(), "sequences": []}
     with ws.store.session() as session:
-        is_due = case((col(Enrollment.due_at) <= now, 1), else_=0)
-        enrollment_rows = session.exec(
-            select(Enrollment.sequence, Enrollment.state, Enrollment.step_index, is_due,
-                   func.count()).group_by(Enrollment.sequence, Enrollment.state,
-                                          Enrollment.step_index, is_due)
-        ).all()
-        sent_rows = session.exec(
-            select(Message.sequence, Message.step_index, func.count())
-            .where(col(Message.state).in_(("sent", "done")))
-            .group_by(Message.sequence, Message.step_index)
-        ).all()
+        e, m = enrollments_t.c, messages_t.c
+        is_due = case((e.due_at <= now, 1), else_=0)
+        enrollment_rows: list[tuple[str, str, int, int, int]] = [
+            tuple(row)  # type: ignore[misc]
+            for row in session.execute(
+                sa_select(e.sequence, e.state, e.step_index, is_due, func.count()).group_by(
+                    e.sequence, e.state, e.step_index, is_due
+                )
+            )
+        ]
+        sent_rows: list[tuple[str, int, int]] = [
+            tuple(row)  # type: ignore[misc]
+            for row in session.execute(
+                sa_select(m.sequence, m.step_index, func.count())
+                .where(m.state.in_(("sent", "done")))
+                .group_by(m.sequence, m.step_index)
+            )
+        ]
         report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
     names = list(sequences) + sorted({r[0] for r in enrollment_rows} - set(sequences))
     for name in names:
         sequence = sequences.get(name)
         step_names = [s.name for s in sequence.steps] if sequence else []
         size = max([len(step_names)] + [r[2] + 1 for r in enrollment_rows if r[0] == name])
-        steps = [
-            {"index": i, "name": step_names[i] if i < len(step_names) else f"#{i}",
-             "channel": sequence.steps[i].channel if sequence and i < len(step_names) else None,
-             **{key: 0 for key in STEP_COUNTS}}
+        steps: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "name": step_names[i] if i < len(step_names) else f"#{i}",
+                "channel": sequence.steps[i].channel if sequence and i < len(step_names) else None,
+                **{key: 0 for key in STEP_COUNTS},
+            }
             for i in range(size)
         ]
         totals = {state: 0 for state in ("active", "paused", "finished", *ENDED)}
@@ -76,37 +89,62 @@ def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
     with ws.store.session() as session:
         prospect = find_prospect(session, email)
         enrollments = session.exec(
-            select(Enrollment).where(Enrollment.prospect_id == prospect.id).order_by(Enrollment.id)
+            select(Enrollment)
+            .where(Enrollment.prospect_id == prospect.id)
+            .order_by(col(Enrollment.id))
         ).all()
         messages = session.exec(
-            select(Message).where(Message.prospect_id == prospect.id).order_by(Message.id)
+            select(Message).where(Message.prospect_id == prospect.id).order_by(col(Message.id))
         ).all()
         events = session.exec(
-            select(Event).where(Event.prospect_id == prospect.id).order_by(Event.id)
+            select(Event).where(Event.prospect_id == prospect.id).order_by(col(Event.id))
         ).all()
     sequences = ws.sequences
     return {
         "prospect": {
             key: getattr(prospect, key)
-            for key in ("email", "first_name", "last_name", "company", "title", "linkedin",
-                        "persona", "language", "timezone", "status")
-        } | {"fields": prospect.fields, "created_at": _iso(prospect.created_at)},
+            for key in (
+                "email",
+                "first_name",
+                "last_name",
+                "company",
+                "title",
+                "linkedin",
+                "persona",
+                "language",
+                "timezone",
+                "status",
+            )
+        }
+        | {"fields": prospect.fields, "created_at": _iso(prospect.created_at)},
         "enrollments": [
             {
-                "id": e.id, "sequence": e.sequence, "sender": e.sender, "state": e.state,
+                "id": e.id,
+                "sequence": e.sequence,
+                "sender": e.sender,
+                "state": e.state,
                 "next_step": _step_name(sequences, e.sequence, e.step_index)
-                if e.state in ("active", "paused") else None,
-                "step_index": e.step_index, "due_at": _iso(e.due_at),
-                "enrolled_at": _iso(e.enrolled_at), "ended_at": _iso(e.ended_at),
+                if e.state in ("active", "paused")
+                else None,
+                "step_index": e.step_index,
+                "due_at": _iso(e.due_at),
+                "enrolled_at": _iso(e.enrolled_at),
+                "ended_at": _iso(e.ended_at),
                 "end_reason": e.end_reason,
             }
             for e in enrollments
         ],
         "messages": [
             {
-                "id": m.id, "sequence": m.sequence, "step": m.step_name, "channel": m.channel,
-                "state": m.state, "sent_at": _iso(m.sent_at), "subject": m.subject,
-                "subject_variant": m.subject_variant, "body_variant": m.body_variant,
+                "id": m.id,
+                "sequence": m.sequence,
+                "step": m.step_name,
+                "channel": m.channel,
+                "state": m.state,
+                "sent_at": _iso(m.sent_at),
+                "subject": m.subject,
+                "subject_variant": m.subject_variant,
+                "body_variant": m.body_variant,
                 "message_id": m.message_id,
             }
             for m in messages
@@ -130,15 +168,18 @@ def schedule(ws: Workspace, now: datetime, limit: int = 20) -> dict[str, Any]:
     sequences = ws.sequences
     with ws.store.session() as session:
         rows = session.exec(
-            select(Enrollment, Prospect).join(Prospect)
+            select(Enrollment, Prospect)
+            .join(Prospect)
             .where(Enrollment.state == "active", col(Enrollment.due_at).is_not(None))
-            .order_by(col(Enrollment.due_at), col(Enrollment.id)).limit(limit)
+            .order_by(col(Enrollment.due_at), col(Enrollment.id))
+            .limit(limit)
         ).all()
         total = session.exec(
             select(func.count()).select_from(Enrollment).where(Enrollment.state == "active")
         ).one()
         due_now = session.exec(
-            select(func.count()).select_from(Enrollment)
+            select(func.count())
+            .select_from(Enrollment)
             .where(Enrollment.state == "active", col(Enrollment.due_at) <= now)
         ).one()
     items = []
@@ -146,17 +187,26 @@ def schedule(ws: Workspace, now: datetime, limit: int = 20) -> dict[str, Any]:
         mailbox_zone = _mailbox_zone(ws, enrollment.sender)
         zone = ZoneInfo(prospect.timezone or mailbox_zone)
         seq = sequences.get(enrollment.sequence)
-        step = seq.steps[enrollment.step_index] if seq and enrollment.step_index < len(seq.steps) else None
+        step = (
+            seq.steps[enrollment.step_index]
+            if seq and enrollment.step_index < len(seq.steps)
+            else None
+        )
         assert enrollment.due_at is not None
-        items.append({
-            "email": prospect.email, "name": " ".join(
-                p for p in (prospect.first_name, prospect.last_name) if p) or None,
-            "company": prospect.company, "sequence": enrollment.sequence,
-            "step": step.name if step else None, "channel": step.channel if step else None,
-            "thread": step.thread if step else None, "sender": enrollment.sender,
-            "due_at": enrollment.due_at.isoformat(),
-            "due_local": enrollment.due_at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z"),
-        })
+        items.append(
+            {
+                "email": prospect.email,
+                "name": " ".join(p for p in (prospect.first_name, prospect.last_name) if p) or None,
+                "company": prospect.company,
+                "sequence": enrollment.sequence,
+                "step": step.name if step else None,
+                "channel": step.channel if step else None,
+                "thread": step.thread if step else None,
+                "sender": enrollment.sender,
+                "due_at": enrollment.due_at.isoformat(),
+                "due_local": enrollment.due_at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z"),
+            }
+        )
     return {"now": now.isoformat(), "active": total, "due_now": due_now, "upcoming": items}
 
 

@@ -164,7 +164,9 @@ def _to_sequence_error(exc: ValidationError, doc: YamlDoc, name: str) -> Sequenc
     return SequenceError(message, file=name, line=doc.line(loc), field=field or None)
 
 
-def load_sequences(directory: Path, root: Path | None = None) -> tuple[dict[str, Sequence], list[OutreachError]]:
+def load_sequences(
+    directory: Path, root: Path | None = None
+) -> tuple[dict[str, Sequence], list[OutreachError]]:
     """Every ``*.yaml`` in ``directory``; returns the good ones and a problem per bad file."""
     sequences: dict[str, Sequence] = {}
     problems: list[OutreachError] = []

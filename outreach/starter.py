@@ -31,7 +31,8 @@ def init_workspace(target: Path, *, force: bool = False) -> list[Path]:
     existing = [dst for _, dst in plan if dst.exists()]
     if existing and not force:
         raise OutreachError(
-            "would overwrite an existing file", file=existing[0],
+            "would overwrite an existing file",
+            file=existing[0],
             hint="choose an empty folder, or pass --force",
         )
     for src, dst in plan:

@@ -38,8 +38,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def bulk_insert(conn: Connection, table: Table, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]]) -> None:
+def bulk_insert(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
     """Insert many rows with one driver-level executemany.
 
     The Core ``insert()`` path runs every value through SQLAlchemy's type processors, which
@@ -49,8 +50,10 @@ def bulk_insert(conn: Connection, table: Table, columns: Sequence[str],
     if not rows:
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-           f"VALUES ({', '.join(mark for _ in columns)})")
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(mark for _ in columns)})"
+    )
     conn.exec_driver_sql(sql, list(rows))
 
 

@@ -115,13 +115,15 @@ def load_step_template(path: Path, display: str | None = None) -> StepTemplate:
     name = display or str(path)
     doc = load_yaml(path, TemplateError, name)
     if not isinstance(doc.data, dict):
-        raise TemplateError("a template file is a mapping with `subjects:` and `bodies:`",
-                            file=name, line=1)
+        raise TemplateError(
+            "a template file is a mapping with `subjects:` and `bodies:`", file=name, line=1
+        )
     unknown = set(doc.data) - {"subjects", "bodies"}
     if unknown:
         key = sorted(unknown)[0]
-        raise TemplateError(f"unknown key '{key}' (use subjects and bodies)", file=name,
-                            line=doc.line((key,)))
+        raise TemplateError(
+            f"unknown key '{key}' (use subjects and bodies)", file=name, line=doc.line((key,))
+        )
     subjects = _variants(doc, name, "subjects", "subject")
     bodies = _variants(doc, name, "bodies", "body")
     if not bodies:
@@ -139,12 +141,15 @@ def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
         loc: Loc = (key, i)
         line = doc.line(loc) or 1
         if not isinstance(item, dict):
-            raise TemplateError(f"each {kind} variant is a mapping with an `id`", file=name, line=line)
+            raise TemplateError(
+                f"each {kind} variant is a mapping with an `id`", file=name, line=line
+            )
         variant_id = item.get("id")
         if not isinstance(variant_id, str) or not ID_PATTERN.match(variant_id):
             raise TemplateError(
                 f"{kind} variant needs an `id` of lowercase letters, digits and dashes",
-                file=name, line=line,
+                file=name,
+                line=line,
             )
         if variant_id in seen:
             raise TemplateError(f"{kind} id '{variant_id}' is used twice", file=name, line=line)
@@ -153,14 +158,17 @@ def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
         html: dict[tuple[str, str], Text] = {}
         retired = item.get("retired", False)
         if not isinstance(retired, bool):
-            raise TemplateError("retired is true or false", file=name, line=doc.line((*loc, "retired")))
+            raise TemplateError(
+                "retired is true or false", file=name, line=doc.line((*loc, "retired"))
+            )
         for field_name, value in item.items():
             if field_name in ("id", "retired", "note"):
                 continue
             if field_name == "html" and kind == "body":
                 if not isinstance(value, dict):
-                    raise TemplateError("html maps languages to texts", file=name,
-                                        line=doc.line((*loc, "html")))
+                    raise TemplateError(
+                        "html maps languages to texts", file=name, line=doc.line((*loc, "html"))
+                    )
                 for language, per_persona in value.items():
                     _texts(doc, name, (*loc, "html", language), language, per_persona, html)
                 continue
@@ -169,40 +177,60 @@ def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
                     f"unknown key '{field_name}' in {kind} '{variant_id}' "
                     f"(languages: {', '.join(LANGUAGES)}; also id, note, retired"
                     + (", html)" if kind == "body" else ")"),
-                    file=name, line=doc.line((*loc, field_name)),
+                    file=name,
+                    line=doc.line((*loc, field_name)),
                 )
             _texts(doc, name, (*loc, field_name), field_name, value, texts)
         if not texts:
-            raise TemplateError(f"{kind} '{variant_id}' has no text in any language", file=name,
-                                line=line)
+            raise TemplateError(
+                f"{kind} '{variant_id}' has no text in any language", file=name, line=line
+            )
         note = item.get("note")
-        result.append(Variant(kind=kind, id=variant_id, line=line, texts=texts, html=html,
-                              retired=retired, note=str(note) if note is not None else None))
+        result.append(
+            Variant(
+                kind=kind,
+                id=variant_id,
+                line=line,
+                texts=texts,
+                html=html,
+                retired=retired,
+                note=str(note) if note is not None else None,
+            )
+        )
     return result
 
 
-def _texts(doc: YamlDoc, name: str, loc: Loc, language: str, value: Any,
-           out: dict[tuple[str, str], Text]) -> None:
+def _texts(
+    doc: YamlDoc, name: str, loc: Loc, language: str, value: Any, out: dict[tuple[str, str], Text]
+) -> None:
     if language not in LANGUAGES:
         raise TemplateError(f"unknown language '{language}'", file=name, line=doc.line(loc))
     if isinstance(value, str):
         out[(language, "default")] = Text(value, doc.text_line(loc) or 1)
         return
     if not isinstance(value, dict):
-        raise TemplateError("a language holds a text, or a mapping of persona to text",
-                            file=name, line=doc.line(loc))
+        raise TemplateError(
+            "a language holds a text, or a mapping of persona to text",
+            file=name,
+            line=doc.line(loc),
+        )
     for persona, text in value.items():
         if persona not in PERSONA_KEYS:
-            raise TemplateError(f"unknown persona '{persona}' (use {', '.join(PERSONA_KEYS)})",
-                                file=name, line=doc.line((*loc, persona)))
+            raise TemplateError(
+                f"unknown persona '{persona}' (use {', '.join(PERSONA_KEYS)})",
+                file=name,
+                line=doc.line((*loc, persona)),
+            )
         if not isinstance(text, str):
-            raise TemplateError("a text must be a string", file=name,
-                                line=doc.line((*loc, persona)))
+            raise TemplateError(
+                "a text must be a string", file=name, line=doc.line((*loc, persona))
+            )
         out[(language, persona)] = Text(text, doc.text_line((*loc, persona)) or 1)
     if "default" not in value:
         raise TemplateError(
             "give a `default` text too: a prospect without one of these personas needs one",
-            file=name, line=doc.line(loc),
+            file=name,
+            line=doc.line(loc),
         )
 
 
@@ -231,13 +259,17 @@ class Renderer:
             try:
                 compiled = env.from_string(text.source)
             except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(f"{where}: {exc.message}", file=_file(where),
-                                    line=text.line + (exc.lineno or 1) - 1) from None
+                raise TemplateError(
+                    f"{where}: {exc.message}",
+                    file=_file(where),
+                    line=text.line + (exc.lineno or 1) - 1,
+                ) from None
             self._compiled[key] = compiled
         return compiled
 
-    def render(self, text: Text, variables: Mapping[str, Any], where: str, *,
-               html: bool = False) -> str:
+    def render(
+        self, text: Text, variables: Mapping[str, Any], where: str, *, html: bool = False
+    ) -> str:
         """Render ``text``; ``where`` is ``file#what`` for error messages."""
         template = self._template(text, where, html)
         try:
@@ -246,34 +278,56 @@ class Renderer:
             missing = _undefined_name(str(exc.message))
             raise TemplateError(
                 f"{_what(where)}: {exc.message}",
-                file=_file(where), line=_line_of(text, missing),
-                hint="give the prospect that field, or a default in the template: "
-                     "{{ %s | default('...') }}" % missing if missing else None,
+                file=_file(where),
+                line=_line_of(text, missing),
+                hint=(
+                    "give the prospect that field, or a default in the template: "
+                    f"{{{{ {missing} | default('...') }}}}"
+                )
+                if missing
+                else None,
             ) from None
         except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
-            raise TemplateError(f"{_what(where)}: {exc}", file=_file(where), line=text.line) from None
+            raise TemplateError(
+                f"{_what(where)}: {exc}", file=_file(where), line=text.line
+            ) from None
         except Exception as exc:  # noqa: BLE001 - user code: a filter on a bad value and the like
-            raise TemplateError(f"{_what(where)}: {type(exc).__name__}: {exc}",
-                                file=_file(where), line=text.line) from None
+            raise TemplateError(
+                f"{_what(where)}: {type(exc).__name__}: {exc}", file=_file(where), line=text.line
+            ) from None
 
-    def render_subject(self, variant: Variant, language: str, persona: str | None,
-                       variables: Mapping[str, Any], path: str) -> str:
+    def render_subject(
+        self,
+        variant: Variant,
+        language: str,
+        persona: str | None,
+        variables: Mapping[str, Any],
+        path: str,
+    ) -> str:
         text = _require(variant, language, persona, path)
         where = f"{path}#subject '{variant.id}' [{language}/{persona or 'default'}]"
         subject = " ".join(self.render(text, variables, where).split())
         if not subject:
-            raise TemplateError(f"{_what(where)}: renders to an empty subject", file=path,
-                                line=text.line)
+            raise TemplateError(
+                f"{_what(where)}: renders to an empty subject", file=path, line=text.line
+            )
         return subject
 
-    def render_body(self, variant: Variant, language: str, persona: str | None,
-                    variables: Mapping[str, Any], path: str) -> tuple[str, str | None]:
+    def render_body(
+        self,
+        variant: Variant,
+        language: str,
+        persona: str | None,
+        variables: Mapping[str, Any],
+        path: str,
+    ) -> tuple[str, str | None]:
         text = _require(variant, language, persona, path)
         where = f"{path}#body '{variant.id}' [{language}/{persona or 'default'}]"
         body = self.render(text, variables, where).strip("\n") + "\n"
         if not body.strip():
-            raise TemplateError(f"{_what(where)}: renders to an empty body", file=path,
-                                line=text.line)
+            raise TemplateError(
+                f"{_what(where)}: renders to an empty body", file=path, line=text.line
+            )
         html_text = variant.html_for(language, persona)
         html = self.render(html_text, variables, where, html=True) if html_text else None
         return body, html
@@ -282,8 +336,9 @@ class Renderer:
 def _require(variant: Variant, language: str, persona: str | None, path: str) -> Text:
     text = variant.text_for(language, persona)
     if text is None:
-        raise TemplateError(f"{variant.kind} '{variant.id}' has no '{language}' text",
-                            file=path, line=variant.line)
+        raise TemplateError(
+            f"{variant.kind} '{variant.id}' has no '{language}' text", file=path, line=variant.line
+        )
     return text
 
 
@@ -330,8 +385,9 @@ class TemplateLibrary:
         if relative not in self._loaded:
             path = self.directory / relative
             if not path.resolve().is_relative_to(self.directory.resolve()):
-                raise TemplateError("templates must live under the templates folder",
-                                    file=self.display(relative))
+                raise TemplateError(
+                    "templates must live under the templates folder", file=self.display(relative)
+                )
             self._loaded[relative] = load_step_template(path, self.display(relative))
         return self._loaded[relative]
 

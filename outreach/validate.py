@@ -37,8 +37,11 @@ def validate(ws: Workspace) -> Report:
     mailbox = ws.config.mailboxes[0] if ws.config.mailboxes else PLACEHOLDER_SENDER
     sender = ws.sender_variables(mailbox)
     sample = {**SAMPLE_PROSPECT, **settings.sample_prospect}
-    standard = {k: v for k, v in sample.items() if k in SAMPLE_PROSPECT or k in
-                ("persona", "language", "timezone")}
+    standard = {
+        k: v
+        for k, v in sample.items()
+        if k in SAMPLE_PROSPECT or k in ("persona", "language", "timezone")
+    }
     extra = {k: v for k, v in sample.items() if k not in standard}
     used: set[str] = set()
     for sequence in sequences.values():
@@ -51,46 +54,73 @@ def validate(ws: Workspace) -> Report:
                 if not (exc.message == "file not found"):
                     report.problems.append(exc)
                 else:
-                    report.problems.append(TemplateError(
-                        f"step '{step.name}' uses template {step.template}, which does not exist",
-                        file=sequence.source))
+                    report.problems.append(
+                        TemplateError(
+                            f"step '{step.name}' uses {step.template}, which does not exist",
+                            file=sequence.source,
+                        )
+                    )
                 continue
             starts_thread = step.is_email and step.thread == "new"
             if starts_thread and not template.active("subject"):
-                report.problems.append(TemplateError(
-                    f"{where} starts a thread but has no active subject", file=template.path))
+                report.problems.append(
+                    TemplateError(
+                        f"{where} starts a thread but has no active subject", file=template.path
+                    )
+                )
             if not starts_thread and template.subjects:
-                report.problems.append(TemplateError(
-                    "subjects are never used here: the step "
-                    + ("replies in a thread and inherits its subject" if step.is_email
-                       else f"is a {step.channel} step"),
-                    file=template.path, line=template.subjects[0].line))
+                report.problems.append(
+                    TemplateError(
+                        "subjects are never used here: the step "
+                        + (
+                            "replies in a thread and inherits its subject"
+                            if step.is_email
+                            else f"is a {step.channel} step"
+                        ),
+                        file=template.path,
+                        line=template.subjects[0].line,
+                    )
+                )
             if not template.active("body"):
-                report.problems.append(TemplateError(f"{where} has no active body",
-                                                     file=template.path))
+                report.problems.append(
+                    TemplateError(f"{where} has no active body", file=template.path)
+                )
             if step.is_email:
-                if starts_thread and len(template.active("subject")) < settings.ab.min_active_subjects:
+                if (
+                    starts_thread
+                    and len(template.active("subject")) < settings.ab.min_active_subjects
+                ):
                     report.warnings.append(
                         f"{template.path}: {len(template.active('subject'))} active subject(s), "
-                        f"fewer than [ab] min_active_subjects = {settings.ab.min_active_subjects}")
+                        f"fewer than [ab] min_active_subjects = {settings.ab.min_active_subjects}"
+                    )
                 if len(template.active("body")) < settings.ab.min_active_bodies:
                     report.warnings.append(
                         f"{template.path}: {len(template.active('body'))} active body(ies), "
-                        f"fewer than [ab] min_active_bodies = {settings.ab.min_active_bodies}")
+                        f"fewer than [ab] min_active_bodies = {settings.ab.min_active_bodies}"
+                    )
             for variant in template.subjects + template.bodies:
                 for language, persona in sorted(variant.texts):
                     variables = template_variables(
-                        {**standard, "language": language,
-                         "persona": None if persona == "default" else persona},
-                        extra, sender, settings.variables)
+                        {
+                            **standard,
+                            "language": language,
+                            "persona": None if persona == "default" else persona,
+                        },
+                        extra,
+                        sender,
+                        settings.variables,
+                    )
                     who = None if persona == "default" else persona
                     try:
                         if variant.kind == "subject":
-                            ws.renderer.render_subject(variant, language, who, variables,
-                                                       template.path)
+                            ws.renderer.render_subject(
+                                variant, language, who, variables, template.path
+                            )
                         else:
-                            ws.renderer.render_body(variant, language, who, variables,
-                                                    template.path)
+                            ws.renderer.render_body(
+                                variant, language, who, variables, template.path
+                            )
                         report.rendered += 1
                     except TemplateError as exc:
                         report.problems.append(exc)
@@ -110,5 +140,6 @@ def validate(ws: Workspace) -> Report:
         if box.password_env and box.password() is None and box.smtp_security != "none":
             report.warnings.append(
                 f"mailboxes {box.email}: environment variable {box.password_env} is not set "
-                "(needed to send)")
+                "(needed to send)"
+            )
     return report

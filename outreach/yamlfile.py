@@ -67,15 +67,17 @@ def _convert(node: yaml.Node, loc: Loc, doc: YamlDoc, error: type[OutreachError]
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(key_node.value).construct_scalar(key_node) if isinstance(
-                key_node, yaml.ScalarNode
-            ) else None
+            key = (
+                yaml.SafeLoader(key_node.value).construct_scalar(key_node)
+                if isinstance(key_node, yaml.ScalarNode)
+                else None
+            )
             if not isinstance(key, str):
-                raise error("keys must be plain names", file=name, line=key_node.start_mark.line + 1)
-            if key in result:
                 raise error(
-                    f"'{key}' appears twice", file=name, line=key_node.start_mark.line + 1
+                    "keys must be plain names", file=name, line=key_node.start_mark.line + 1
                 )
+            if key in result:
+                raise error(f"'{key}' appears twice", file=name, line=key_node.start_mark.line + 1)
             result[key] = _convert(value_node, (*loc, key), doc, error, name)
             # A key's line is where the key is written, which is what a reader looks for.
             doc.lines[(*loc, key)] = key_node.start_mark.line + 1

@@ -24,8 +24,9 @@ class Cli:
 
     def __call__(self, *args: str, input: str | None = None) -> Result:
         runner = CliRunner()
-        return runner.invoke(cli, ["--config", str(self.config), *args], input=input,
-                             catch_exceptions=False)
+        return runner.invoke(
+            cli, ["--config", str(self.config), *args], input=input, catch_exceptions=False
+        )
 
     def json(self, *args: str) -> Any:
         result = self(*args, "--json")

@@ -52,8 +52,9 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_validate_lists_every_problem_with_file_and_line(run: Cli, workspace_dir: Path) -> None:
     nudge = workspace_dir / "templates" / "cold" / "2-nudge.yaml"
-    nudge.write_text(nudge.read_text().replace("{{ sender.signature }}", "{{ sender.signature }",
-                                               1))
+    nudge.write_text(
+        nudge.read_text().replace("{{ sender.signature }}", "{{ sender.signature }", 1)
+    )
     cold = workspace_dir / "sequences" / "cold.yaml"
     cold.write_text(cold.read_text().replace("3-5 business days", "3-5 fortnights"))
     result = run("validate")
@@ -66,8 +67,9 @@ def test_validate_lists_every_problem_with_file_and_line(run: Cli, workspace_dir
     cold.write_text(cold.read_text().replace("3-5 fortnights", "3-5 business days"))
     result = run("validate")
     assert result.exit_code == 1
-    assert any(line.startswith("templates/cold/2-nudge.yaml:") for line in
-               result.stderr.splitlines())
+    assert any(
+        line.startswith("templates/cold/2-nudge.yaml:") for line in result.stderr.splitlines()
+    )
 
 
 def test_enroll_rejection_is_one_line_per_row_and_exit_1(run: Cli, tmp_path: Path) -> None:
@@ -92,7 +94,9 @@ def test_json_output_is_one_document(run: Cli, workspace_dir: Path) -> None:
 def test_stop_and_suppress(run: Cli, workspace_dir: Path) -> None:
     run("enroll", str(workspace_dir / "prospects.csv"), "--sequence", "cold")
     result = run("stop", "aino.korhonen@rakennus.example", "--reason", "meeting")
-    assert result.exit_code == 0 and "stopped aino.korhonen@rakennus.example in cold" in result.stdout
+    assert (
+        result.exit_code == 0 and "stopped aino.korhonen@rakennus.example in cold" in result.stdout
+    )
     view = run.json("prospect", "aino.korhonen@rakennus.example")
     assert view["enrollments"][0]["state"] == "stopped"
     assert view["events"][0]["kind"] == "goal" and view["events"][0]["reason"] == "meeting"
@@ -129,7 +133,13 @@ def test_schema_behind_is_refused_with_the_command_to_run(run: Cli, workspace_di
 
 def test_python_dash_m_and_config_from_environment(workspace_dir: Path) -> None:
     env = {**os.environ, "OUTREACH_CONFIG": str(workspace_dir / "outreach.toml")}
-    done = subprocess.run([sys.executable, "-m", "outreach", "validate", "--json"], env=env,
-                          capture_output=True, text=True, timeout=60, cwd=workspace_dir.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "outreach", "validate", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=workspace_dir.parent,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True

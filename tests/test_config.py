@@ -60,8 +60,12 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_unknown_setting_names_line_and_field(tmp_path: Path) -> None:
-    error = error_of(tmp_path, BASE.replace('timezone = "Europe/Helsinki"',
-                                            'timezone = "Europe/Helsinki"\ndaily_limt = 5'))
+    error = error_of(
+        tmp_path,
+        BASE.replace(
+            'timezone = "Europe/Helsinki"', 'timezone = "Europe/Helsinki"\ndaily_limt = 5'
+        ),
+    )
     assert error.field == "sending.daily_limt"
     assert error.line == 7
     assert "unknown setting" in error.message
@@ -76,15 +80,18 @@ def test_password_in_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_plaintext_smtp_only_to_loopback(tmp_path: Path) -> None:
-    error = error_of(tmp_path, BASE.replace('smtp_host = "127.0.0.1"',
-                                            'smtp_host = "smtp.example.com"'))
+    error = error_of(
+        tmp_path, BASE.replace('smtp_host = "127.0.0.1"', 'smtp_host = "smtp.example.com"')
+    )
     assert "only allowed for a loopback host" in error.message
     assert error.field == "mailboxes[0]"
 
 
 def test_bad_timezone_window_and_days(tmp_path: Path) -> None:
-    assert "unknown time zone 'Mars/Base'" in error_of(
-        tmp_path, BASE.replace("Europe/Helsinki", "Mars/Base")).message
+    assert (
+        "unknown time zone 'Mars/Base'"
+        in error_of(tmp_path, BASE.replace("Europe/Helsinki", "Mars/Base")).message
+    )
     bad_window = BASE.replace('timezone = "Europe/Helsinki"', 'window = "17:00-08:00"')
     assert error_of(tmp_path, bad_window).field == "sending.window"
     bad_days = BASE.replace('timezone = "Europe/Helsinki"', 'days = "mon-fry"')
@@ -107,7 +114,9 @@ def test_mailbox_lookup_by_sender(tmp_path: Path) -> None:
     assert info.value.field == "--sender"
 
 
-def test_password_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_config(write(tmp_path, BASE + 'password_env = "OUTREACH_TEST_PW"\n'))
     monkeypatch.setenv("OUTREACH_TEST_PW", "s3cret")
     assert config.mailboxes[0].password() == "s3cret"

@@ -42,26 +42,32 @@ def test_sample_csv_enrolls_everyone(workspace: Workspace, workspace_dir: Path) 
 
 
 def test_one_bad_row_imports_nothing(workspace: Workspace, write_csv: Callable[..., Path]) -> None:
-    path = write_csv(HEADER + "ann@acme.example,Ann,A,Acme,buyer,en\n"
-                     "not-an-address,Bob,B,Beta,user,en\n"
-                     "cid@gamma.example,Cid,C,Gamma,user,klingon\n")
+    path = write_csv(
+        HEADER + "ann@acme.example,Ann,A,Acme,buyer,en\n"
+        "not-an-address,Bob,B,Beta,user,en\n"
+        "cid@gamma.example,Cid,C,Gamma,user,klingon\n"
+    )
     result = enroll(workspace, path)
     assert not result.applied
     assert [(r.line, r.message.split(" ")[0]) for r in result.rejected] == [
-        (3, "email"), (4, "language")]
+        (3, "email"),
+        (4, "language"),
+    ]
     assert count(workspace, Prospect) == 0 and count(workspace, Enrollment) == 0
 
 
-def test_skip_invalid_imports_the_good_rows(workspace: Workspace,
-                                            write_csv: Callable[..., Path]) -> None:
+def test_skip_invalid_imports_the_good_rows(
+    workspace: Workspace, write_csv: Callable[..., Path]
+) -> None:
     path = write_csv(HEADER + "ann@acme.example,Ann,A,Acme,buyer,en\nnot-an-address,Bob,,,,\n")
     result = enroll(workspace, path, skip_invalid=True)
     assert result.applied and result.enrolled == 1 and len(result.rejected) == 1
     assert count(workspace, Enrollment) == 1
 
 
-def test_dry_run_counts_but_writes_nothing(workspace: Workspace,
-                                           write_csv: Callable[..., Path]) -> None:
+def test_dry_run_counts_but_writes_nothing(
+    workspace: Workspace, write_csv: Callable[..., Path]
+) -> None:
     path = write_csv(HEADER + "ann@acme.example,Ann,A,Acme,buyer,en\n")
     result = enroll(workspace, path, dry_run=True)
     assert result.enrolled == 1 and not result.applied
@@ -82,16 +88,20 @@ def test_suppressed_address_and_domain_are_never_enrolled(
 ) -> None:
     suppress(workspace.store, "ann@acme.example", MONDAY_MORNING)
     suppress(workspace.store, "@beta.example", MONDAY_MORNING)
-    path = write_csv(HEADER + "ann@acme.example,Ann,,,,\nbob@beta.example,Bob,,,,\n"
-                     "cid@gamma.example,Cid,,,,\n")
+    path = write_csv(
+        HEADER + "ann@acme.example,Ann,,,,\nbob@beta.example,Bob,,,,\ncid@gamma.example,Cid,,,,\n"
+    )
     result = enroll(workspace, path)
     assert result.enrolled == 1
     assert {s.email: s.reason for s in result.skipped} == {
-        "ann@acme.example": "suppressed", "bob@beta.example": "suppressed"}
+        "ann@acme.example": "suppressed",
+        "bob@beta.example": "suppressed",
+    }
 
 
-def test_missing_variable_is_caught_at_enrollment(workspace: Workspace, workspace_dir: Path,
-                                                  write_csv: Callable[..., Path]) -> None:
+def test_missing_variable_is_caught_at_enrollment(
+    workspace: Workspace, workspace_dir: Path, write_csv: Callable[..., Path]
+) -> None:
     intro = workspace_dir / "templates" / "cold" / "1-intro.yaml"
     edited = []
     for line in intro.read_text().splitlines(keepends=True):
@@ -151,8 +161,9 @@ def test_friday_evening_enrollment_is_due_monday_morning(
     assert result.first_due == datetime(2027, 1, 11, 6, 0, tzinfo=UTC)  # Mon 08:00 Helsinki
 
 
-def test_prospect_timezone_sets_the_window(workspace: Workspace,
-                                           write_csv: Callable[..., Path]) -> None:
+def test_prospect_timezone_sets_the_window(
+    workspace: Workspace, write_csv: Callable[..., Path]
+) -> None:
     path = write_csv("email,timezone\nann@acme.example,America/New_York\n")
     result = enroll(workspace, path)  # 03:00 in New York
     assert result.first_due == datetime(2027, 1, 4, 13, 0, tzinfo=UTC)  # 08:00 New York

@@ -84,8 +84,9 @@ def test_next_sequence_must_exist_and_audience_be_known(tmp_path: Path) -> None:
     _, problems = load_sequences(tmp_path)
     assert len(problems) == 1
     assert problems[0].line == 13 and "'nowhere' does not exist" in problems[0].message
-    error = load_text(tmp_path, GOOD + "next:\n  sequence: cold\n  wait: 9 days\n"
-                      "  audience: [opened]\n")
+    error = load_text(
+        tmp_path, GOOD + "next:\n  sequence: cold\n  wait: 9 days\n  audience: [opened]\n"
+    )
     assert "unknown audience rule 'opened'" in error.message
 
 

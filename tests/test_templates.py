@@ -61,13 +61,18 @@ def test_fingerprint_changes_when_text_is_edited(tmp_path: Path) -> None:
 def test_render_with_strict_undefined_names_the_line(tmp_path: Path) -> None:
     template = load_step_template(write(tmp_path, STEP))
     renderer = Renderer()
-    text, _ = renderer.render_body(template.bodies[0], "en", None,
-                                   {"first_name": "Ann", "company": "Acme", "sender": {}},
-                                   template.path)
+    text, _ = renderer.render_body(
+        template.bodies[0],
+        "en",
+        None,
+        {"first_name": "Ann", "company": "Acme", "sender": {}},
+        template.path,
+    )
     assert text == "Hi Ann,\nwe help Acme.\n"
     with pytest.raises(TemplateError) as info:
-        renderer.render_body(template.bodies[0], "en", None, {"first_name": "Ann", "sender": {}},
-                             template.path)
+        renderer.render_body(
+            template.bodies[0], "en", None, {"first_name": "Ann", "sender": {}}, template.path
+        )
     assert info.value.line == 13  # the line with {{ company }}
     assert "'company' is undefined" in info.value.message
     assert info.value.hint and "default" in info.value.hint
@@ -75,16 +80,21 @@ def test_render_with_strict_undefined_names_the_line(tmp_path: Path) -> None:
 
 def test_default_filter_makes_a_variable_optional(tmp_path: Path) -> None:
     template = load_step_template(write(tmp_path, STEP))
-    subject = Renderer().render_subject(template.subjects[0], "en", None, {"sender": {}},
-                                        template.path)
+    subject = Renderer().render_subject(
+        template.subjects[0], "en", None, {"sender": {}}, template.path
+    )
     assert subject == "Quick question, there"
 
 
 def test_subject_can_never_carry_a_line_break(tmp_path: Path) -> None:
     template = load_step_template(write(tmp_path, STEP))
     subject = Renderer().render_subject(
-        template.subjects[0], "en", None,
-        {"first_name": "Ann\r\nBcc: victim@example.com", "sender": {}}, template.path)
+        template.subjects[0],
+        "en",
+        None,
+        {"first_name": "Ann\r\nBcc: victim@example.com", "sender": {}},
+        template.path,
+    )
     assert "\n" not in subject and "\r" not in subject
     assert subject == "Quick question, Ann Bcc: victim@example.com"
 
@@ -98,8 +108,9 @@ def test_sandbox_refuses_unsafe_attribute_access(tmp_path: Path) -> None:
 
 
 def test_syntax_error_line_is_the_file_line(tmp_path: Path) -> None:
-    template = load_step_template(write(tmp_path, STEP.replace("we help {{ company }}",
-                                                               "we help {{ company }")))
+    template = load_step_template(
+        write(tmp_path, STEP.replace("we help {{ company }}", "we help {{ company }"))
+    )
     with pytest.raises(TemplateError) as info:
         Renderer().render_body(template.bodies[0], "en", None, {"sender": {}}, template.path)
     assert info.value.line == 13
@@ -112,13 +123,20 @@ def test_syntax_error_line_is_the_file_line(tmp_path: Path) -> None:
         (("id: short", "id: Short Body"), "needs an `id`", 9),
         (("    fi: |\n", "    de: |\n"), "unknown key 'de'", 16),
         (("      decision_maker:", "      ceo:"), "unknown persona 'ceo'", 14),
-        (("      default: |\n        Hi {{ first_name }},\n        we help {{ company }}.\n", ""),
-         "give a `default` text too", 10),
+        (
+            (
+                "      default: |\n        Hi {{ first_name }},\n        we help {{ company }}.\n",
+                "",
+            ),
+            "give a `default` text too",
+            10,
+        ),
         (("retired: true", "retired: maybe"), "retired is true or false", 6),
     ],
 )
-def test_structure_errors_name_file_and_line(tmp_path: Path, change: tuple[str, str],
-                                             message: str, line: int) -> None:
+def test_structure_errors_name_file_and_line(
+    tmp_path: Path, change: tuple[str, str], message: str, line: int
+) -> None:
     with pytest.raises(TemplateError) as info:
         load_step_template(write(tmp_path, STEP.replace(*change)))
     assert message in info.value.message
