@@ -14,6 +14,7 @@ import click
 from outreach import __version__, clock, engine, reports
 from outreach.enroll import enroll_csv, format_rejection
 from outreach.errors import OutreachError, Problems
+from outreach.preview import preview as render_preview
 from outreach.starter import init_workspace
 from outreach.store import Store
 from outreach.validate import validate as validate_workspace
@@ -350,6 +351,34 @@ def schedule(ctx: Context, limit: int, as_json: bool) -> None:
         ],
         ["prospect", "sequence", "next step", "due (local)"],
     )
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--sequence", help="Preview this sequence (default: the prospect's latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> None:
+    """Render every step a prospect will get, with every subject and body variant."""
+    doc = render_preview(ctx.ws, email, sequence)
+    if as_json:
+        _print_json(doc)
+        return
+    click.echo(
+        f"{doc['prospect']} in {doc['sequence']}, from {doc['sender']}, "
+        f"{doc['language']}/{doc['persona'] or 'default'}"
+    )
+    for n, step in enumerate(doc["steps"], 1):
+        click.echo(
+            f"\n== {n}. {step['step']} ({step['channel']}, after {step['wait']}) {step['template']}"
+        )
+        if step.get("subject_from"):
+            click.echo(f"subject: Re: <the subject sent at step {step['subject_from']}>")
+        for subject in step["subjects"]:
+            click.echo(f"subject [{subject['id']}]: {subject['text']}")
+        for body in step["bodies"]:
+            click.echo(f"--- body [{body['id']}]")
+            click.echo(body["text"].rstrip("\n"))
 
 
 @cli.group()

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
+from outreach.sequences import playbook_order
 from outreach.workspace import Workspace
 
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -52,7 +53,7 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
             )
         ]
         report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
-    names = list(sequences) + sorted({r[0] for r in enrollment_rows} - set(sequences))
+    names = playbook_order(sequences) + sorted({r[0] for r in enrollment_rows} - set(sequences))
     for name in names:
         sequence = sequences.get(name)
         step_names = [s.name for s in sequence.steps] if sequence else []

@@ -190,3 +190,18 @@ def load_sequences(
                 )
             )
     return sequences, problems
+
+
+def playbook_order(sequences: dict[str, Sequence]) -> list[str]:
+    """Sequence names in the order a prospect moves through them (cold, reminder, network),
+    each chain from its start; sequences outside any chain keep their alphabetical place."""
+    targets = {s.next.sequence for s in sequences.values() if s.next}
+    order: list[str] = []
+    for name in sorted(sequences, key=lambda n: (n in targets, n)):
+        while name in sequences and name not in order:
+            order.append(name)
+            nxt = sequences[name].next
+            if nxt is None:
+                break
+            name = nxt.sequence
+    return order

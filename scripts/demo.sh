@@ -17,3 +17,4 @@ cd "$dir"
 "$outreach" enroll prospects.csv --sequence cold
 "$outreach" status
 "$outreach" schedule
+"$outreach" preview aino.korhonen@rakennus.example

@@ -143,3 +143,20 @@ def test_python_dash_m_and_config_from_environment(workspace_dir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_preview_renders_every_step_in_the_prospects_language(
+    run: Cli, workspace_dir: Path
+) -> None:
+    run("enroll", str(workspace_dir / "prospects.csv"), "--sequence", "cold")
+    doc = run.json("preview", "aino.korhonen@rakennus.example")
+    assert doc["language"] == "fi" and doc["persona"] == "decision_maker"
+    intro, nudge, linkedin = doc["steps"]
+    assert len(intro["subjects"]) >= 3 and len(intro["bodies"]) >= 2
+    assert all(body["text"].startswith("Hei Aino") for body in intro["bodies"])
+    assert all("Sanna Lehto" in body["text"] for body in intro["bodies"])
+    assert nudge["subjects"] == [] and nudge["subject_from"] == "intro"
+    assert linkedin["channel"] == "linkedin" and linkedin["bodies"]
+    english = run.json("preview", "j.smith@logistics.example")
+    assert english["language"] == "en"
+    assert all("{{" not in b["text"] for s in english["steps"] for b in s["bodies"])

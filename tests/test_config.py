@@ -15,7 +15,7 @@ url = "sqlite:///outreach.db"
 timezone = "Europe/Helsinki"
 
 [[mailboxes]]
-name = "Aino Virtanen"
+name = "Sanna Lehto"
 email = "aino@northwind.example"
 smtp_host = "127.0.0.1"
 smtp_security = "none"
@@ -36,7 +36,7 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
 
 def test_starter_config_loads(workspace_dir: Path) -> None:
     config = load_config(workspace_dir / "outreach.toml")
-    assert config.mailboxes[0].email == "aino.virtanen@northwind.example"
+    assert config.mailboxes[0].email == "sanna.lehto@northwind.example"
     assert config.database_url == f"sqlite:///{(workspace_dir / 'outreach.db').resolve()}"
     assert config.settings.ab.min_active_subjects == 3
 
@@ -107,8 +107,8 @@ def test_second_mailbox_error_points_at_its_own_line(tmp_path: Path) -> None:
 
 def test_mailbox_lookup_by_sender(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BASE))
-    assert config.mailbox(None).name == "Aino Virtanen"
-    assert config.mailbox("AINO@northwind.example").name == "Aino Virtanen"
+    assert config.mailbox(None).name == "Sanna Lehto"
+    assert config.mailbox("AINO@northwind.example").name == "Sanna Lehto"
     with pytest.raises(ConfigError) as info:
         config.mailbox("bob@northwind.example")
     assert info.value.field == "--sender"

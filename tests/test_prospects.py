@@ -269,8 +269,8 @@ def test_row_errors_name_the_field_and_the_value(tmp_path: Path, row: str, messa
                            f"ok@b.fi\n{row}\nok2@b.fi\n")
     items = read(path)
     assert errors(items) == [(3, message)]
-    assert [item.line for item in items if isinstance(item, ProspectRow)] == [2, 3 + row.count(
-        "\n") + 1]
+    next_line = 4 + row.count("\n")  # the bad row may span lines inside quotes
+    assert [item.line for item in items if isinstance(item, ProspectRow)] == [2, next_line]
 
 
 def test_tab_is_allowed_in_a_standard_field_and_newlines_in_extras(tmp_path: Path) -> None:
@@ -282,7 +282,7 @@ def test_tab_is_allowed_in_a_standard_field_and_newlines_in_extras(tmp_path: Pat
 def test_long_values_are_shortened_in_messages(tmp_path: Path) -> None:
     [(line, message)] = errors(read(write(tmp_path, f"email,persona\na@b.fi,{'x' * 500}\n")))
     assert line == 2
-    assert message == f"persona '{'x' * 57}...' is not recognised (use decision_maker, buyer or user)"
+    assert message.startswith(f"persona '{'x' * 57}...' is not recognised")
 
 
 def test_unterminated_quote_is_a_row_error(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from outreach.errors import SequenceError
 from outreach.planner import Wait
-from outreach.sequences import load_sequence, load_sequences
+from outreach.sequences import load_sequence, load_sequences, playbook_order
 
 GOOD = """\
 description: test
@@ -93,3 +93,8 @@ def test_next_sequence_must_exist_and_audience_be_known(tmp_path: Path) -> None:
 def test_name_must_match_file(tmp_path: Path) -> None:
     error = load_text(tmp_path, "name: warm\n" + GOOD)
     assert "differs from the file name" in error.message and error.line == 1
+
+
+def test_playbook_order_follows_the_hand_offs(workspace_dir: Path) -> None:
+    sequences, _ = load_sequences(workspace_dir / "sequences")
+    assert playbook_order(sequences) == ["cold", "reminder", "network"]

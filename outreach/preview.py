@@ -1,0 +1,88 @@
+"""Render what one prospect will get at every step of a sequence, every variant shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import col, select
+
+from outreach.engine import find_prospect
+from outreach.errors import OutreachError
+from outreach.models import Enrollment
+from outreach.workspace import Workspace, template_variables
+
+
+def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict[str, Any]:
+    """Every step of the prospect's live sequence (or ``sequence_name``), rendered for them."""
+    with ws.store.session() as session:
+        prospect = find_prospect(session, email)
+        enrollment = session.exec(
+            select(Enrollment)
+            .where(Enrollment.prospect_id == prospect.id)
+            .order_by(col(Enrollment.id).desc())
+        ).first()
+    name = sequence_name or (enrollment.sequence if enrollment else None)
+    if name is None:
+        raise OutreachError(
+            f"{prospect.email} is in no sequence", field="--sequence", hint="name one"
+        )
+    sequence = ws.sequence(name)
+    mailbox = ws.config.mailbox(
+        enrollment.sender if enrollment and enrollment.sequence == name else None
+    )
+    fields = {key: getattr(prospect, key) for key in ("email", *_FIELDS)}
+    variables = template_variables(
+        fields, prospect.fields, ws.sender_variables(mailbox), ws.config.settings.variables
+    )
+    language = prospect.language or ws.config.settings.sending.language
+    steps = []
+    for index, step in enumerate(sequence.steps):
+        template = ws.templates.get(step.template)
+        root = sequence.thread_root(index)
+        entry: dict[str, Any] = {
+            "step": step.name,
+            "channel": step.channel,
+            "wait": str(step.wait),
+            "template": template.path,
+            "thread": step.thread,
+            "subjects": [],
+            "bodies": [],
+        }
+        if step.thread == "reply":
+            entry["subject_from"] = sequence.steps[root].name
+        elif step.is_email:
+            entry["subjects"] = [
+                {
+                    "id": v.id,
+                    "text": ws.renderer.render_subject(
+                        v, language, prospect.persona, variables, template.path
+                    ),
+                }
+                for v in template.eligible("subject", language, prospect.persona)
+            ]
+        for variant in template.eligible("body", language, prospect.persona):
+            text, _ = ws.renderer.render_body(
+                variant, language, prospect.persona, variables, template.path
+            )
+            entry["bodies"].append({"id": variant.id, "text": text})
+        steps.append(entry)
+    return {
+        "prospect": prospect.email,
+        "sequence": sequence.name,
+        "sender": f"{mailbox.name} <{mailbox.email}>",
+        "language": language,
+        "persona": prospect.persona,
+        "steps": steps,
+    }
+
+
+_FIELDS = (
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "linkedin",
+    "persona",
+    "language",
+    "timezone",
+)
