@@ -23,6 +23,7 @@ from pathlib import Path
 FIRST = ["Aino", "Mikko", "Satu", "Jukka", "Emma", "Oskar", "Laura", "Petri", "Anna", "John"]
 LAST = ["Korhonen", "Virtanen", "Mäkelä", "Nieminen", "Lindqvist", "Smith", "Nguyen"]
 PERSONAS = ["decision_maker", "buyer", "user", ""]
+FOLD = str.maketrans("äöå", "aoa")
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -31,8 +32,10 @@ def write_csv(path: Path, rows: int) -> None:
         f.write("Sähköposti;Etunimi;Sukunimi;Yritys;Titteli;Persona;Language;Industry\n")
         for i in range(rows):
             first, last = rng.choice(FIRST), rng.choice(LAST)
+            # Names keep their Finnish letters; addresses fold them, as Finnish mail hosts do.
+            local = f"{first}.{last}".lower().translate(FOLD)
             f.write(
-                f"{first.lower()}.{last.lower()}{i}@company{i % 5000}.example;{first};"
+                f"{local}{i}@company{i % 5000}.example;{first};"
                 f"{last};Company {i % 5000} Oy;Head of Sales;{rng.choice(PERSONAS)};"
                 f"{rng.choice(['fi', 'en'])};Software\n"
             )

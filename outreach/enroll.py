@@ -253,6 +253,7 @@ class _Writer:
         self._calendars: dict[str | None, planner.SendingCalendar] = {}
         self._dues: dict[tuple[int, str | None], tuple[datetime, Any]] = {}
         self._now = db_datetime(conn, now)
+        self._extra_json: dict[tuple[tuple[str, str], ...], str] = {}
         values = conn.execute(select(suppressions_t.c.value)).scalars().all()
         self._suppressed = set(values)
 
@@ -312,12 +313,12 @@ class _Writer:
         emails = [row.email for row in chunk]
         existing = {r.email: r for r in self._select_prospects(emails)}
         fresh = [self._prospect_values(row) for row in chunk if row.email not in existing]
-        bulk_insert(self.conn, prospects_t, PROSPECT_COLUMNS, fresh)
+        inserted = bulk_insert(
+            self.conn, prospects_t, PROSPECT_COLUMNS, fresh, returning=("id", "email")
+        )
         self.result.created += len(fresh)
         ids: dict[str, tuple[int, str]] = {e: (r.id, r.status) for e, r in existing.items()}
-        if fresh:
-            fresh_emails = [row.email for row in chunk if row.email not in existing]
-            ids.update((r.email, (r.id, r.status)) for r in self._select_prospects(fresh_emails))
+        ids.update((email, (prospect_id, "active")) for prospect_id, email in inserted)
         for row in chunk:
             old = existing.get(row.email)
             if old is None:
@@ -346,6 +347,14 @@ class _Writer:
             )
         )
 
+    def _json(self, extra: dict[str, str]) -> str:
+        # Lists repeat the same extra columns (industry, country...): serialise each once.
+        key = tuple(extra.items())
+        text = self._extra_json.get(key)
+        if text is None:
+            text = self._extra_json[key] = db_json(extra)
+        return text
+
     def _prospect_values(self, row: ProspectRow) -> tuple[Any, ...]:
         return (
             row.email,
@@ -358,7 +367,7 @@ class _Writer:
             row.persona,
             row.language,
             row.timezone,
-            db_json(row.extra),
+            self._json(row.extra),
             "active",
             self._now,
             self._now,

@@ -19,7 +19,7 @@ class Prospect(SQLModel, table=True):
     domain: str = Field(index=True)
     first_name: str | None = None
     last_name: str | None = None
-    company: str | None = Field(default=None, index=True)
+    company: str | None = None
     title: str | None = None
     linkedin: str | None = None
     persona: str | None = None
@@ -42,9 +42,10 @@ class Enrollment(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    prospect_id: int = Field(foreign_key="prospects.id", index=True)
+    # Indexed by the unique (prospect_id, sequence) constraint, whose first column it is.
+    prospect_id: int = Field(foreign_key="prospects.id")
     sequence: str
-    sender: str = Field(index=True)
+    sender: str
     # active | paused | finished | stopped | replied | bounced | unsubscribed
     state: str = Field(default="active")
     step_index: int = 0  # the next step to run
@@ -67,7 +68,7 @@ class Message(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    enrollment_id: int = Field(foreign_key="enrollments.id", index=True)
+    enrollment_id: int = Field(foreign_key="enrollments.id")  # indexed by the unique constraint
     prospect_id: int = Field(foreign_key="prospects.id", index=True)
     sequence: str
     step_index: int

@@ -26,7 +26,14 @@ from outreach.errors import ImportError_
 PERSONAS = ("decision_maker", "buyer", "user")
 LANGUAGES = ("en", "fi", "sv")
 STANDARD_FIELDS = (
-    "email", "first_name", "last_name", "company", "title", "linkedin", "persona", "language",
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "linkedin",
+    "persona",
+    "language",
     "timezone",
 )
 # Template variables the engine provides itself; a column may not shadow them.
@@ -83,8 +90,11 @@ def normalize_email(address: str) -> str:
     match = _FAST_EMAIL.fullmatch(address) if len(address) <= 254 else None
     if match is not None:
         domain = match.group(1).lower()
-        if "--" not in domain and domain not in _SPECIAL_DOMAINS \
-                and not domain.endswith(_SPECIAL_SUFFIXES):
+        if (
+            "--" not in domain
+            and domain not in _SPECIAL_DOMAINS
+            and not domain.endswith(_SPECIAL_SUFFIXES)
+        ):
             return address.lower()
     try:
         valid = validate_email(address, check_deliverability=False)
@@ -96,12 +106,28 @@ def normalize_email(address: str) -> str:
 # --- headers -----------------------------------------------------------------------------------
 
 _ALIASES = {
-    "email": ("email", "e-mail", "email address", "e-mail address", "mail", "sähköposti",
-              "sähköpostiosoite", "e-post", "e-postadress"),
+    "email": (
+        "email",
+        "e-mail",
+        "email address",
+        "e-mail address",
+        "mail",
+        "sähköposti",
+        "sähköpostiosoite",
+        "e-post",
+        "e-postadress",
+    ),
     "first_name": ("first_name", "firstname", "given name", "etunimi", "förnamn"),
     "last_name": ("last_name", "lastname", "surname", "family name", "sukunimi", "efternamn"),
-    "company": ("company", "company name", "organization", "organisation", "yritys",
-                "organisaatio", "företag"),
+    "company": (
+        "company",
+        "company name",
+        "organization",
+        "organisation",
+        "yritys",
+        "organisaatio",
+        "företag",
+    ),
     "title": ("title", "job title", "titteli", "tehtävänimike", "titel"),
     "linkedin": ("linkedin", "linkedin url", "linkedin profile"),
     "persona": ("persona",),
@@ -155,22 +181,37 @@ def _columns(
             if key in standard:
                 raise ImportError_(
                     f"columns {cells[standard[key]].strip()!r} and {cell.strip()!r} both mean "
-                    f"{key}", file=path, line=line, hint="keep one of them")
+                    f"{key}",
+                    file=path,
+                    line=line,
+                    hint="keep one of them",
+                )
             standard[key] = index
         elif key in RESERVED_VARIABLES:
             raise ImportError_(
                 f"column {cell.strip()!r} would be the template variable {key!r}, which is "
-                "reserved", file=path, line=line, hint="rename the column")
+                "reserved",
+                file=path,
+                line=line,
+                hint="rename the column",
+            )
         elif key in extras:
             raise ImportError_(
                 f"columns {cells[extras[key]].strip()!r} and {cell.strip()!r} both become the "
-                f"template variable {key!r}", file=path, line=line, hint="rename one of them")
+                f"template variable {key!r}",
+                file=path,
+                line=line,
+                hint="rename one of them",
+            )
         else:
             extras[key] = index
     if "email" not in standard:
         raise ImportError_(
-            "no email column", file=path, line=line,
-            hint="name one column email, e-mail or sähköposti")
+            "no email column",
+            file=path,
+            line=line,
+            hint="name one column email, e-mail or sähköposti",
+        )
     return standard, list(extras.items())
 
 
@@ -186,8 +227,9 @@ def _encoding(path: Path) -> str:
         with path.open("rb") as f:
             head = f.read(4)
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                raise ImportError_("the file is UTF-16 text", file=path,
-                                   hint="save it as CSV UTF-8")
+                raise ImportError_(
+                    "the file is UTF-16 text", file=path, hint="save it as CSV UTF-8"
+                )
             if not head.removeprefix(codecs.BOM_UTF8):
                 raise ImportError_("the file is empty", file=path, line=1)
             f.seek(0)
@@ -210,7 +252,10 @@ def _encoding(path: Path) -> str:
                     line += chunk.count(b"\n", 0, bad.start())
                     raise ImportError_(
                         f"byte 0x{chunk[bad.start()]:02x} is neither UTF-8 nor Windows-1252 text",
-                        file=path, line=line, hint="save the file as CSV UTF-8")
+                        file=path,
+                        line=line,
+                        hint="save the file as CSV UTF-8",
+                    )
                 line += chunk.count(b"\n")
             return "cp1252"
     except OSError as e:
@@ -255,8 +300,14 @@ def _layout(path: Path) -> _Layout:
 # --- values ------------------------------------------------------------------------------------
 
 _PERSONA_WORDS = {
-    "decision_maker": ("decision_maker", "decision maker", "dm", "päättäjä", "päätöksentekijä",
-                       "beslutsfattare"),
+    "decision_maker": (
+        "decision_maker",
+        "decision maker",
+        "dm",
+        "päättäjä",
+        "päätöksentekijä",
+        "beslutsfattare",
+    ),
     "buyer": ("buyer", "ostaja", "köpare"),
     "user": ("user", "käyttäjä", "användare"),
 }
@@ -301,6 +352,7 @@ def _show(value: str, limit: int = 60) -> str:
 
 # --- the rows ----------------------------------------------------------------------------------
 
+
 def read_prospects(
     path: Path, *, on_progress: Callable[[int], None] | None = None
 ) -> Iterator[ProspectRow | RowError]:
@@ -321,7 +373,8 @@ def _rows(
     # Absent fields point at the blank cell appended to every row.
     col = {name: layout.standard.get(name, width) for name in STANDARD_FIELDS}
     i_email, i_first, i_last, i_company, i_title, i_linkedin, i_persona, i_language, i_tz = (
-        col[name] for name in STANDARD_FIELDS)
+        col[name] for name in STANDARD_FIELDS
+    )
     extras = layout.extras
     pad = [""] * (width + 1)
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=layout.encoding, newline="") as f:
@@ -369,37 +422,51 @@ def _rows(
                     email = normalize_email(email)
                 except ValueError as e:
                     problems.append(f"email {_show(email)} is not a valid address: {e}")
-            if _CONTROL.search(f"{first}\t{last}\t{company}\t{title}\t{linkedin}"
-                               f"\t{persona}\t{language}\t{tz}"):
+            if _CONTROL.search(
+                f"{first}\t{last}\t{company}\t{title}\t{linkedin}\t{persona}\t{language}\t{tz}"
+            ):
                 values = (first, last, company, title, linkedin, persona, language, tz)
                 for name, value in zip(STANDARD_FIELDS[1:], values, strict=True):
                     if _CONTROL.search(value):
-                        problems.append(f"{name} {_show(value)} contains a line break or "
-                                        "control character")
+                        problems.append(
+                            f"{name} {_show(value)} contains a line break or control character"
+                        )
             if persona:
                 canonical = _persona(persona)
                 if canonical is None:
-                    problems.append(f"persona {_show(persona)} is not recognised "
-                                    "(use decision_maker, buyer or user)")
+                    problems.append(
+                        f"persona {_show(persona)} is not recognised "
+                        "(use decision_maker, buyer or user)"
+                    )
                 persona = canonical or ""
             if language:
                 code = _language(language)
                 if code is None:
-                    problems.append(f"language {_show(language)} is not supported "
-                                    "(use en, fi or sv)")
+                    problems.append(
+                        f"language {_show(language)} is not supported (use en, fi or sv)"
+                    )
                 language = code or ""
             if tz:
                 zone = _zone(tz)
                 if zone is None:
-                    problems.append(f"timezone {_show(tz)} is not an IANA time zone "
-                                    "(like Europe/Helsinki)")
+                    problems.append(
+                        f"timezone {_show(tz)} is not an IANA time zone (like Europe/Helsinki)"
+                    )
                 tz = zone or ""
             if problems:
                 yield RowError(line, "; ".join(problems))
                 continue
             yield ProspectRow(
-                line, email, first or None, last or None, company or None, title or None,
-                linkedin or None, persona or None, language or None, tz or None,
+                line,
+                email,
+                first or None,
+                last or None,
+                company or None,
+                title or None,
+                linkedin or None,
+                persona or None,
+                language or None,
+                tz or None,
                 {slug: value for slug, i in extras if (value := row[i].strip())},
             )
         if on_progress is not None:

@@ -32,29 +32,49 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # 32 MB of page cache keeps the indexes of a large import in memory.
+            cursor.execute("PRAGMA cache_size=-32000")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
+MAX_PARAMETERS = 30_000  # under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
+
+
 def bulk_insert(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> None:
-    """Insert many rows with one driver-level executemany.
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert many rows with multi-row ``INSERT ... VALUES (...), (...)`` statements.
 
     The Core ``insert()`` path runs every value through SQLAlchemy's type processors, which
     was most of the cost of a 100,000-row import. Here the caller passes values already in
     the driver's form: datetimes through :func:`db_datetime`, dicts through :func:`db_json`.
+    With ``returning``, the named columns of the new rows come back (in no promised order).
     """
     if not rows:
-        return
+        return []
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(mark for _ in columns)})"
-    )
-    conn.exec_driver_sql(sql, list(rows))
+    one = "(" + ", ".join(mark for _ in columns) + ")"
+    tail = f" RETURNING {', '.join(returning)}" if returning else ""
+    per_statement = max(1, MAX_PARAMETERS // len(columns))
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), per_statement):
+        batch = rows[start : start + per_statement]
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES {', '.join(one for _ in batch)}{tail}"
+        )
+        params = tuple(value for row in batch for value in row)
+        result = conn.exec_driver_sql(sql, params)
+        if returning:
+            out.extend(tuple(r) for r in result)
+    return out
 
 
 def due_enrollment_ids(conn: Connection, now: datetime, limit: int = 500) -> list[int]:

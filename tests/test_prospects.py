@@ -48,47 +48,81 @@ def import_error(path: Path) -> ImportError_:
 
 # --- headers, delimiters, encodings ------------------------------------------------------------
 
+
 def test_english_headers_with_commas(tmp_path: Path) -> None:
-    path = write(tmp_path, (
-        "Email,First Name,Last Name,Company,Job Title,LinkedIn URL,Persona,Language,Time Zone\n"
-        "Jane.Doe@Example.COM,Jane,Doe,Acme Ltd,CTO,https://linkedin.com/in/jane,buyer,English,"
-        "Europe/London\n"
-    ))
+    path = write(
+        tmp_path,
+        (
+            "Email,First Name,Last Name,Company,Job Title,LinkedIn URL,Persona,Language,Time Zone\n"
+            "Jane.Doe@Example.COM,Jane,Doe,Acme Ltd,CTO,https://linkedin.com/in/jane,buyer,English,"
+            "Europe/London\n"
+        ),
+    )
     [row] = only_rows(read(path))
     assert row == ProspectRow(
-        line=2, email="jane.doe@example.com", first_name="Jane", last_name="Doe",
-        company="Acme Ltd", title="CTO", linkedin="https://linkedin.com/in/jane",
-        persona="buyer", language="en", timezone="Europe/London", extra={},
+        line=2,
+        email="jane.doe@example.com",
+        first_name="Jane",
+        last_name="Doe",
+        company="Acme Ltd",
+        title="CTO",
+        linkedin="https://linkedin.com/in/jane",
+        persona="buyer",
+        language="en",
+        timezone="Europe/London",
+        extra={},
     )
 
 
 def test_finnish_headers_with_semicolons(tmp_path: Path) -> None:
-    path = write(tmp_path, (
-        "Sähköposti;Etunimi;Sukunimi;Yritys;Titteli;Kieli;Aikavyöhyke;Toimiala\n"
-        "matti.makela@yritys.fi;Matti;Mäkelä;Yritys Oy;Toimitusjohtaja;suomi;"
-        "Europe/Helsinki;Teollisuus, kone\n"
-    ))
+    path = write(
+        tmp_path,
+        (
+            "Sähköposti;Etunimi;Sukunimi;Yritys;Titteli;Kieli;Aikavyöhyke;Toimiala\n"
+            "matti.makela@yritys.fi;Matti;Mäkelä;Yritys Oy;Toimitusjohtaja;suomi;"
+            "Europe/Helsinki;Teollisuus, kone\n"
+        ),
+    )
     [row] = only_rows(read(path))
     assert (row.email, row.first_name, row.last_name, row.company) == (
-        "matti.makela@yritys.fi", "Matti", "Mäkelä", "Yritys Oy")
+        "matti.makela@yritys.fi",
+        "Matti",
+        "Mäkelä",
+        "Yritys Oy",
+    )
     assert (row.title, row.language, row.timezone) == ("Toimitusjohtaja", "fi", "Europe/Helsinki")
     assert row.extra == {"toimiala": "Teollisuus, kone"}
 
 
 def test_swedish_headers(tmp_path: Path) -> None:
-    path = write(tmp_path, "E-post;Förnamn;Efternamn;Företag;Titel;Språk\n"
-                           "anna@foretag.se;Anna;Lindqvist;Företaget AB;VD;svenska\n")
+    path = write(
+        tmp_path,
+        "E-post;Förnamn;Efternamn;Företag;Titel;Språk\n"
+        "anna@foretag.se;Anna;Lindqvist;Företaget AB;VD;svenska\n",
+    )
     [row] = only_rows(read(path))
     assert (row.email, row.first_name, row.last_name, row.company, row.title, row.language) == (
-        "anna@foretag.se", "Anna", "Lindqvist", "Företaget AB", "VD", "sv")
+        "anna@foretag.se",
+        "Anna",
+        "Lindqvist",
+        "Företaget AB",
+        "VD",
+        "sv",
+    )
 
 
 def test_headers_ignore_case_spaces_hyphens_and_underscores(tmp_path: Path) -> None:
-    path = write(tmp_path, " E_MAIL , first-NAME ,LAST   name,company_name,time_zone\n"
-                           "a@b.fi,A,B,C,UTC\n")
+    path = write(
+        tmp_path, " E_MAIL , first-NAME ,LAST   name,company_name,time_zone\na@b.fi,A,B,C,UTC\n"
+    )
     [row] = only_rows(read(path))
     assert (row.email, row.first_name, row.last_name, row.company, row.timezone) == (
-        "a@b.fi", "A", "B", "C", "UTC")
+        "a@b.fi",
+        "A",
+        "B",
+        "C",
+        "UTC",
+    )
 
 
 def test_semicolon_wins_when_it_makes_more_columns(tmp_path: Path) -> None:
@@ -118,8 +152,11 @@ def test_utf8_without_bom(tmp_path: Path) -> None:
 
 
 def test_windows_1252_file_reads_makela_correctly(tmp_path: Path) -> None:
-    path = write(tmp_path, "Sähköposti;Sukunimi;Yritys\nmatti@yritys.fi;Mäkelä;Työ – Oy €\n",
-                 encoding="cp1252")
+    path = write(
+        tmp_path,
+        "Sähköposti;Sukunimi;Yritys\nmatti@yritys.fi;Mäkelä;Työ – Oy €\n",
+        encoding="cp1252",
+    )
     with pytest.raises(UnicodeDecodeError):
         path.read_bytes().decode("utf-8")
     [row] = only_rows(read(path))
@@ -129,30 +166,31 @@ def test_windows_1252_file_reads_makela_correctly(tmp_path: Path) -> None:
 def test_crlf_line_endings(tmp_path: Path) -> None:
     path = write(tmp_path, "email,first_name\r\na@b.fi,A\r\n\r\nc@d.fi,C\r\n")
     rows = only_rows(read(path))
-    assert [(r.line, r.email, r.first_name) for r in rows] == [(2, "a@b.fi", "A"),
-                                                               (4, "c@d.fi", "C")]
+    assert [(r.line, r.email, r.first_name) for r in rows] == [
+        (2, "a@b.fi", "A"),
+        (4, "c@d.fi", "C"),
+    ]
 
 
 # --- cells -------------------------------------------------------------------------------------
 
+
 def test_quoted_newline_in_extra_column_keeps_later_line_numbers(tmp_path: Path) -> None:
-    path = write(tmp_path, (
-        "email,notes\n"
-        'a@b.fi,"first line\nsecond line\nthird line"\n'
-        "c@d.fi,plain\n"
-        "broken\n"
-    ))
+    path = write(
+        tmp_path,
+        ('email,notes\na@b.fi,"first line\nsecond line\nthird line"\nc@d.fi,plain\nbroken\n'),
+    )
     items = read(path)
     assert isinstance(items[0], ProspectRow) and isinstance(items[1], ProspectRow)
     assert (items[0].line, items[0].extra) == (2, {"notes": "first line\nsecond line\nthird line"})
     assert items[1].line == 5
     assert errors(items) == [
-        (6, "email 'broken' is not a valid address: An email address must have an @-sign.")]
+        (6, "email 'broken' is not a valid address: An email address must have an @-sign.")
+    ]
 
 
 def test_blank_cells_are_none_and_absent_from_extra(tmp_path: Path) -> None:
-    path = write(tmp_path, "email,first_name,company,persona,notes,size\n"
-                           " a@b.fi ,  , ,,   ,10\n")
+    path = write(tmp_path, "email,first_name,company,persona,notes,size\n a@b.fi ,  , ,,   ,10\n")
     [row] = only_rows(read(path))
     assert (row.first_name, row.company, row.persona, row.last_name) == (None, None, None, None)
     assert row.extra == {"size": "10"}
@@ -162,7 +200,9 @@ def test_fewer_cells_than_the_header_are_blank(tmp_path: Path) -> None:
     path = write(tmp_path, "email,first_name,notes\na@b.fi\nc@d.fi,C\n")
     rows = only_rows(read(path))
     assert [(r.email, r.first_name, r.extra) for r in rows] == [
-        ("a@b.fi", None, {}), ("c@d.fi", "C", {})]
+        ("a@b.fi", None, {}),
+        ("c@d.fi", "C", {}),
+    ]
 
 
 def test_blank_rows_are_skipped_silently(tmp_path: Path) -> None:
@@ -183,55 +223,90 @@ def test_empty_header_cells_are_ignored(tmp_path: Path) -> None:
     assert row.extra == {"notes": "n"}
 
 
-@pytest.mark.parametrize(("header", "key"), [
-    ("Case Study", "case_study"),
-    ("Toimiala", "toimiala"),
-    ("Kotisivu (URL)", "kotisivu_url"),
-    ("  Yrityksen   koko  ", "yrityksen_koko"),
-    ("2nd Line", "col_2nd_line"),
-    ("Pain-point / need", "pain_point_need"),
-    ("Sähköposti", "email"),
-    ("SÄHKÖPOSTIOSOITE", "email"),
-    ("e-post", "email"),
-    ("Given Name", "first_name"),
-    ("Family-Name", "last_name"),
-    ("Organisation", "company"),
-    ("Tehtävänimike", "title"),
-    ("LinkedIn Profile", "linkedin"),
-    ("TZ", "timezone"),
-    ("lang", "language"),
-    ("???", ""),
-])
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        ("Case Study", "case_study"),
+        ("Toimiala", "toimiala"),
+        ("Kotisivu (URL)", "kotisivu_url"),
+        ("  Yrityksen   koko  ", "yrityksen_koko"),
+        ("2nd Line", "col_2nd_line"),
+        ("Pain-point / need", "pain_point_need"),
+        ("Sähköposti", "email"),
+        ("SÄHKÖPOSTIOSOITE", "email"),
+        ("e-post", "email"),
+        ("Given Name", "first_name"),
+        ("Family-Name", "last_name"),
+        ("Organisation", "company"),
+        ("Tehtävänimike", "title"),
+        ("LinkedIn Profile", "linkedin"),
+        ("TZ", "timezone"),
+        ("lang", "language"),
+        ("???", ""),
+    ],
+)
 def test_header_key(header: str, key: str) -> None:
     assert header_key(header) == key
 
 
 def test_extra_columns_are_keyed_by_slug(tmp_path: Path) -> None:
-    path = write(tmp_path, "Email;Case Study;Toimiala;Kotisivu (URL);#\n"
-                           "a@b.fi;Kone Oy;Metalli;https://x.fi;7\n")
+    path = write(
+        tmp_path,
+        "Email;Case Study;Toimiala;Kotisivu (URL);#\na@b.fi;Kone Oy;Metalli;https://x.fi;7\n",
+    )
     [row] = only_rows(read(path))
-    assert row.extra == {"case_study": "Kone Oy", "toimiala": "Metalli",
-                         "kotisivu_url": "https://x.fi", "col_5": "7"}
+    assert row.extra == {
+        "case_study": "Kone Oy",
+        "toimiala": "Metalli",
+        "kotisivu_url": "https://x.fi",
+        "col_5": "7",
+    }
 
 
-@pytest.mark.parametrize(("value", "persona"), [
-    ("decision_maker", "decision_maker"), ("Decision Maker", "decision_maker"),
-    ("decision-maker", "decision_maker"), ("DM", "decision_maker"),
-    ("päättäjä", "decision_maker"), ("Päätöksentekijä", "decision_maker"),
-    ("beslutsfattare", "decision_maker"), ("BUYER", "buyer"), ("ostaja", "buyer"),
-    ("köpare", "buyer"), ("user", "user"), ("Käyttäjä", "user"), ("användare", "user"),
-])
+@pytest.mark.parametrize(
+    ("value", "persona"),
+    [
+        ("decision_maker", "decision_maker"),
+        ("Decision Maker", "decision_maker"),
+        ("decision-maker", "decision_maker"),
+        ("DM", "decision_maker"),
+        ("päättäjä", "decision_maker"),
+        ("Päätöksentekijä", "decision_maker"),
+        ("beslutsfattare", "decision_maker"),
+        ("BUYER", "buyer"),
+        ("ostaja", "buyer"),
+        ("köpare", "buyer"),
+        ("user", "user"),
+        ("Käyttäjä", "user"),
+        ("användare", "user"),
+    ],
+)
 def test_persona_aliases(tmp_path: Path, value: str, persona: str) -> None:
     [row] = only_rows(read(write(tmp_path, f"email,persona\na@b.fi,{value}\n")))
     assert row.persona == persona
 
 
-@pytest.mark.parametrize(("value", "language"), [
-    ("en", "en"), ("English", "en"), ("englanti", "en"), ("engelska", "en"), ("en-GB", "en"),
-    ("EN_us", "en"), ("fi", "fi"), ("Finnish", "fi"), ("SUOMI", "fi"), ("finska", "fi"),
-    ("fi-FI", "fi"), ("sv", "sv"), ("swedish", "sv"), ("Svenska", "sv"), ("ruotsi", "sv"),
-    ("sv-FI", "sv"),
-])
+@pytest.mark.parametrize(
+    ("value", "language"),
+    [
+        ("en", "en"),
+        ("English", "en"),
+        ("englanti", "en"),
+        ("engelska", "en"),
+        ("en-GB", "en"),
+        ("EN_us", "en"),
+        ("fi", "fi"),
+        ("Finnish", "fi"),
+        ("SUOMI", "fi"),
+        ("finska", "fi"),
+        ("fi-FI", "fi"),
+        ("sv", "sv"),
+        ("swedish", "sv"),
+        ("Svenska", "sv"),
+        ("ruotsi", "sv"),
+        ("sv-FI", "sv"),
+    ],
+)
 def test_language_aliases(tmp_path: Path, value: str, language: str) -> None:
     [row] = only_rows(read(write(tmp_path, f"email,language\na@b.fi,{value}\n")))
     assert row.language == language
@@ -244,29 +319,54 @@ def test_timezone_is_matched_case_insensitively_and_spelled_canonically(tmp_path
 
 # --- row errors --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("row", "message"), [
-    (",Jane", "email is missing"),
-    ("jane@,Jane", "email 'jane@' is not a valid address: There must be something after the "
-                   "@-sign."),
-    ("jane@example..com,Jane", "email 'jane@example..com' is not a valid address: An email "
-                               "address cannot have two periods in a row."),
-    ("jane@localhost,Jane", "email 'jane@localhost' is not a valid address: The part after the "
-                            "@-sign is not valid. It should have a period."),
-    ('a@b.fi,"Jane\nBcc: x@evil.com"', "first_name 'Jane\\nBcc: x@evil.com' contains a line "
-                                      "break or control character"),
-    ("a@b.fi,Jane,Acme\x0bLtd", "company 'Acme\\x0bLtd' contains a line break or control "
-                                "character"),
-    ("a@b.fi,Jane,,boss", "persona 'boss' is not recognised (use decision_maker, buyer or user)"),
-    ("a@b.fi,Jane,,,de", "language 'de' is not supported (use en, fi or sv)"),
-    ("a@b.fi,Jane,,,,Europe/Helsingfors", "timezone 'Europe/Helsingfors' is not an IANA time "
-                                         "zone (like Europe/Helsinki)"),
-    ("a@b.fi,Jane,,,,,x", "the row has 7 cells but the header has 6"),
-    (",Jane,,boss", "email is missing; persona 'boss' is not recognised (use decision_maker, "
-                    "buyer or user)"),
-])
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (",Jane", "email is missing"),
+        (
+            "jane@,Jane",
+            "email 'jane@' is not a valid address: There must be something after the @-sign.",
+        ),
+        (
+            "jane@example..com,Jane",
+            "email 'jane@example..com' is not a valid address: An email "
+            "address cannot have two periods in a row.",
+        ),
+        (
+            "jane@localhost,Jane",
+            "email 'jane@localhost' is not a valid address: The part after the "
+            "@-sign is not valid. It should have a period.",
+        ),
+        (
+            'a@b.fi,"Jane\nBcc: x@evil.com"',
+            "first_name 'Jane\\nBcc: x@evil.com' contains a line break or control character",
+        ),
+        (
+            "a@b.fi,Jane,Acme\x0bLtd",
+            "company 'Acme\\x0bLtd' contains a line break or control character",
+        ),
+        (
+            "a@b.fi,Jane,,boss",
+            "persona 'boss' is not recognised (use decision_maker, buyer or user)",
+        ),
+        ("a@b.fi,Jane,,,de", "language 'de' is not supported (use en, fi or sv)"),
+        (
+            "a@b.fi,Jane,,,,Europe/Helsingfors",
+            "timezone 'Europe/Helsingfors' is not an IANA time zone (like Europe/Helsinki)",
+        ),
+        ("a@b.fi,Jane,,,,,x", "the row has 7 cells but the header has 6"),
+        (
+            ",Jane,,boss",
+            "email is missing; persona 'boss' is not recognised (use decision_maker, "
+            "buyer or user)",
+        ),
+    ],
+)
 def test_row_errors_name_the_field_and_the_value(tmp_path: Path, row: str, message: str) -> None:
-    path = write(tmp_path, f"email,first_name,company,persona,language,timezone\n"
-                           f"ok@b.fi\n{row}\nok2@b.fi\n")
+    path = write(
+        tmp_path, f"email,first_name,company,persona,language,timezone\nok@b.fi\n{row}\nok2@b.fi\n"
+    )
     items = read(path)
     assert errors(items) == [(3, message)]
     next_line = 4 + row.count("\n")  # the bad row may span lines inside quotes
@@ -300,6 +400,7 @@ def test_progress_reports_bytes_read(tmp_path: Path) -> None:
 
 # --- file errors -------------------------------------------------------------------------------
 
+
 def test_missing_file(tmp_path: Path) -> None:
     error = import_error(tmp_path / "nope.csv")
     assert error.message == "no such file" and error.file == str(tmp_path / "nope.csv")
@@ -329,7 +430,9 @@ def test_two_columns_for_the_same_field(tmp_path: Path) -> None:
 def test_two_extra_columns_with_the_same_slug(tmp_path: Path) -> None:
     error = import_error(write(tmp_path, "email,Case Study,case-study\na@b.fi,x,y\n"))
     assert (error.message, error.line) == (
-        "columns 'Case Study' and 'case-study' both become the template variable 'case_study'", 1)
+        "columns 'Case Study' and 'case-study' both become the template variable 'case_study'",
+        1,
+    )
 
 
 @pytest.mark.parametrize("header", ["Email:", "Sender", "first.name"])
@@ -352,6 +455,7 @@ def test_bytes_undefined_in_windows_1252_are_refused_before_any_row(tmp_path: Pa
 
 # --- email addresses ---------------------------------------------------------------------------
 
+
 def expected(address: str) -> str:
     """What email-validator itself says, in normalize_email's terms."""
     try:
@@ -372,17 +476,62 @@ _ATEXT = "abzAZ09!#$%&'*+/=?^_`{|}~-"
 _local = st.one_of(
     st.text(alphabet=_ATEXT + ".", max_size=12),
     st.text(alphabet=_ATEXT + '."\\@<> ,;:()[]äöÅñ\u0301\u200b\x00\n', max_size=10),
-    st.sampled_from(['"john doe"', '"a@b"', '"plain"', '""', "jöhn", "INFO", "Postmaster",
-                     "a\u0301", "\u0301a", "x" * 64, "x" * 65, "y" * 240, "Jane <jane",
-                     "ǅ", "K", "İ"]),
+    st.sampled_from(
+        [
+            '"john doe"',
+            '"a@b"',
+            '"plain"',
+            '""',
+            "jöhn",
+            "INFO",
+            "Postmaster",
+            "a\u0301",
+            "\u0301a",
+            "x" * 64,
+            "x" * 65,
+            "y" * 240,
+            "Jane <jane",
+            "ǅ",
+            "K",
+            "İ",
+        ]
+    ),
 )
 _label = st.one_of(
     st.text(alphabet="abzAZ09-", max_size=8),
     st.text(alphabet="abzAZ09-_äöü例ßς\u3002\uff0e ", max_size=6),
-    st.sampled_from(["xn--mnchen-3ya", "münchen", "MÜNCHEN", "xn--", "xn--zz", "ab--cd",
-                     "a" * 63, "a" * 64, "-a", "a-", "bücher", "例え", "تست", "1", "123",
-                     "ｅｘａｍｐｌｅ", "test", "local", "localhost", "onion", "invalid", "arpa",
-                     "com", "fi", "C0M", "[1.2.3.4]", "[IPv6:::1]", "a" * 200]),
+    st.sampled_from(
+        [
+            "xn--mnchen-3ya",
+            "münchen",
+            "MÜNCHEN",
+            "xn--",
+            "xn--zz",
+            "ab--cd",
+            "a" * 63,
+            "a" * 64,
+            "-a",
+            "a-",
+            "bücher",
+            "例え",
+            "تست",
+            "1",
+            "123",
+            "ｅｘａｍｐｌｅ",
+            "test",
+            "local",
+            "localhost",
+            "onion",
+            "invalid",
+            "arpa",
+            "com",
+            "fi",
+            "C0M",
+            "[1.2.3.4]",
+            "[IPv6:::1]",
+            "a" * 200,
+        ]
+    ),
 )
 _domain = st.builds(
     lambda labels, end: ".".join(labels) + end,
@@ -393,17 +542,24 @@ _domain = st.builds(
 _plausible = st.builds(
     lambda local, labels, tld: local + "@" + ".".join([*labels, tld]),
     st.text(alphabet=_ATEXT + ".", min_size=1, max_size=20),
-    st.lists(st.text(alphabet="abzAZ09-", min_size=1, max_size=10)
-             | st.sampled_from(["xn--mnchen-3ya", "bücher", "a" * 63, "a" * 64]),
-             min_size=1, max_size=3),
+    st.lists(
+        st.text(alphabet="abzAZ09-", min_size=1, max_size=10)
+        | st.sampled_from(["xn--mnchen-3ya", "bücher", "a" * 63, "a" * 64]),
+        min_size=1,
+        max_size=3,
+    ),
     st.sampled_from(["com", "FI", "c0m", "x", "museum", "test", "local", "onion", "a" * 63]),
 )
 _address = st.one_of(
     _plausible,
-    st.builds(lambda pre, local, at, domain, post: pre + local + at + domain + post,
-              st.sampled_from(["", "", " ", "\t", "\n", "<"]), _local,
-              st.sampled_from(["@", "@", "@", "@@", "＠", "", " @"]), _domain,
-              st.sampled_from(["", "", " ", "\r\n", ">", "\u3000"])),
+    st.builds(
+        lambda pre, local, at, domain, post: pre + local + at + domain + post,
+        st.sampled_from(["", "", " ", "\t", "\n", "<"]),
+        _local,
+        st.sampled_from(["@", "@", "@", "@@", "＠", "", " @"]),
+        _domain,
+        st.sampled_from(["", "", " ", "\r\n", ">", "\u3000"]),
+    ),
     st.text(max_size=30),
 )
 
