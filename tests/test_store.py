@@ -1,0 +1,94 @@
+"""The embedded store: one SQLite file in WAL mode, its schema from Alembic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from outreach.errors import ConfigError
+from outreach.models import Enrollment, Prospect
+from outreach.store import Store, bulk_insert, db_datetime, due_enrollment_ids, open_store
+from tests.conftest import Cli
+
+NOW = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
+
+
+def test_new_database_gets_schema_and_wal(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"prospects", "enrollments", "messages", "events", "suppressions"} <= tables
+    assert store.current_revision() == store.head_revision()
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    store.dispose()
+
+
+def test_db_upgrade_command_is_idempotent(run: Cli) -> None:
+    first = run("db", "upgrade")
+    assert first.exit_code == 0 and "(was empty)" in first.stdout
+    again = run("db", "upgrade")
+    assert again.exit_code == 0 and "was 0001" in again.stdout
+
+
+def test_bulk_rows_compare_like_orm_rows(tmp_path: Path) -> None:
+    """Rows written by the bulk path and read by ORM queries agree on time and JSON."""
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    with store.engine.begin() as conn:
+        stamp = db_datetime(conn, NOW)
+        [(pid, email)] = bulk_insert(
+            conn,
+            Prospect.__table__,  # type: ignore[attr-defined]
+            ("email", "domain", "fields", "status", "created_at", "updated_at"),
+            [("a@b.example", "b.example", '{"industry": "Software"}', "active", stamp, stamp)],
+            returning=("id", "email"),
+        )
+        rows = [
+            (
+                pid,
+                "cold",
+                "s@n.example",
+                "active",
+                0,
+                db_datetime(conn, NOW + timedelta(minutes=m)),
+                stamp,
+                stamp,
+            )
+            for m in (-5, 5)
+        ]
+        bulk_insert(
+            conn,
+            Enrollment.__table__,  # type: ignore[attr-defined]
+            (
+                "prospect_id",
+                "sequence",
+                "sender",
+                "state",
+                "step_index",
+                "due_at",
+                "enrolled_at",
+                "updated_at",
+            ),
+            rows[:1],
+        )
+        due = due_enrollment_ids(conn, NOW)
+    assert email == "a@b.example" and len(due) == 1
+    with store.session() as session:
+        prospect = session.get(Prospect, pid)
+        assert prospect is not None
+        assert prospect.fields == {"industry": "Software"} and prospect.created_at == NOW
+    store.dispose()
+
+
+def test_store_refuses_a_schema_it_does_not_know(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = Store(url)
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE something_else (id INTEGER)"))
+    with pytest.raises(ConfigError, match="outreach db upgrade"):
+        open_store(url)
+    assert inspect(store.engine).get_table_names() == ["something_else"]  # nothing written
+    store.dispose()
