@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from outreach import __version__, clock, engine, reports
+from outreach import __version__, clock, daemon, engine, outbox, reports
 from outreach.enroll import enroll_csv, format_rejection
 from outreach.errors import OutreachError, Problems
 from outreach.preview import preview as render_preview
+from outreach.sink import Sink, summarize
 from outreach.starter import init_workspace
 from outreach.store import Store
 from outreach.validate import validate as validate_workspace
@@ -76,10 +81,15 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @cli.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def init(directory: Path, force: bool) -> None:
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Send at any hour, seconds apart, to the local sink (for trying it out).",
+)
+def init(directory: Path, force: bool, demo: bool) -> None:
     """Write a working starter: outreach.toml, the three playbook sequences, their templates
     and a sample prospects CSV."""
-    written = init_workspace(directory, force=force)
+    written = init_workspace(directory, force=force, demo=demo)
     click.echo(f"wrote {len(written)} files to {directory}/")
     click.echo(
         "next: cd into it, run `outreach validate`, then "
@@ -240,6 +250,18 @@ def status(ctx: Context, as_json: bool) -> None:
             ["  step", *reports.STEP_COUNTS],
         )
         click.echo()
+    for box in report["mailboxes"]:
+        state = f"PAUSED: {box['paused']}" if box["paused"] else "ok"
+        click.echo(
+            f"mailbox {box['email']}: {box['sent_today']}/{box['daily_limit']} sent today, "
+            f"{box['due_now']} due now (backlog), {box['retrying']} retrying, {state}"
+        )
+    for message in report["unknown"]:
+        click.echo(
+            f"UNKNOWN #{message['id']} {message['message_id']} ({message['sequence']}/"
+            f"{message['step']}, claimed {message['claimed_at']}): did it leave? "
+            f"`outreach resolve {message['id']} --sent|--not-sent`"
+        )
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
 
@@ -379,6 +401,173 @@ def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> No
         for body in step["bodies"]:
             click.echo(f"--- body [{body['id']}]")
             click.echo(body["text"].rstrip("\n"))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Send what is due now, then exit.")
+@click.option(
+    "--no-wait", is_flag=True, help="Do not wait out a mailbox's gap; stop at the first one."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
+    """Send everything that is due now, within windows and limits, then exit."""
+    if not once:
+        raise click.UsageError("use `outreach send --once`, or `outreach run` for the daemon")
+    report = daemon.send_once(ctx.ws, wait_for_gaps=not no_wait)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    for sent in report.sent:
+        threading = f"  in reply to {sent['in_reply_to']}" if sent["in_reply_to"] else ""
+        click.echo(
+            f"sent {sent['sequence']}/{sent['step']} to {sent['to']}: "
+            f"{sent['subject']}  {sent['message_id']}{threading}"
+        )
+    click.echo(
+        f"{len(report.sent)} sent, {report.retried} to retry, {report.bounced} bounced, "
+        f"{report.failed} failed, {report.tasks_created} task(s) created, "
+        f"{report.tasks_skipped} skipped, {report.cancelled} cancelled"
+    )
+    for mailbox, reason in report.paused.items():
+        click.echo(
+            f"mailbox {mailbox} is paused: {reason} "
+            f"(fix it, then `outreach mailboxes resume {mailbox}`)",
+            err=True,
+        )
+    for note in report.notes:
+        click.echo(note, err=True)
+    if report.unknown:
+        click.echo(
+            f"{report.unknown} message(s) in unknown state: see `outreach status` "
+            "and `outreach resolve`",
+            err=True,
+        )
+
+
+@cli.command()
+@pass_ctx
+def run(ctx: Context) -> None:
+    """The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    daemon.run(ctx.ws)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--sender", help="Only this mailbox's tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def tasks(click_ctx: click.Context, sender: str | None, as_json: bool) -> None:
+    """LinkedIn and manual steps that are due, per sender."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
+    rows = outbox.list_tasks(ctx.ws, clock.now(), sender)
+    if as_json:
+        _print_json(rows)
+        return
+    for task in rows:
+        who = f"{task['name'] or ''} ({task['company'] or '-'})".strip()
+        click.echo(
+            f"#{task['id']}  {task['channel']} for {task['sender']}: {task['prospect']} "
+            f"{who}  {task['sequence']}/{task['step']}"
+        )
+        if task["linkedin"]:
+            click.echo(f"    {task['linkedin']}")
+        for line in (task["text"] or "").rstrip().splitlines():
+            click.echo(f"    | {line}")
+    click.echo(f"{len(rows)} open task(s); `outreach tasks done ID` when done")
+
+
+@tasks.command("done")
+@click.argument("task_id", metavar="ID", type=int)
+@pass_ctx
+def tasks_done(ctx: Context, task_id: int) -> None:
+    """Mark a task done; the prospect's sequence goes on."""
+    click.echo(outbox.complete_task(ctx.ws, task_id, clock.now()))
+
+
+@cli.command()
+@click.argument("message", metavar="MESSAGE")
+@click.option(
+    "--sent/--not-sent",
+    required=True,
+    help="It did leave (look in the Sent folder), or it did not.",
+)
+@pass_ctx
+def resolve(ctx: Context, message: str, sent: bool) -> None:
+    """Settle a message whose fate is unknown after a crash (outbox id or Message-ID)."""
+    click.echo(outbox.resolve(ctx.ws, message, sent, clock.now()))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
+    """Each sending mailbox: sent today, limit, backlog, paused."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
+    rows = outbox.mailbox_report(ctx.ws, clock.now())
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        state = f"PAUSED: {row['paused']}" if row["paused"] else "ok"
+        click.echo(
+            f"{row['email']}: {row['sent_today']}/{row['daily_limit']} today, "
+            f"{row['due_now']} due now, {row['retrying']} retrying, {state}"
+        )
+
+
+@mailboxes.command("resume")
+@click.argument("email")
+@pass_ctx
+def mailboxes_resume(ctx: Context, email: str) -> None:
+    """Let a paused mailbox send again (after fixing its login)."""
+    click.echo(outbox.resume_mailbox(ctx.ws, email))
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    default="sink",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Maildir to keep mail in.",
+)
+@click.option("--port", default=8025, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--show", is_flag=True, help="List what the sink has received, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --show: one JSON document.")
+def sink(directory: Path, port: int, show: bool, as_json: bool) -> None:
+    """A local SMTP server that keeps every message it receives (for the demo and trials)."""
+    if show:
+        rows = summarize(directory)
+        if as_json:
+            _print_json(rows)
+            return
+        for row in rows:
+            click.echo(
+                f"From: {row['from']}\nTo: {row['to']}\nSubject: {row['subject']}\n"
+                f"Message-ID: {row['message_id']}"
+                + (f"\nIn-Reply-To: {row['in_reply_to']}" if row["in_reply_to"] else "")
+                + "\n"
+            )
+        click.echo(f"{len(rows)} message(s) in {directory}/")
+        return
+    with Sink(directory, port=port) as server:
+        click.echo(
+            f"mail sink on 127.0.0.1:{server.port}, keeping messages in {directory}/ "
+            "(Ctrl-C to stop)"
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
 
 
 @cli.group()

@@ -63,6 +63,11 @@ class SendingDefaults(_Strict):
     company: str | None = None
     unsubscribe_mailto: str | None = None
     unsubscribe_url: str | None = None
+    # The environment variable holding the secret that signs unsubscribe links.
+    unsubscribe_secret_env: str = "OUTREACH_SECRET"
+    quote_previous: bool = True  # a "Re:" follow-up quotes the earlier message below it
+    max_attempts: int = Field(default=8, ge=1)  # 4xx / dropped connection retries, then failed
+    retry_seconds: int = Field(default=300, ge=1)  # first retry delay, doubling, at most 6 h
 
     _zone = field_validator("timezone")(_check_zone)
     _window = field_validator("window")(_check_window)
@@ -162,6 +167,20 @@ class Mailbox(_Strict):
         return os.environ.get(self.password_env) if self.password_env else None
 
 
+class Daemon(_Strict):
+    """``[daemon]``: the long-running process's pace."""
+
+    dispatch_seconds: int = Field(default=30, ge=1)  # how often due work is looked for
+    lease_seconds: int = Field(default=600, ge=30)  # a claim older than this was a crash
+
+
+class Tasks(_Strict):
+    """``[tasks]``: LinkedIn and manual steps, done by the rep."""
+
+    # A task not marked done within this many days is skipped, so the sequence goes on.
+    skip_after_days: int = Field(default=7, ge=1)
+
+
 class Database(_Strict):
     url: str = "sqlite:///outreach.db"
 
@@ -185,6 +204,8 @@ class Settings(_Strict):
     sending: SendingDefaults = SendingDefaults()
     mailboxes: list[Mailbox] = Field(default_factory=list)
     ab: ABSettings = ABSettings()
+    daemon: Daemon = Daemon()
+    tasks: Tasks = Tasks()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column
     # of the same name overrides them per prospect.

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from outreach import planner
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.prospects import normalize_email
 from outreach.store import Store
+from outreach.workspace import Workspace
 
 STOP_REASONS = ("replied", "meeting", "webinar", "not-interested", "other")
 GOALS = ("meeting", "webinar")
@@ -35,16 +38,21 @@ def find_prospect(session: Session, email: str) -> Prospect:
     return prospect
 
 
-def _end(session: Session, enrollment: Enrollment, state: str, reason: str, now: datetime) -> None:
+def end_enrollment(
+    session: Session, enrollment: Enrollment, state: str, reason: str, now: datetime
+) -> None:
+    """End an enrollment now; its planned messages and open tasks are cancelled with it."""
     enrollment.state = state
     enrollment.end_reason = reason
     enrollment.ended_at = now
     enrollment.updated_at = now
     enrollment.due_at = None
     session.add(enrollment)
-    # A planned message that has not started sending is never sent now.
+    # A message waiting for a retry, or an open task, is never sent or shown now.
     for message in session.exec(
-        select(Message).where(Message.enrollment_id == enrollment.id, Message.state == "planned")
+        select(Message).where(
+            Message.enrollment_id == enrollment.id, col(Message.state).in_(("retry", "task"))
+        )
     ):
         message.state = "skipped"
         message.error = f"enrollment {state}: {reason}"
@@ -73,7 +81,7 @@ def stop(store: Store, email: str, reason: str, now: datetime) -> StopResult:
                 Enrollment.prospect_id == prospect.id, col(Enrollment.state).in_(LIVE_STATES)
             )
         ):
-            _end(session, enrollment, state, reason, now)
+            end_enrollment(session, enrollment, state, reason, now)
             stopped.append(enrollment.sequence)
         session.add(
             Event(
@@ -126,7 +134,7 @@ def suppress(store: Store, value: str, now: datetime, reason: str = "manual") ->
             .join(Prospect)
             .where(match, col(Enrollment.state).in_(LIVE_STATES))
         ):
-            _end(session, enrollment, state, f"suppressed: {reason}", now)
+            end_enrollment(session, enrollment, state, f"suppressed: {reason}", now)
             session.add(
                 Event(
                     prospect_id=_id(prospect),
@@ -144,3 +152,91 @@ def suppress(store: Store, value: str, now: datetime, reason: str = "manual") ->
 def suppressions(store: Store) -> list[Suppression]:
     with store.session() as session:
         return list(session.exec(select(Suppression).order_by(Suppression.value)))
+
+
+def stop_for_bounce(session: Session, message: Message, reason: str, now: datetime) -> None:
+    """A hard bounce: the address is dead. Mark it invalid and stop every live enrollment."""
+    prospect = session.get(Prospect, message.prospect_id)
+    assert prospect is not None
+    prospect.status = "invalid"
+    prospect.updated_at = now
+    session.add(prospect)
+    for enrollment in session.exec(
+        select(Enrollment).where(
+            Enrollment.prospect_id == prospect.id, col(Enrollment.state).in_(LIVE_STATES)
+        )
+    ):
+        end_enrollment(session, enrollment, "bounced", reason, now)
+    session.add(
+        Event(
+            prospect_id=_id(prospect),
+            enrollment_id=message.enrollment_id,
+            message_id=message.id,
+            kind="bounce",
+            reason="hard",
+            data={"smtp": reason},
+            occurred_at=now,
+        )
+    )
+
+
+def advance(
+    ws: Workspace, session: Session, enrollment: Enrollment, now: datetime, rng: random.Random
+) -> None:
+    """The step is done: plan the next one, or finish and hand over to the next sequence."""
+    sequence = ws.sequences[enrollment.sequence]
+    enrollment.step_index += 1
+    enrollment.updated_at = now
+    prospect = session.get(Prospect, enrollment.prospect_id)
+    assert prospect is not None
+    box = ws.config.mailbox(enrollment.sender)
+    if enrollment.step_index < len(sequence.steps):
+        step = sequence.steps[enrollment.step_index]
+        drawn = step.wait.draw(rng)
+        enrollment.wait_drawn = drawn
+        enrollment.due_at = planner.plan_due(
+            now, step.wait, drawn, ws.config.calendar(box, prospect.timezone)
+        )
+        session.add(enrollment)
+        return
+    end_enrollment(session, enrollment, "finished", "every step done", now)
+    follow = sequence.next
+    if follow is None or follow.sequence not in ws.sequences:
+        return
+    # The audience rules: an enrollment that reached "finished" had no reply and no bounce
+    # (either would have ended it), so "no_reply" and "not_bounced" hold by construction.
+    taken = session.exec(
+        select(Enrollment).where(
+            Enrollment.prospect_id == prospect.id, Enrollment.sequence == follow.sequence
+        )
+    ).first()
+    if taken is not None:
+        return
+    first = ws.sequences[follow.sequence].steps[0]
+    drawn = follow.wait.draw(rng)
+    cal = ws.config.calendar(box, prospect.timezone)
+    start = planner.add_wait(now, drawn, follow.wait.unit, cal)
+    first_drawn = first.wait.draw(rng)
+    session.add(
+        Enrollment(
+            prospect_id=_id(prospect),
+            sequence=follow.sequence,
+            sender=enrollment.sender,
+            state="active",
+            step_index=0,
+            wait_drawn=first_drawn,
+            due_at=planner.plan_due(start, first.wait, first_drawn, cal),
+            enrolled_at=now,
+            updated_at=now,
+            previous_id=enrollment.id,
+        )
+    )
+    session.add(
+        Event(
+            prospect_id=_id(prospect),
+            enrollment_id=enrollment.id,
+            kind="handoff",
+            reason=f"{sequence.name} -> {follow.sequence}",
+            occurred_at=now,
+        )
+    )

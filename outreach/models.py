@@ -39,6 +39,9 @@ class Enrollment(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("prospect_id", "sequence", name="uq_enrollment_prospect_sequence"),
         Index("ix_enrollments_due", "state", "due_at"),
+        # The per-mailbox claim: a mailbox's due work, oldest first, without walking another
+        # mailbox's backlog.
+        Index("ix_enrollments_sender_due", "sender", "state", "due_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -85,11 +88,13 @@ class Message(SQLModel, table=True):
     thread_root: str | None = None
     in_reply_to: str | None = None
     references: str | None = Field(default=None, sa_column=Column(Text))
-    # planned | sending | sent | unknown | failed | bounced | done | skipped
-    state: str = Field(default="planned")
+    # email: retry | sending | sent | unknown | failed | bounced | skipped
+    # task (LinkedIn or manual): task | done | skipped
+    state: str = Field(default="retry")
     attempts: int = 0
     next_attempt_at: datetime | None = None
     created_at: datetime
+    claimed_at: datetime | None = None
     sent_at: datetime | None = None
     smtp_response: str | None = None
     error: str | None = None
@@ -119,3 +124,21 @@ class Suppression(SQLModel, table=True):
     value: str = Field(unique=True, index=True)
     reason: str | None = None
     created_at: datetime
+
+
+class MailboxState(SQLModel, table=True):
+    """What the database knows of a sending mailbox: its pace, its count today, a pause.
+
+    Kept here, not in memory, so that limits and gaps hold across restarts (and, on
+    PostgreSQL, across daemons: it is updated in the claim's transaction).
+    """
+
+    __tablename__ = "mailbox_states"
+
+    email: str = Field(primary_key=True)
+    day: str | None = None  # the mailbox's local date that sent_on_day counts
+    sent_on_day: int = 0
+    last_sent_at: datetime | None = None
+    next_send_at: datetime | None = None  # the random gap, drawn once after each send
+    paused_reason: str | None = None
+    paused_at: datetime | None = None

@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
+from outreach.outbox import mailbox_report, unknown_messages
 from outreach.sequences import playbook_order
 from outreach.workspace import Workspace
 
@@ -82,6 +83,8 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
             if seq == name and step_index < size:
                 steps[step_index]["sent"] += count
         report["sequences"].append({"name": name, "enrollments": totals, "steps": steps})
+    report["mailboxes"] = mailbox_report(ws, now)
+    report["unknown"] = unknown_messages(ws)
     return report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -16,9 +17,19 @@ def starter_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def init_workspace(target: Path, *, force: bool = False) -> list[Path]:
+# For the demo only: send at any hour into the local sink, a second or two apart.
+DEMO_SETTINGS = {
+    "window": '"00:00-24:00"',
+    "days": '"mon-sun"',
+    "min_gap_seconds": "0",
+    "max_gap_seconds": "1",
+}
+
+
+def init_workspace(target: Path, *, force: bool = False, demo: bool = False) -> list[Path]:
     """Copy config, sequences, templates and a sample CSV into ``target``; never overwrite
-    a file unless ``force``. Returns the files written."""
+    a file unless ``force``. With ``demo``, the config sends at any time of day with short
+    gaps, so the local sink sees messages at once. Returns the files written."""
     source = starter_root()
     plan = [
         (source / "config.example.toml", target / "outreach.toml"),
@@ -38,4 +49,15 @@ def init_workspace(target: Path, *, force: bool = False) -> list[Path]:
     for src, dst in plan:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    if demo:
+        config = target / "outreach.toml"
+        config.write_text(_demo_config(config.read_text(encoding="utf-8")), encoding="utf-8")
     return [dst for _, dst in plan]
+
+
+def _demo_config(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    for key, value in DEMO_SETTINGS.items():
+        at = next(i for i, line in enumerate(lines) if re.match(rf"{key}\s*=", line))
+        lines[at] = f"{key} = {value}   # demo: see config.example.toml for real values\n"
+    return "".join(lines)

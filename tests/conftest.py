@@ -64,3 +64,21 @@ def write_csv(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def edit_config(path: Path, **settings: object) -> None:
+    """Set ``key = value`` where the TOML file assigns ``key`` (first match)."""
+    import re
+
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for key, value in settings.items():
+        rendered = json.dumps(value) if isinstance(value, str | bool) else str(value)
+        rendered = rendered.lower() if isinstance(value, bool) else rendered
+        # The line that sets it, else a commented-out line to switch on.
+        at = next(
+            (i for i, line in enumerate(lines) if re.match(rf"\s*{key}\s*=", line)),
+            next((i for i, line in enumerate(lines) if re.match(rf"\s*#\s*{key}\s*=", line)), None),
+        )
+        assert at is not None, f"{key} is not in {path}"
+        lines[at] = f"{key} = {rendered}\n"
+    path.write_text("".join(lines), encoding="utf-8")

@@ -1,0 +1,162 @@
+"""The long-running loop and ``send --once``: APScheduler is the clock, the database the truth.
+
+One interval job dispatches due work every ``[daemon] dispatch_seconds``; nothing is
+scheduled per message. SIGTERM or SIGINT lets the message in flight finish and be recorded,
+then the process exits 0. A lock file stops two processes from dispatching from one SQLite
+database (PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from outreach import clock
+from outreach.config import Mailbox
+from outreach.dispatch import Dispatcher, Report
+from outreach.errors import OutreachError
+from outreach.sender import SmtpTransport, Transport
+from outreach.workspace import Workspace
+
+log = logging.getLogger("outreach")
+
+
+class DispatchLock:
+    """One dispatching process per SQLite database, held for the life of the process."""
+
+    def __init__(self, ws: Workspace) -> None:
+        url = ws.config.database_url
+        self.path: Path | None = None
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            self.path = Path(url[len("sqlite:///") :] + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> DispatchLock:
+        if self.path is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutreachError(
+                f"another outreach process (pid {holder}) is sending from this database",
+                file=self.path,
+                hint="stop it first; one daemon per SQLite file",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def send_once(
+    ws: Workspace,
+    *,
+    transport_for: Callable[[Mailbox], Transport] = SmtpTransport,
+    wait_for_gaps: bool = True,
+    now: Callable[[], datetime] = clock.now,
+) -> Report:
+    """Send everything due now, within windows and limits; then return what happened."""
+    with DispatchLock(ws):
+        dispatcher = Dispatcher(ws, transport_for, now=now)
+        # We hold the lock: a message still "sending" belongs to a process that died.
+        unknown = dispatcher.recover(now(), everything=True)
+        report = asyncio.run(dispatcher.run_once(wait_for_gaps=wait_for_gaps))
+        report.unknown += unknown
+        return report
+
+
+class Daemon:
+    """``outreach run``."""
+
+    def __init__(
+        self, ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport
+    ) -> None:
+        self.ws = ws
+        self.dispatcher = Dispatcher(ws, transport_for)
+        self._tick: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def tick(self) -> None:
+        self._tick = asyncio.current_task()
+        try:
+            report = await self.dispatcher.run_once(wait_for_gaps=False)
+        except OutreachError as exc:
+            log.error("dispatch: %s", exc.one_line())
+            return
+        for sent in report.sent:
+            log.info(
+                "sent %s/%s to %s: %s %s",
+                sent["sequence"],
+                sent["step"],
+                sent["to"],
+                sent["subject"],
+                sent["message_id"],
+            )
+        for mailbox, reason in report.paused.items():
+            log.warning(
+                "mailbox %s is paused: %s (outreach mailboxes resume %s)", mailbox, reason, mailbox
+            )
+        for note in report.notes:
+            log.warning("%s", note)
+        if report.unknown:
+            log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
+
+    def stop(self) -> None:
+        log.info("stopping: finishing the message in flight")
+        self._stop.set()
+        self.dispatcher.stopping.set()
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        settings = self.ws.config.settings
+        scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=settings.daemon.dispatch_seconds,
+            next_run_time=clock.now(),
+            max_instances=1,
+            coalesce=True,
+            id="dispatch",
+        )
+        scheduler.start()
+        log.info(
+            "outreach running: %d mailbox(es), dispatch every %ss",
+            len(self.ws.config.mailboxes),
+            settings.daemon.dispatch_seconds,
+        )
+        await self._stop.wait()
+        scheduler.shutdown(wait=False)
+        if self._tick is not None and not self._tick.done():
+            await self._tick
+        log.info("stopped cleanly")
+
+
+def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    with DispatchLock(ws):
+        daemon = Daemon(ws, transport_for)
+        daemon.dispatcher.recover(clock.now(), everything=True)
+        asyncio.run(daemon.main())

@@ -1,0 +1,582 @@
+"""Dispatch: claim what is due, send it once, record what happened, move the sequence on.
+
+The order of events for one email is the guarantee:
+
+1. **Claim** (one transaction): re-read the enrollment (still active, still due, still at this
+   step), the suppression list and the mailbox's pace (paused? today's count? the gap?);
+   render and build the message; write it to the outbox as ``sending`` with its Message-ID;
+   count it against the mailbox. Commit.
+2. **Last look**: immediately before the SMTP transaction, read the enrollment's state again;
+   a reply or a stop recorded since the claim cancels the send.
+3. **SMTP**.
+4. **Record** (one transaction): ``sent`` with the server's reply and the next step planned;
+   or a retry with backoff, a bounce, a paused mailbox.
+
+A process that dies between 1 and 4 leaves the message ``sending``; when the next run starts
+(or the claim's lease runs out) it becomes ``unknown`` and is never sent again by itself:
+``outreach resolve`` settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, func, select
+
+from outreach import clock
+from outreach.ab import balanced_choice
+from outreach.config import Mailbox
+from outreach.engine import advance, end_enrollment, stop_for_bounce
+from outreach.errors import OutreachError, TemplateError
+from outreach.mail import Outgoing, Quote, build_message, make_message_id, reply_subject
+from outreach.models import Enrollment, MailboxState, Message, Prospect, Suppression
+from outreach.sender import Outcome, Transport
+from outreach.sequences import Sequence
+from outreach.unsubscribe import make_link, secret_from_env
+from outreach.workspace import Workspace, template_variables
+
+BATCH = 20
+MAX_RETRY_DELAY = timedelta(hours=6)
+
+
+@dataclass
+class Claimed:
+    """An email claimed for sending: its outbox row and the message to hand to SMTP."""
+
+    message_row: int
+    enrollment_id: int
+    email: EmailMessage
+    mail_from: str
+    rcpt: str
+    summary: dict[str, str]
+
+
+@dataclass
+class Wait:
+    """Nothing can leave this mailbox before ``until`` (its gap)."""
+
+    until: datetime
+
+
+@dataclass
+class Report:
+    """What one dispatch run did."""
+
+    sent: list[dict[str, str]] = field(default_factory=list)
+    retried: int = 0
+    bounced: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    tasks_created: int = 0
+    tasks_skipped: int = 0
+    unknown: int = 0
+    paused: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _id(row: Prospect | Enrollment | Message) -> int:
+    assert row.id is not None
+    return row.id
+
+
+class Dispatcher:
+    """Sends what is due, mailbox by mailbox, in parallel; one failing mailbox stops nobody."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        transport_for: Callable[[Mailbox], Transport],
+        *,
+        rng: random.Random | None = None,
+        now: Callable[[], datetime] = clock.now,
+    ) -> None:
+        self.ws = ws
+        self.transport_for = transport_for
+        self.rng = rng or random.Random()
+        self.now = now
+        self.settings = ws.config.settings
+        self.stopping = asyncio.Event()
+        self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
+        self._secret: str | None = None
+        if self.settings.sending.unsubscribe_url:
+            self._secret = secret_from_env(self.settings.sending.unsubscribe_secret_env)
+
+    # ----------------------------------------------------------------- the run
+
+    async def run_once(self, *, wait_for_gaps: bool = True) -> Report:
+        """Send everything due now, within windows and limits; then return."""
+        report = Report()
+        now = self.now()
+        report.unknown = self.recover(now)
+        self.expire_tasks(now, report)
+        boxes = self.ws.config.mailboxes
+        results = await asyncio.gather(
+            *(self.drain(box, report, wait_for_gaps) for box in boxes), return_exceptions=True
+        )
+        for box, result in zip(boxes, results, strict=True):
+            if isinstance(result, OutreachError):
+                report.notes.append(f"{box.email}: {result.one_line()}")
+            elif isinstance(result, BaseException):
+                raise result
+        return report
+
+    async def drain(self, box: Mailbox, report: Report, wait_for_gaps: bool) -> None:
+        """Send this mailbox's due messages one by one, keeping its gap, until none is left."""
+        transport = self.transport_for(box)
+        try:
+            while not self.stopping.is_set():
+                claim = self.claim(box, self.now(), report)
+                if claim is None:
+                    return
+                if isinstance(claim, Wait):
+                    delay = (claim.until - self.now()).total_seconds()
+                    if not wait_for_gaps or delay > self.settings.sending.max_gap_seconds + 1:
+                        return
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), timeout=max(delay, 0))
+                    except TimeoutError:
+                        pass
+                    continue
+                if not self.still_active(claim):
+                    self.cancel(claim, report)
+                    continue
+                outcome = await transport.send(claim.email, claim.mail_from, claim.rcpt)
+                self.record(claim, outcome, self.now(), report)
+                if outcome.kind == "auth":
+                    return
+        finally:
+            await transport.close()
+
+    # ---------------------------------------------------------------- the claim
+
+    def claim(self, box: Mailbox, now: datetime, report: Report) -> Claimed | Wait | None:
+        """Claim the mailbox's next due email (creating due tasks on the way), or say why not."""
+        with self.ws.store.session() as session:
+            state = session.get(MailboxState, box.email) or MailboxState(email=box.email)
+            if state.paused_reason:
+                report.paused[box.email] = state.paused_reason
+                return None
+            if state.next_send_at and state.next_send_at > now:
+                return Wait(state.next_send_at)
+            today = now.astimezone(ZoneInfo(box.timezone or self.settings.sending.timezone))
+            if state.day != today.date().isoformat():
+                state.day, state.sent_on_day = today.date().isoformat(), 0
+            if state.sent_on_day >= self.ws.config.daily_limit(box):
+                return None  # the rest waits for tomorrow, in due order
+            candidates = session.exec(
+                select(Enrollment)
+                .where(
+                    Enrollment.sender == box.email,
+                    Enrollment.state == "active",
+                    col(Enrollment.due_at) <= now,
+                )
+                .order_by(col(Enrollment.due_at), col(Enrollment.id))
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for enrollment in candidates:
+                claimed = self._claim_one(session, box, state, enrollment, now, report)
+                if claimed is not None:
+                    session.add(state)
+                    return claimed
+            session.add(state)
+            return None
+
+    def _claim_one(
+        self,
+        session: Session,
+        box: Mailbox,
+        state: MailboxState,
+        enrollment: Enrollment,
+        now: datetime,
+        report: Report,
+    ) -> Claimed | None:
+        prospect = session.get(Prospect, enrollment.prospect_id)
+        assert prospect is not None
+        sequence = self.ws.sequences.get(enrollment.sequence)
+        if sequence is None or enrollment.step_index >= len(sequence.steps):
+            end_enrollment(session, enrollment, "stopped", "sequence or step no longer exists", now)
+            return None
+        if prospect.status != "active" or _suppressed(session, prospect.email):
+            end_enrollment(session, enrollment, "stopped", "suppressed", now)
+            return None
+        cal = self.ws.config.calendar(box, prospect.timezone)
+        if not cal.is_open(now):
+            enrollment.due_at = cal.next_open(now)
+            session.add(enrollment)
+            return None
+        step = sequence.steps[enrollment.step_index]
+        if not step.is_email:
+            self._create_task(session, box, sequence, enrollment, prospect, now)
+            report.tasks_created += 1
+            return None
+        try:
+            message, email = self._build(session, box, sequence, enrollment, prospect, now)
+        except TemplateError as exc:
+            # Never send a message with a hole in it: hold the prospect, tell the operator.
+            end_enrollment(session, enrollment, "stopped", f"template: {exc.one_line()}", now)
+            report.failed += 1
+            report.notes.append(f"{prospect.email}: {exc.one_line()}")
+            return None
+        state.sent_on_day += 1
+        state.last_sent_at = now
+        gap = self.rng.uniform(
+            self.settings.sending.min_gap_seconds, self.settings.sending.max_gap_seconds
+        )
+        state.next_send_at = now + timedelta(seconds=gap)
+        enrollment.due_at = None  # in flight: no second claim
+        enrollment.updated_at = now
+        session.add_all([enrollment, message])
+        session.flush()
+        return Claimed(
+            message_row=_id(message),
+            enrollment_id=_id(enrollment),
+            email=email,
+            mail_from=box.email,
+            rcpt=prospect.email,
+            summary={
+                "to": prospect.email,
+                "subject": message.subject or "",
+                "message_id": message.message_id or "",
+                "sequence": sequence.name,
+                "step": step.name,
+                "in_reply_to": message.in_reply_to or "",
+            },
+        )
+
+    def _build(
+        self,
+        session: Session,
+        box: Mailbox,
+        sequence: Sequence,
+        enrollment: Enrollment,
+        prospect: Prospect,
+        now: datetime,
+    ) -> tuple[Message, EmailMessage]:
+        index = enrollment.step_index
+        step = sequence.steps[index]
+        template = self.ws.templates.get(step.template)
+        language = prospect.language or self.settings.sending.language
+        persona = prospect.persona
+        variables = self._variables(box, prospect)
+        message = session.exec(
+            select(Message).where(
+                Message.enrollment_id == enrollment.id, Message.step_index == index
+            )
+        ).first()
+        if message is None:  # first attempt: assign the variants once, for good
+            message = Message(
+                enrollment_id=_id(enrollment),
+                prospect_id=_id(prospect),
+                sequence=sequence.name,
+                step_index=index,
+                step_name=step.name,
+                channel=step.channel,
+                sender=box.email,
+                language=language,
+                persona=persona,
+                message_id=make_message_id(box.email),
+                created_at=now,
+            )
+            if step.thread == "new":
+                message.subject_variant = self._assign(
+                    sequence.name, index, "subject", template.eligible("subject", language, persona)
+                )
+            message.body_variant = self._assign(
+                sequence.name, index, "body", template.eligible("body", language, persona)
+            )
+        thread = self._thread(session, sequence, enrollment, index)
+        if step.thread == "reply":
+            if not thread:
+                raise TemplateError(
+                    f"step '{step.name}' replies in a thread that was never sent",
+                    file=sequence.source,
+                )
+            message.subject = reply_subject(thread[0].subject or "")
+        else:
+            variant = template.variant("subject", message.subject_variant or "")
+            message.subject = self.ws.renderer.render_subject(
+                variant, language, persona, variables, template.path
+            )
+        body_variant = template.variant("body", message.body_variant or "")
+        text, html = self.ws.renderer.render_body(
+            body_variant, language, persona, variables, template.path
+        )
+        previous = thread[-1] if thread and step.thread == "reply" else None
+        quote = None
+        if previous is not None and self.settings.sending.quote_previous and previous.sent_at:
+            quote = Quote(
+                sent_at=previous.sent_at,
+                from_name=box.name,
+                from_email=box.email,
+                text=previous.body or "",
+                timezone=prospect.timezone or box.timezone or self.settings.sending.timezone,
+            )
+        outgoing = Outgoing(
+            from_name=box.name,
+            from_email=box.email,
+            to_email=prospect.email,
+            to_name=" ".join(p for p in (prospect.first_name, prospect.last_name) if p) or None,
+            subject=message.subject,
+            text=text,
+            html=html,
+            message_id=message.message_id or make_message_id(box.email),
+            date=now,
+            in_reply_to=previous.message_id if previous else None,
+            references=tuple(m.message_id for m in thread if m.message_id) if previous else (),
+            unsubscribe_mailto=self.settings.sending.unsubscribe_mailto,
+            unsubscribe_url=make_link(
+                self.settings.sending.unsubscribe_url, self._secret, prospect.email
+            )
+            if self.settings.sending.unsubscribe_url and self._secret
+            else None,
+            quote=quote,
+            language=language,
+        )
+        email = build_message(outgoing)
+        body = email.get_body(("plain",))
+        message.body = body.get_content() if body is not None else text
+        message.in_reply_to = outgoing.in_reply_to
+        message.references = " ".join(outgoing.references) or None
+        message.thread_root = thread[0].message_id if thread else message.message_id
+        message.state = "sending"
+        message.claimed_at = now
+        message.attempts += 1
+        return message, email
+
+    def _thread(
+        self, session: Session, sequence: Sequence, enrollment: Enrollment, index: int
+    ) -> list[Message]:
+        """The sent messages of the thread step ``index`` belongs to, oldest first."""
+        root = sequence.thread_root(index)
+        steps = [
+            i
+            for i in range(index)
+            if sequence.steps[i].is_email and sequence.thread_root(i) == root
+        ]
+        if not steps:
+            return []
+        return list(
+            session.exec(
+                select(Message)
+                .where(
+                    Message.enrollment_id == enrollment.id,
+                    col(Message.step_index).in_(steps),
+                    Message.state == "sent",
+                )
+                .order_by(col(Message.step_index))
+            )
+        )
+
+    def _variables(self, box: Mailbox, prospect: Prospect) -> dict[str, object]:
+        fields = {
+            key: getattr(prospect, key)
+            for key in (
+                "email",
+                "first_name",
+                "last_name",
+                "company",
+                "title",
+                "linkedin",
+                "persona",
+                "language",
+                "timezone",
+            )
+        }
+        return template_variables(
+            fields, prospect.fields, self.ws.sender_variables(box), self.settings.variables
+        )
+
+    def _assign(self, sequence: str, index: int, kind: str, variants: list) -> str:  # type: ignore[type-arg]
+        """Balanced assignment: the eligible variant given to the fewest prospects so far."""
+        if not variants:
+            raise TemplateError(
+                f"no active {kind} variant for this prospect's language", file=sequence
+            )
+        key = (sequence, index, kind)
+        if key not in self._counts:
+            column = Message.subject_variant if kind == "subject" else Message.body_variant
+            with self.ws.store.session() as session:
+                rows = session.exec(
+                    select(column, func.count())
+                    .where(Message.sequence == sequence, Message.step_index == index)
+                    .group_by(column)
+                ).all()
+            self._counts[key] = {name: count for name, count in rows if name}
+        counts = self._counts[key]
+        choice = balanced_choice([v.id for v in variants], counts, self.rng)
+        counts[choice] = counts.get(choice, 0) + 1
+        return choice
+
+    def _create_task(
+        self,
+        session: Session,
+        box: Mailbox,
+        sequence: Sequence,
+        enrollment: Enrollment,
+        prospect: Prospect,
+        now: datetime,
+    ) -> None:
+        index = enrollment.step_index
+        step = sequence.steps[index]
+        template = self.ws.templates.get(step.template)
+        language = prospect.language or self.settings.sending.language
+        variant = self._assign(
+            sequence.name, index, "body", template.eligible("body", language, prospect.persona)
+        )
+        text, _ = self.ws.renderer.render_body(
+            template.variant("body", variant),
+            language,
+            prospect.persona,
+            self._variables(box, prospect),
+            template.path,
+        )
+        skip_at = now + timedelta(days=self.settings.tasks.skip_after_days)
+        session.add(
+            Message(
+                enrollment_id=_id(enrollment),
+                prospect_id=_id(prospect),
+                sequence=sequence.name,
+                step_index=index,
+                step_name=step.name,
+                channel=step.channel,
+                sender=box.email,
+                language=language,
+                persona=prospect.persona,
+                body_variant=variant,
+                body=text,
+                state="task",
+                created_at=now,
+                next_attempt_at=skip_at,
+            )
+        )
+        enrollment.due_at = None  # the sequence waits for the rep (or the skip time)
+        enrollment.updated_at = now
+        session.add(enrollment)
+
+    # --------------------------------------------------------- after the claim
+
+    def still_active(self, claim: Claimed) -> bool:
+        """The last look before SMTP: has a reply or a stop arrived since the claim?"""
+        with self.ws.store.session() as session:
+            enrollment = session.get(Enrollment, claim.enrollment_id)
+            return enrollment is not None and enrollment.state == "active"
+
+    def cancel(self, claim: Claimed, report: Report) -> None:
+        with self.ws.store.session() as session:
+            message = session.get(Message, claim.message_row)
+            assert message is not None
+            message.state = "skipped"
+            message.error = "the enrollment ended before the message left"
+            session.add(message)
+            _uncount(session, claim.mail_from)
+        report.cancelled += 1
+
+    def record(self, claim: Claimed, outcome: Outcome, now: datetime, report: Report) -> None:
+        """Write down what SMTP said and move the sequence on accordingly."""
+        with self.ws.store.session() as session:
+            message = session.get(Message, claim.message_row)
+            enrollment = session.get(Enrollment, claim.enrollment_id)
+            assert message is not None and enrollment is not None
+            message.smtp_response = str(outcome)
+            if outcome.kind == "sent":
+                message.state, message.sent_at, message.error = "sent", now, None
+                report.sent.append(claim.summary)
+                if enrollment.state == "active" and enrollment.step_index == message.step_index:
+                    advance(self.ws, session, enrollment, now, self.rng)
+            elif outcome.kind == "retry":
+                if message.attempts >= self.settings.sending.max_attempts:
+                    message.state, message.error = "failed", f"gave up: {outcome}"
+                    end_enrollment(session, enrollment, "stopped", f"undeliverable: {outcome}", now)
+                    report.failed += 1
+                else:
+                    delay = min(
+                        timedelta(
+                            seconds=self.settings.sending.retry_seconds
+                            * 2 ** (message.attempts - 1)
+                        ),
+                        MAX_RETRY_DELAY,
+                    )
+                    message.state, message.error = "retry", str(outcome)
+                    message.next_attempt_at = now + delay
+                    if enrollment.state == "active":
+                        enrollment.due_at = message.next_attempt_at
+                    report.retried += 1
+            elif outcome.kind == "bounce":
+                message.state, message.error = "bounced", str(outcome)
+                stop_for_bounce(session, message, str(outcome), now)
+                report.bounced += 1
+            elif outcome.kind == "auth":
+                # Not this message's fault: it goes back to the queue, the mailbox pauses.
+                message.state, message.error = "retry", str(outcome)
+                message.attempts -= 1
+                if enrollment.state == "active":
+                    enrollment.due_at = now
+                state = session.get(MailboxState, claim.mail_from)
+                assert state is not None
+                state.paused_reason, state.paused_at = str(outcome), now
+                state.sent_on_day = max(state.sent_on_day - 1, 0)
+                session.add(state)
+                report.paused[claim.mail_from] = str(outcome)
+            else:
+                message.state, message.error = "failed", str(outcome)
+                end_enrollment(session, enrollment, "stopped", f"refused: {outcome}", now)
+                report.failed += 1
+            session.add_all([message, enrollment])
+
+    # ------------------------------------------------------- housekeeping
+
+    def recover(self, now: datetime, *, everything: bool = False) -> int:
+        """Claims that never got an answer become ``unknown``: never resent by themselves."""
+        lease = timedelta(seconds=self.settings.daemon.lease_seconds)
+        with self.ws.store.session() as session:
+            query = select(Message).where(Message.state == "sending")
+            if not everything:
+                query = query.where(col(Message.claimed_at) < now - lease)
+            stale = session.exec(query).all()
+            for message in stale:
+                message.state = "unknown"
+                message.error = "the process ended between claim and answer; see outreach resolve"
+                session.add(message)
+            return len(stale)
+
+    def expire_tasks(self, now: datetime, report: Report) -> None:
+        """A task left undone past ``[tasks] skip_after_days`` is skipped; the sequence goes on."""
+        with self.ws.store.session() as session:
+            for task in session.exec(
+                select(Message).where(Message.state == "task", col(Message.next_attempt_at) <= now)
+            ):
+                task.state, task.error = "skipped", "not done in time"
+                session.add(task)
+                enrollment = session.get(Enrollment, task.enrollment_id)
+                if (
+                    enrollment
+                    and enrollment.state == "active"
+                    and enrollment.step_index == task.step_index
+                ):
+                    advance(self.ws, session, enrollment, now, self.rng)
+                report.tasks_skipped += 1
+
+
+def _suppressed(session: Session, email: str) -> bool:
+    domain = "@" + email.rpartition("@")[2]
+    return (
+        session.exec(
+            select(Suppression.id).where(col(Suppression.value).in_((email, domain)))
+        ).first()
+        is not None
+    )
+
+
+def _uncount(session: Session, mailbox: str) -> None:
+    state = session.get(MailboxState, mailbox)
+    if state is not None:
+        state.sent_on_day = max(state.sent_on_day - 1, 0)
+        state.next_send_at = None
+        session.add(state)

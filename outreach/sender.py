@@ -1,0 +1,143 @@
+"""SMTP delivery with aiosmtplib: one reused connection per mailbox, every reply classified.
+
+The dispatcher never sees an exception from here: :meth:`SmtpTransport.send` turns every
+server answer and every network failure into an :class:`Outcome` that says what to do next.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Literal, Protocol
+
+import aiosmtplib
+
+from outreach.config import Mailbox, _is_loopback
+from outreach.errors import ConfigError
+
+# sent: accepted. retry: 4xx or the connection failed; try again later. bounce: the
+# recipient does not exist (5xx at RCPT, or a 5.1.x status). auth: the mailbox's login or
+# sender address was refused; pause the mailbox. failed: a permanent refusal of this message.
+Kind = Literal["sent", "retry", "bounce", "auth", "failed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    code: int | None
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}" if self.code else self.text
+
+
+class Transport(Protocol):
+    """What the dispatcher needs of a mailbox's outgoing connection."""
+
+    async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+def _status_class(text: str) -> str | None:
+    match = re.match(r"\s*([245])\.(\d{1,3})\.\d{1,3}", text)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def classify(code: int, text: str, *, at_rcpt: bool) -> Outcome:
+    """What an SMTP error reply means for the message and the mailbox."""
+    text = " ".join(text.split())
+    if code in (530, 534, 535, 538):
+        return Outcome("auth", code, text)
+    if 400 <= code < 500:
+        return Outcome("retry", code, text)
+    if at_rcpt or _status_class(text) == "5.1":
+        return Outcome("bounce", code, text)
+    return Outcome("failed", code, text)
+
+
+class SmtpTransport:
+    """One mailbox's SMTP connection, opened on first use and reused until it fails."""
+
+    def __init__(self, mailbox: Mailbox, timeout: float = 60.0) -> None:
+        if mailbox.smtp_security == "none" and not _is_loopback(mailbox.smtp_host):
+            raise ConfigError(
+                "plaintext SMTP is only allowed to a loopback host",
+                field=f"mailboxes {mailbox.email}: smtp_security",
+            )
+        self.mailbox = mailbox
+        self.timeout = timeout
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        box = self.mailbox
+        password = box.password()
+        if box.password_env and password is None:
+            raise ConfigError(
+                f"environment variable {box.password_env} is not set",
+                field=f"mailboxes {box.email}: password_env",
+            )
+        smtp = aiosmtplib.SMTP(
+            hostname=box.smtp_host,
+            port=box.smtp_port,
+            use_tls=box.smtp_security == "tls",
+            start_tls=True if box.smtp_security == "starttls" else False,
+            # Certificates are always checked, except on loopback (a local relay or test).
+            validate_certs=not _is_loopback(box.smtp_host),
+            timeout=self.timeout,
+        )
+        await smtp.connect()
+        if box.smtp_username or password:
+            await smtp.login(box.smtp_username or box.email, password or "")
+        return smtp
+
+    async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome:
+        try:
+            if self._smtp is None or not self._smtp.is_connected:
+                self._smtp = await self._connect()
+            errors, response = await self._smtp.send_message(
+                message, sender=mail_from, recipients=[rcpt]
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            return classify(refused.code, refused.message, at_rcpt=True)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await self._drop()
+            return Outcome("auth", exc.code, " ".join(exc.message.split()))
+        except aiosmtplib.SMTPSenderRefused as exc:
+            outcome = classify(exc.code, exc.message, at_rcpt=False)
+            return Outcome("auth", exc.code, outcome.text) if exc.code >= 500 else outcome
+        except (
+            aiosmtplib.SMTPServerDisconnected,
+            aiosmtplib.SMTPConnectError,
+            aiosmtplib.SMTPTimeoutError,
+            OSError,
+        ) as exc:
+            await self._drop()
+            return Outcome("retry", None, f"connection: {exc}")
+        except aiosmtplib.SMTPResponseException as exc:
+            return classify(exc.code, exc.message, at_rcpt=False)
+        except aiosmtplib.SMTPException as exc:
+            await self._drop()
+            return Outcome("retry", None, f"smtp: {exc}")
+        if errors:
+            code, text = next(iter(errors.values()))
+            return classify(code, text, at_rcpt=True)
+        return Outcome("sent", 250, " ".join(response.split()))
+
+    async def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except Exception:  # noqa: BLE001 - already broken; nothing more to do
+                pass
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.quit()
+            except aiosmtplib.SMTPException:
+                smtp.close()
