@@ -148,9 +148,10 @@ class Daemon:
             settings.daemon.dispatch_seconds,
         )
         await self._stop.wait()
-        scheduler.shutdown(wait=False)
+        scheduler.pause()  # no new tick; the one in flight finishes (shutdown would cancel it)
         if self._tick is not None and not self._tick.done():
-            await self._tick
+            await asyncio.wait([self._tick])
+        scheduler.shutdown(wait=False)
         log.info("stopped cleanly")
 
 

@@ -4,8 +4,9 @@
 implicit TLS (a self-signed certificate made here with ``cryptography``), and able to answer
 the next commands with scripted failures (a 451, a refused recipient, a dropped connection).
 
-Import the fixtures into ``conftest.py`` (``from smtp_servers import smtp_server, ...``) or
-into a test module; this module is not a conftest itself.
+Its fixtures (``smtp_server``, ``smtp_server_auth_starttls``, ``make_smtp_server``) reach the
+tests through ``pytest_plugins = ["smtp_servers"]`` in ``conftest.py`` (or in a test module);
+this module is not a conftest itself. Registered that way, pytest also rewrites its asserts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -67,7 +68,6 @@ def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
     public_key = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -75,8 +75,10 @@ def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
         .issuer_name(name)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        # Fixed and wide: OpenSSL checks against the real clock, which freezegun does not move
+        # (tests freeze the time in 2026 or 2027; a window around that would fail today).
+        .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
         .add_extension(
             x509.SubjectAlternativeName(
                 [
@@ -212,7 +214,8 @@ class RecordingSMTP:
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
-        self.username, self.password = auth if auth is not None else (None, None)
+        self.username: str | None = auth[0] if auth is not None else None
+        self.password: str | None = auth[1] if auth is not None else None
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.port = 0
@@ -319,3 +322,34 @@ def smtp_server_auth_starttls() -> Iterator[RecordingSMTP]:
     """An SMTP server that requires STARTTLS, then AUTH as SMTP_USERNAME / SMTP_PASSWORD."""
     with RecordingSMTP(auth=(SMTP_USERNAME, SMTP_PASSWORD), starttls=True) as server:
         yield server
+
+
+class MakeSMTPServer(Protocol):
+    """The ``make_smtp_server`` fixture: start a RecordingSMTP with these options."""
+
+    def __call__(
+        self,
+        *,
+        auth: tuple[str, str] | None = None,
+        starttls: bool = False,
+        implicit_tls: bool = False,
+    ) -> RecordingSMTP: ...
+
+
+@pytest.fixture
+def make_smtp_server() -> Iterator[MakeSMTPServer]:
+    """Start a RecordingSMTP with any options, e.g. ``make_smtp_server(implicit_tls=True)``;
+    every server it started is stopped after the test."""
+    servers: list[RecordingSMTP] = []
+
+    def make(
+        *, auth: tuple[str, str] | None = None, starttls: bool = False, implicit_tls: bool = False
+    ) -> RecordingSMTP:
+        server = RecordingSMTP(auth=auth, starttls=starttls, implicit_tls=implicit_tls)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -8,20 +8,20 @@ import socket
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 import pytest
-from smtp_servers import (  # noqa: F401 - fixtures are used by name
-    SMTP_PASSWORD,
-    SMTP_USERNAME,
-    RecordingSMTP,
-    smtp_server,
-    smtp_server_auth_starttls,
-)
 
 from outreach.errors import OutreachError
 from outreach.sink import PortInUse, Sink, summarize
 
+if TYPE_CHECKING:
+    from smtp_servers import MakeSMTPServer, RecordingSMTP
+
+# The servers come as fixtures only: importing smtp_servers here as well would import it
+# before pytest registers it, and pytest could no longer rewrite its asserts.
+pytest_plugins = ["smtp_servers"]
 pytestmark = pytest.mark.timeout(30)
 
 CLIENT_TIMEOUT = 5  # seconds, for every client: a hung server fails the test fast
@@ -241,18 +241,18 @@ def test_auth_with_starttls_accepts_the_right_password(
         server.port,
         start_tls=True,
         cert_bundle=str(server.cert_path),  # verified: name and chain
-        username=SMTP_USERNAME,
-        password=SMTP_PASSWORD,
+        username=server.username,
+        password=server.password,
     )
     send(
         cold_email("unverified"),
         server.port,
         start_tls=True,
         validate_certs=False,
-        username=SMTP_USERNAME,
-        password=SMTP_PASSWORD,
+        username=server.username,
+        password=server.password,
     )
-    assert [r.login for r in server.received] == [SMTP_USERNAME, SMTP_USERNAME]
+    assert [r.login for r in server.received] == [server.username, server.username]
 
 
 def test_auth_with_starttls_refuses_a_wrong_password_with_535(
@@ -264,7 +264,7 @@ def test_auth_with_starttls_refuses_a_wrong_password_with_535(
             smtp_server_auth_starttls.port,
             start_tls=True,
             validate_certs=False,
-            username=SMTP_USERNAME,
+            username=smtp_server_auth_starttls.username,
             password="wrong",
         )
     assert caught.value.code == 535
@@ -274,10 +274,14 @@ def test_auth_with_starttls_refuses_a_wrong_password_with_535(
 def test_auth_plain_and_login_mechanisms_both_work(
     smtp_server_auth_starttls: RecordingSMTP,
 ) -> None:
+    server = smtp_server_auth_starttls
+    assert server.username is not None and server.password is not None
+
     async def login_with(mechanism: str, password: str) -> int:
+        assert server.username is not None
         client = aiosmtplib.SMTP(
             hostname="127.0.0.1",
-            port=smtp_server_auth_starttls.port,
+            port=server.port,
             start_tls=True,
             validate_certs=False,
             timeout=CLIENT_TIMEOUT,
@@ -286,12 +290,12 @@ def test_auth_plain_and_login_mechanisms_both_work(
             await client.ehlo()  # login() does this itself; the auth_* methods do not
             auth = client.auth_plain if mechanism == "PLAIN" else client.auth_login
             try:
-                return (await auth(SMTP_USERNAME, password)).code
+                return (await auth(server.username, password)).code
             except aiosmtplib.SMTPAuthenticationError as error:
                 return error.code
 
-    assert asyncio.run(login_with("PLAIN", SMTP_PASSWORD)) == 235
-    assert asyncio.run(login_with("LOGIN", SMTP_PASSWORD)) == 235
+    assert asyncio.run(login_with("PLAIN", server.password)) == 235
+    assert asyncio.run(login_with("LOGIN", server.password)) == 235
     assert asyncio.run(login_with("PLAIN", "wrong")) == 535
     assert asyncio.run(login_with("LOGIN", "wrong")) == 535
 
@@ -304,42 +308,43 @@ def test_starttls_server_refuses_mail_in_the_clear(
     assert caught.value.code == 530
 
 
-def test_auth_server_refuses_mail_before_login() -> None:
-    with RecordingSMTP(auth=(SMTP_USERNAME, SMTP_PASSWORD)) as server:
-        with pytest.raises(aiosmtplib.SMTPSenderRefused) as caught:
-            send(cold_email(), server.port)
-        assert caught.value.code == 530
-        # Without TLS, AUTH is allowed in the clear (loopback; smtp_security = "none").
-        send(cold_email(), server.port, username=SMTP_USERNAME, password=SMTP_PASSWORD)
-    assert [r.login for r in server.received] == [SMTP_USERNAME]
+def test_auth_server_refuses_mail_before_login(make_smtp_server: MakeSMTPServer) -> None:
+    server = make_smtp_server(auth=("sanna", "secret"))
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as caught:
+        send(cold_email(), server.port)
+    assert caught.value.code == 530
+    # Without TLS, AUTH is allowed in the clear (loopback; smtp_security = "none").
+    send(cold_email(), server.port, username="sanna", password="secret")
+    assert [r.login for r in server.received] == ["sanna"]
 
 
-def test_implicit_tls_with_auth() -> None:
-    with RecordingSMTP(implicit_tls=True, auth=(SMTP_USERNAME, SMTP_PASSWORD)) as server:
-        assert server.cert_path is not None
+def test_implicit_tls_with_auth(make_smtp_server: MakeSMTPServer) -> None:
+    server = make_smtp_server(implicit_tls=True, auth=("sanna", "secret"))
+    assert server.cert_path is not None
+    send(
+        cold_email("over SMTPS"),
+        server.port,
+        use_tls=True,
+        start_tls=None,
+        cert_bundle=str(server.cert_path),
+        username="sanna",
+        password="secret",
+    )
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
         send(
-            cold_email("over SMTPS"),
+            cold_email(),
             server.port,
             use_tls=True,
             start_tls=None,
-            cert_bundle=str(server.cert_path),
-            username=SMTP_USERNAME,
-            password=SMTP_PASSWORD,
+            validate_certs=False,
+            username="sanna",
+            password="wrong",
         )
-        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
-            send(
-                cold_email(),
-                server.port,
-                use_tls=True,
-                start_tls=None,
-                validate_certs=False,
-                username=SMTP_USERNAME,
-                password="wrong",
-            )
-        with pytest.raises(aiosmtplib.SMTPException):  # a plaintext client gets no greeting
-            asyncio.run(
-                aiosmtplib.send(cold_email(), hostname="127.0.0.1", port=server.port, timeout=1)
-            )
+    # A plaintext client never sees the greeting, which is inside TLS.
+    with pytest.raises(aiosmtplib.SMTPConnectTimeoutError):
+        asyncio.run(
+            aiosmtplib.send(cold_email(), hostname="127.0.0.1", port=server.port, timeout=1)
+        )
     assert [r.message["Subject"] for r in server.received] == ["over SMTPS"]
 
 
@@ -387,11 +392,11 @@ def test_scripted_replies_queue_in_order(smtp_server: RecordingSMTP) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "hello", "rcpt:drop", "rcpt:", "99 short", "600 nope"])
-def test_script_refuses_what_it_cannot_answer(bad: str) -> None:
+def test_script_refuses_what_it_cannot_answer(smtp_server: RecordingSMTP, bad: str) -> None:
     with pytest.raises(ValueError, match="cannot script"):
-        RecordingSMTP().script(bad)
+        smtp_server.script(bad)
 
 
-def test_starttls_and_implicit_tls_together_are_refused() -> None:
+def test_starttls_and_implicit_tls_together_are_refused(make_smtp_server: MakeSMTPServer) -> None:
     with pytest.raises(ValueError, match="not both"):
-        RecordingSMTP(starttls=True, implicit_tls=True)
+        make_smtp_server(starttls=True, implicit_tls=True)

@@ -1,0 +1,155 @@
+"""Whole processes: `outreach run` and `outreach send --once` killed, stopped and restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from outreach.sink import LoopbackController
+from tests.conftest import edit_config
+
+ALWAYS_OPEN = {
+    "window": "00:00-24:00",
+    "days": "mon-sun",
+    "holidays": "",
+    "min_gap_seconds": 0,
+    "max_gap_seconds": 0,
+}
+
+
+class HoldingHandler:
+    """An SMTP server that holds every DATA command until the test lets it answer; like a
+    real server, it keeps the message once it has the data, even if the client is gone."""
+
+    def __init__(self) -> None:
+        self.in_data = threading.Event()
+        self.release = threading.Event()
+        self.kept: list[bytes] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def] # noqa: N802
+        import asyncio
+
+        self.kept.append(envelope.original_content)  # the server has it from here on
+        self.in_data.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        return "250 2.0.0 Ok: queued"
+
+
+@pytest.fixture
+def holding_server() -> Iterator[tuple[HoldingHandler, int]]:
+    handler = HoldingHandler()
+    controller = LoopbackController(handler, host="127.0.0.1", port=0)
+    controller.start()
+    try:
+        yield handler, controller.port
+    finally:
+        handler.release.set()
+        controller.stop()
+
+
+def outreach(config: Path, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "outreach", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def prepared(workspace_dir: Path, port: int, **extra: object) -> Path:
+    config = workspace_dir / "outreach.toml"
+    edit_config(config, smtp_port=port, **{**ALWAYS_OPEN, **extra})
+    lines = "email,first_name,company,language\nann@acme.example,Ann,Acme,en\n"
+    (workspace_dir / "one.csv").write_text(lines, encoding="utf-8")
+    code, _, err = finish(
+        outreach(config, "enroll", str(workspace_dir / "one.csv"), "--sequence", "cold")
+    )
+    assert code == 0, err
+    return config
+
+
+def status(config: Path) -> dict:  # type: ignore[type-arg]
+    code, out, err = finish(outreach(config, "status", "--json"))
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_sigkill_mid_send_never_leads_to_a_second_copy(
+    workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
+) -> None:
+    handler, port = holding_server
+    config = prepared(workspace_dir, port)
+    sender = outreach(config, "send", "--once")
+    assert handler.in_data.wait(30), "the send never reached DATA"
+    sender.send_signal(signal.SIGKILL)  # dies between claim and answer
+    sender.wait(30)
+    handler.release.set()  # the server had the data: it delivers, the client never knew
+    assert len(handler.kept) == 1
+    # Restart: the message is held as unknown, not sent again.
+    code, out, err = finish(outreach(config, "send", "--once"))
+    assert code == 0, err
+    assert "0 sent" in out and "1 message(s) in unknown state" in err
+    report = status(config)
+    [unknown] = report["unknown"]
+    assert unknown["step"] == "intro"
+    assert len(handler.kept) == 1
+    # The operator looks in the Sent folder, finds it, and says so: the sequence goes on.
+    code, out, err = finish(outreach(config, "resolve", str(unknown["id"]), "--sent"))
+    assert code == 0 and ": sent" in out, err
+    report = status(config)
+    assert report["unknown"] == []
+    cold = next(s for s in report["sequences"] if s["name"] == "cold")
+    assert cold["steps"][0]["sent"] == 1 and cold["steps"][1]["waiting"] == 1
+
+
+def test_sigterm_finishes_the_message_in_flight_and_exits_0(
+    workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
+) -> None:
+    handler, port = holding_server
+    config = prepared(workspace_dir, port)
+    edit_config(config, dispatch_seconds=1)
+    daemon = outreach(config, "run")
+    assert handler.in_data.wait(30), "the daemon never reached DATA"
+    daemon.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert daemon.poll() is None  # still finishing the message in flight
+    handler.release.set()
+    code, _, err = finish(daemon, timeout=30)
+    assert code == 0, err
+    assert "stopped cleanly" in err
+    cold = next(s for s in status(config)["sequences"] if s["name"] == "cold")
+    assert cold["steps"][0]["sent"] == 1 and len(handler.kept) == 1
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
+    workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
+) -> None:
+    handler, port = holding_server
+    config = prepared(workspace_dir, port)
+    edit_config(config, dispatch_seconds=1)
+    first = outreach(config, "run")
+    try:
+        assert handler.in_data.wait(30)
+        code, _, err = finish(outreach(config, "send", "--once"))
+        assert code == 1
+        assert "another outreach process" in err and "outreach.db.lock" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        handler.release.set()
+        assert finish(first, timeout=30)[0] == 0
