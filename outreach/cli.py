@@ -21,7 +21,7 @@ from outreach.errors import OutreachError, Problems
 from outreach.preview import preview as render_preview
 from outreach.sink import Sink, summarize
 from outreach.starter import init_workspace
-from outreach.store import Store
+from outreach.store import Store, database_errors
 from outreach.validate import validate as validate_workspace
 from outreach.workspace import Workspace
 
@@ -152,6 +152,11 @@ def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
 @click.option(
     "--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected."
 )
+@click.option(
+    "--include-ended",
+    is_flag=True,
+    help="Also enroll prospects whose earlier sequence ended in a reply or a stop.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
 def enroll(
@@ -161,6 +166,7 @@ def enroll(
     sender: str | None,
     dry_run: bool,
     skip_invalid: bool,
+    include_ended: bool,
     as_json: bool,
 ) -> None:
     """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
@@ -173,6 +179,7 @@ def enroll(
             sender=sender,
             dry_run=dry_run,
             skip_invalid=skip_invalid,
+            include_ended=include_ended,
             on_progress=on_progress,
         )
     if as_json:
@@ -279,7 +286,8 @@ def prospect(ctx: Context, email: str, as_json: bool) -> None:
     name = " ".join(x for x in (p["first_name"], p["last_name"]) if x)
     click.echo(f"{p['email']}  {name}  {p['company'] or ''}  {p['title'] or ''}".rstrip())
     click.echo(
-        f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, status {p['status']}"
+        f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, address "
+        + ("ok" if p["status"] == "active" else f"{p['status']} (a hard bounce)")
     )
     for key, value in p["fields"].items():
         click.echo(f"  {key}: {value}")
@@ -579,10 +587,12 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Create or migrate the schema to this version of outreach."""
-    store = Store(ctx.ws.config.database_url)
-    before = store.current_revision()
-    store.upgrade()
-    click.echo(f"schema at {store.current_revision()} (was {before or 'empty'})")
+    url = ctx.ws.config.database_url
+    with database_errors(url):
+        store = Store(url)
+        before = store.current_revision()
+        store.upgrade()
+        click.echo(f"schema at {store.current_revision()} (was {before or 'empty'})")
 
 
 def main() -> None:

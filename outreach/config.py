@@ -22,7 +22,8 @@ SECRET_KEYS = {"password", "smtp_password", "imap_password", "secret", "token", 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "50" is not a number and "true" is not a boolean; TOML has real ones.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _check_zone(value: str | None) -> str | None:
@@ -184,6 +185,16 @@ class Tasks(_Strict):
 class Database(_Strict):
     url: str = "sqlite:///outreach.db"
 
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError(
+                "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (the only stores "
+                "outreach supports)"
+            )
+        return value
+
 
 class Paths(_Strict):
     sequences: str = "sequences"
@@ -196,6 +207,17 @@ class ABSettings(_Strict):
     retire_below_probability: float = Field(default=0.05, gt=0, lt=1)
     min_active_subjects: int = Field(default=3, ge=1)
     min_active_bodies: int = Field(default=2, ge=1)
+
+    @field_validator("review")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f'not a cron expression ({exc}); e.g. "0 7 * * mon,thu"') from None
+        return value
 
 
 class Settings(_Strict):
@@ -210,6 +232,23 @@ class Settings(_Strict):
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column
     # of the same name overrides them per prospect.
     variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("variables", "sample_prospect")
+    @classmethod
+    def _not_sender(cls, value: dict[str, str]) -> dict[str, str]:
+        if "sender" in value:
+            raise ValueError("'sender' is reserved: templates get it from the mailbox")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _not_a_prospect_field(cls, value: dict[str, str]) -> dict[str, str]:
+        from outreach.prospects import STANDARD_FIELDS
+
+        clash = sorted(set(value) & set(STANDARD_FIELDS))
+        if clash:
+            raise ValueError(f"'{clash[0]}' is a prospect field, not a workspace variable")
+        return value
 
 
 def _is_loopback(host: str) -> bool:

@@ -24,10 +24,12 @@ from outreach.models import Enrollment, Prospect, Suppression
 from outreach.prospects import ProspectRow, RowError, read_prospects
 from outreach.sequences import Sequence
 from outreach.store import bulk_insert, db_datetime, db_json
+from outreach.templates import steering_names
 from outreach.workspace import Workspace, template_variables
 
 CHUNK = 1000
 LIVE_STATES = ("active", "paused")
+HANDED_OVER = ("replied", "stopped")
 PROSPECT_FIELDS = (
     "first_name",
     "last_name",
@@ -115,16 +117,26 @@ class Preflight:
         self._verdicts: dict[tuple[Any, ...], str | None] = {}
         # Load every template now: a broken file stops the import before any row is read.
         self.steps = [(step, ws.templates.get(step.template)) for step in sequence.steps]
+        self.steering = sorted(
+            {
+                name
+                for _, template in self.steps
+                for variant in template.subjects + template.bodies
+                for source in variant.sources()
+                for name in steering_names(source)
+            }
+        )
 
     def check(self, row: ProspectRow) -> str | None:
         """None when every step renders for this row, else the first problem, in one line."""
-        # Whether a template renders depends on which variables are defined, not on their
-        # values: memoise the verdict on that shape of the row.
+        # Whether a template renders depends on which variables are defined and on the values
+        # of those that steer an {% if %} or a {% for %}: memoise the verdict on that shape.
         shape = (
             row.language,
             row.persona,
             tuple(getattr(row, key) is None for key in PROSPECT_FIELDS),
             frozenset(row.extra),
+            tuple(_value(row, name) for name in self.steering),
         )
         if shape not in self._verdicts:
             fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
@@ -168,6 +180,7 @@ def enroll_csv(
     sender: str | None = None,
     dry_run: bool = False,
     skip_invalid: bool = False,
+    include_ended: bool = False,
     rng: random.Random | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EnrollResult:
@@ -184,6 +197,7 @@ def enroll_csv(
         transaction = conn.begin()
         try:
             writer = _Writer(conn, ws, sequence, mailbox, now, rng, result)
+            writer.include_ended = include_ended
             for chunk in _accepted_chunks(rows, preflight, writer.suppressed, result):
                 writer.write(chunk)
             keep = not dry_run and (skip_invalid or not result.rejected)
@@ -196,6 +210,12 @@ def enroll_csv(
             transaction.rollback()
             raise
     return result
+
+
+def _value(row: ProspectRow, name: str) -> Any:
+    if name in PROSPECT_FIELDS or name == "email":
+        return getattr(row, name)
+    return row.extra.get(name)
 
 
 def _accepted_chunks(
@@ -253,6 +273,7 @@ class _Writer:
         self._calendars: dict[str | None, planner.SendingCalendar] = {}
         self._dues: dict[tuple[int, str | None], tuple[datetime, Any]] = {}
         self._now = db_datetime(conn, now)
+        self.include_ended = False
         self._extra_json: dict[tuple[tuple[str, str], ...], str] = {}
         values = conn.execute(select(suppressions_t.c.value)).scalars().all()
         self._suppressed = set(values)
@@ -377,14 +398,25 @@ class _Writer:
         reasons: dict[int, str] = {}
         rows = self.conn.execute(
             select(
-                enrollments_t.c.prospect_id, enrollments_t.c.sequence, enrollments_t.c.state
+                enrollments_t.c.prospect_id,
+                enrollments_t.c.sequence,
+                enrollments_t.c.state,
+                enrollments_t.c.end_reason,
             ).where(enrollments_t.c.prospect_id.in_(prospect_ids))
         )
-        for prospect_id, sequence, state in rows:
+        for prospect_id, sequence, state, end_reason in rows:
             if sequence == self.sequence.name:
                 reasons[prospect_id] = f"already in sequence {sequence} ({state})"
-            elif state in LIVE_STATES and prospect_id not in reasons:
+            elif prospect_id in reasons:
+                continue
+            elif state in LIVE_STATES:
                 reasons[prospect_id] = f"{state} in sequence {sequence}"
+            elif state in HANDED_OVER and not self.include_ended:
+                # A reply or a goal hands the prospect to people; the engine does not take
+                # them back unless the rep says so.
+                reasons[prospect_id] = (
+                    f"{state} in sequence {sequence} ({end_reason}); --include-ended to enroll"
+                )
         return reasons
 
 

@@ -77,6 +77,7 @@ _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
 _MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")  # printable ASCII, no < > @ inside the parts
+_HTTPS_URL = re.compile(r"https://[!#-;=?-~]+")  # printable ASCII but " < >
 _MAX_NAME, _MAX_TOKEN = 256, 900  # keep every serialized line well under 998 octets
 _REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|vs|sv|aw)\s*:\s*)+", re.IGNORECASE)
 
@@ -113,7 +114,7 @@ def _ascii_domain(domain: str, field: str) -> str:
     if not domain.isascii():
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as e:
+        except UnicodeError as e:  # idna.IDNAError included
             raise InvalidHeader(f"has an invalid domain: {e}", field=field) from None
     domain = domain.lower()
     if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
@@ -125,11 +126,7 @@ def _addr_spec(value: str, field: str) -> tuple[str, str]:
     """Split a bare ``local@domain`` into (local part, ASCII domain); nothing else is accepted."""
     _no_controls(value, field)
     if any(c in value for c in ',;<>"()[]\\') or any(c.isspace() for c in value):
-        raise HeaderInjection(
-            f"must be a single bare address, got {value!r}",
-            field=field,
-            hint="put the display name in its own field",
-        )
+        raise HeaderInjection(f"must be one bare address, got {value!r}", field=field)
     local, at, domain = value.rpartition("@")
     if not at or not _DOT_ATOM.fullmatch(local):
         raise InvalidHeader(
@@ -292,17 +289,10 @@ def _list_unsubscribe(o: Outgoing) -> str | None:
         local, domain = _addr_spec(address, "unsubscribe_mailto")
         links.append(f"<mailto:{local}@{domain}?subject=unsubscribe>")
     if o.unsubscribe_url is not None:
-        url = o.unsubscribe_url
-        _no_controls(url, "unsubscribe_url")
-        if (
-            not url.startswith("https://")
-            or len(url) > _MAX_TOKEN
-            or not url.isascii()
-            or any(c.isspace() or c in '<>"' for c in url)
-        ):
-            raise InvalidHeader(
-                f"{url!r} is not a percent-encoded https:// URL", field="unsubscribe_url"
-            )
+        url, field = o.unsubscribe_url, "unsubscribe_url"
+        _no_controls(url, field)
+        if len(url) > _MAX_TOKEN or not _HTTPS_URL.fullmatch(url):
+            raise InvalidHeader(f"{url!r} is not a percent-encoded https:// URL", field=field)
         links.append(f"<{url}>")
     return ", ".join(links) or None
 

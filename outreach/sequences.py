@@ -81,6 +81,7 @@ class Sequence(_Strict):
     next: Next | None = None
     source: str = ""
     next_line: int | None = None
+    template_lines: list[int | None] = Field(default_factory=list)  # where each step names it
 
     @model_validator(mode="after")
     def _threads(self) -> Sequence:
@@ -143,7 +144,16 @@ def load_sequence(path: Path, display: str | None = None) -> Sequence:
         )
     try:
         return Sequence.model_validate(
-            {**data, "source": name, "next_line": doc.line(("next", "sequence"))}
+            {
+                **data,
+                "source": name,
+                "next_line": doc.line(("next", "sequence")),
+                "template_lines": [
+                    doc.line(("steps", i, "template")) for i in range(len(data.get("steps") or []))
+                ]
+                if isinstance(data.get("steps"), list)
+                else [],
+            }
         )
     except ValidationError as exc:
         raise _to_sequence_error(exc, doc, name) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from outreach.errors import ConfigError
@@ -167,7 +169,26 @@ class Store:
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
-    store = Store(url)
-    if migrate:
-        store.ensure_schema()
+    """The store at ``url``, its schema checked; any database failure is one ConfigError."""
+    with database_errors(url):
+        store = Store(url)
+        if migrate:
+            store.ensure_schema()
     return store
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn "cannot open", "not a database", a missing driver and the like into one line."""
+    try:
+        yield
+    except (SQLAlchemyError, ModuleNotFoundError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise ConfigError(
+            f"cannot use the database {_safe(url)}: {reason}", field="[database] url"
+        ) from None
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from outreach.errors import TemplateError
@@ -70,6 +71,9 @@ class Variant:
 
     def html_for(self, language: str, persona: str | None) -> Text | None:
         return _pick(self.html, language, persona)
+
+    def sources(self) -> list[str]:
+        return [t.source for t in self.texts.values()] + [t.source for t in self.html.values()]
 
     @property
     def fingerprint(self) -> str:
@@ -260,7 +264,7 @@ class Renderer:
                 compiled = env.from_string(text.source)
             except jinja2.TemplateSyntaxError as exc:
                 raise TemplateError(
-                    f"{where}: {exc.message}",
+                    f"{_what(where)}: {exc.message}",
                     file=_file(where),
                     line=text.line + (exc.lineno or 1) - 1,
                 ) from None
@@ -280,12 +284,7 @@ class Renderer:
                 f"{_what(where)}: {exc.message}",
                 file=_file(where),
                 line=_line_of(text, missing),
-                hint=(
-                    "give the prospect that field, or a default in the template: "
-                    f"{{{{ {missing} | default('...') }}}}"
-                )
-                if missing
-                else None,
+                hint=_default_hint(str(exc.message), missing),
             ) from None
         except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
             raise TemplateError(
@@ -333,6 +332,40 @@ class Renderer:
         return body, html
 
 
+def steering_names(source: str) -> frozenset[str]:
+    """The variables whose *values* decide what a template does (``{% if industry == ... %}``,
+    ``{{ a if b else c }}``, ``{% for x in items %}``), as opposed to those only printed or only
+    tested for being defined. Two prospects that agree on which variables are defined and on
+    these values render alike, so the import's pre-flight check can be shared between them."""
+    try:
+        tree = SandboxedEnvironment().parse(source)
+    except jinja2.TemplateSyntaxError:
+        return frozenset()
+    names: set[str] = set()
+
+    def visit(node: nodes.Node, steering: bool) -> None:
+        if isinstance(node, nodes.Test) and node.name in ("defined", "undefined"):
+            if not isinstance(node.node, nodes.Name):
+                visit(node.node, steering)
+            return
+        if isinstance(node, nodes.Name):
+            if steering:
+                names.add(node.name)
+            return
+        for field_name, value in node.iter_fields():
+            child_steers = (
+                steering
+                or (isinstance(node, nodes.If | nodes.CondExpr) and field_name == "test")
+                or (isinstance(node, nodes.For) and field_name in ("iter", "test"))
+            )
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, nodes.Node):
+                    visit(child, child_steers)
+
+    visit(tree, False)
+    return frozenset(names)
+
+
 def _require(variant: Variant, language: str, persona: str | None, path: str) -> Text:
     text = variant.text_for(language, persona)
     if text is None:
@@ -355,6 +388,17 @@ def _undefined_name(message: str) -> str | None:
         r"has no attribute '([^']+)'", message
     )
     return match.group(1) if match else None
+
+
+def _default_hint(message: str, missing: str | None) -> str | None:
+    if missing is None:
+        return None
+    if "has no attribute" in message:
+        return f"give '{missing}' a default in the template: ...{missing} | default('...')"
+    return (
+        "give the prospect that field, or a default in the template: "
+        f"{{{{ {missing} | default('...') }}}}"
+    )
 
 
 def _line_of(text: Text, name: str | None) -> int:

@@ -45,19 +45,22 @@ def validate(ws: Workspace) -> Report:
     extra = {k: v for k, v in sample.items() if k not in standard}
     used: set[str] = set()
     for sequence in sequences.values():
-        for step in sequence.steps:
+        for index, step in enumerate(sequence.steps):
             used.add(step.template)
-            where = f"{sequence.source}: step '{step.name}'"
+            where = f"step '{step.name}' of {sequence.source}"
             try:
                 template = ws.templates.get(step.template)
             except TemplateError as exc:
-                if not (exc.message == "file not found"):
+                if exc.line is not None:  # a problem inside the template file
                     report.problems.append(exc)
-                else:
+                else:  # the file is missing or outside templates/: the sequence names it
                     report.problems.append(
                         TemplateError(
-                            f"step '{step.name}' uses {step.template}, which does not exist",
+                            f"step '{step.name}': template {step.template}: {exc.message}",
                             file=sequence.source,
+                            line=sequence.template_lines[index]
+                            if index < len(sequence.template_lines)
+                            else None,
                         )
                     )
                 continue
@@ -65,7 +68,9 @@ def validate(ws: Workspace) -> Report:
             if starts_thread and not template.active("subject"):
                 report.problems.append(
                     TemplateError(
-                        f"{where} starts a thread but has no active subject", file=template.path
+                        f"{where} starts a thread but has no active subject",
+                        file=template.path,
+                        line=template.subjects[0].line if template.subjects else 1,
                     )
                 )
             if not starts_thread and template.subjects:
@@ -135,7 +140,10 @@ def validate(ws: Workspace) -> Report:
                 ws.templates.get(relative)
             except TemplateError as exc:
                 report.problems.append(exc)
-            report.warnings.append(f"{ws.templates.display(relative)}: not used by any sequence")
+            if not ws.sequence_problems:  # a broken sequence file would make this a false alarm
+                report.warnings.append(
+                    f"{ws.templates.display(relative)}: not used by any sequence"
+                )
     for box in ws.config.mailboxes:
         if box.password_env and box.password() is None and box.smtp_security != "none":
             report.warnings.append(

@@ -160,3 +160,13 @@ def test_preview_renders_every_step_in_the_prospects_language(
     english = run.json("preview", "j.smith@logistics.example")
     assert english["language"] == "en"
     assert all("{{" not in b["text"] for s in english["steps"] for b in s["bodies"])
+
+
+def test_a_missing_template_is_reported_at_the_sequence_line(run: Cli, workspace_dir: Path) -> None:
+    cold = workspace_dir / "sequences" / "cold.yaml"
+    text = cold.read_text()
+    cold.write_text(text.replace("template: cold/2-nudge.yaml", "template: cold/2-nudgee.yaml"))
+    line = next(n for n, row in enumerate(cold.read_text().splitlines(), 1) if "2-nudgee" in row)
+    result = run("validate")
+    assert result.exit_code == 1
+    assert f"sequences/cold.yaml:{line}: step 'nudge': template cold/2-nudgee.yaml" in result.stderr

@@ -120,3 +120,15 @@ def test_password_comes_from_the_environment(
     config = load_config(write(tmp_path, BASE + 'password_env = "OUTREACH_TEST_PW"\n'))
     monkeypatch.setenv("OUTREACH_TEST_PW", "s3cret")
     assert config.mailboxes[0].password() == "s3cret"
+
+
+def test_a_number_in_quotes_and_a_bad_cron_are_refused(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE.replace('timezone = "Europe/Helsinki"', 'daily_limit = "50"'))
+    assert error.field == "sending.daily_limit"
+    error = error_of(tmp_path, BASE + '\n[ab]\nreview = "0 7 * * xyz"\n')
+    assert error.field == "ab.review" and "not a cron expression" in error.message
+
+
+def test_sender_cannot_be_shadowed_by_workspace_variables(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE + '\n[variables]\nsender = "x"\n')
+    assert error.field == "variables" and "reserved" in error.message

@@ -142,7 +142,11 @@ def test_a_prospect_live_in_another_sequence_is_skipped(
     result = enroll(workspace, path, sequence="reminder")
     assert result.skipped[0].reason == "active in sequence cold"
     stop(workspace.store, "ann@acme.example", "meeting", MONDAY_MORNING)
-    assert enroll(workspace, path, sequence="reminder").enrolled == 1
+    # A meeting hands Ann to sales: the engine does not take her back by itself...
+    skipped = enroll(workspace, path, sequence="reminder").skipped
+    assert skipped[0].reason.startswith("stopped in sequence cold (meeting)")
+    # ...unless the rep says so.
+    assert enroll(workspace, path, sequence="reminder", include_ended=True).enrolled == 1
 
 
 def test_unknown_sequence_and_sender(workspace: Workspace, write_csv: Callable[..., Path]) -> None:
@@ -175,3 +179,22 @@ def test_large_file_streams_in_chunks(workspace: Workspace, write_csv: Callable[
     result = enroll(workspace, write_csv(HEADER + rows), on_progress=seen.append)
     assert result.enrolled == 2500 and count(workspace, Enrollment) == 2500
     assert seen and seen == sorted(seen)
+
+
+def test_a_value_that_steers_a_template_is_checked_row_by_row(
+    workspace: Workspace, workspace_dir: Path, write_csv: Callable[..., Path]
+) -> None:
+    """Two rows with the same columns filled but different values may render differently."""
+    linkedin = workspace_dir / "templates" / "cold" / "3-linkedin.yaml"
+    edited = []
+    for line in linkedin.read_text().splitlines(keepends=True):
+        edited.append(line)
+        if "{{ sender" in line or "Hi " in line:
+            indent = line[: len(line) - len(line.lstrip())]
+            edited.append(f'{indent}{{% if industry == "Retail" %}}{{{{ oops }}}}{{% endif %}}\n')
+    linkedin.write_text("".join(edited))
+    path = write_csv(
+        "email,first_name,company,industry\na@x.example,A,Aco,IT\nb@x.example,B,Bco,Retail\n"
+    )
+    result = enroll(workspace, path)
+    assert [(r.line, "'oops' is undefined" in r.message) for r in result.rejected] == [(3, True)]
