@@ -7,6 +7,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -319,16 +320,25 @@ class Config:
     ) -> planner.SendingCalendar:
         """The sending calendar of a mailbox, in the prospect's zone when it has one."""
         defaults = self.settings.sending
-        zone = prospect_timezone or mailbox.timezone or defaults.timezone
-        return planner.SendingCalendar(
-            timezone=ZoneInfo(zone),
-            window=planner.parse_window(mailbox.window or defaults.window),
-            days=planner.parse_days(mailbox.days or defaults.days),
-            holidays=defaults.holidays,
+        return _calendar(
+            prospect_timezone or mailbox.timezone or defaults.timezone,
+            mailbox.window or defaults.window,
+            mailbox.days or defaults.days,
+            defaults.holidays,
         )
 
     def daily_limit(self, mailbox: Mailbox) -> int:
         return mailbox.daily_limit or self.settings.sending.daily_limit
+
+
+@lru_cache(maxsize=1024)
+def _calendar(zone: str, window: str, days: str, holidays: str | None) -> planner.SendingCalendar:
+    return planner.SendingCalendar(
+        timezone=ZoneInfo(zone),
+        window=planner.parse_window(window),
+        days=planner.parse_days(days),
+        holidays=holidays,
+    )
 
 
 def find_config_path(explicit: str | Path | None) -> Path:

@@ -170,7 +170,7 @@ class Dispatcher:
             if state.sent_on_day >= self.ws.config.daily_limit(box):
                 return None  # the rest waits for tomorrow, in due order
             candidates = session.exec(
-                select(Enrollment)
+                select(Enrollment.id)
                 .where(
                     Enrollment.sender == box.email,
                     Enrollment.state == "active",
@@ -180,7 +180,10 @@ class Dispatcher:
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
-            for enrollment in candidates:
+            for enrollment_id in candidates:
+                # Loaded one at a time: usually the first one is claimed and the rest wait.
+                enrollment = session.get(Enrollment, enrollment_id)
+                assert enrollment is not None
                 claimed = self._claim_one(session, box, state, enrollment, now, report)
                 if claimed is not None:
                     session.add(state)
@@ -464,9 +467,11 @@ class Dispatcher:
 
     def still_active(self, claim: Claimed) -> bool:
         """The last look before SMTP: has a reply or a stop arrived since the claim?"""
-        with self.ws.store.session() as session:
-            enrollment = session.get(Enrollment, claim.enrollment_id)
-            return enrollment is not None and enrollment.state == "active"
+        with self.ws.store.engine.connect() as conn:
+            state = conn.execute(
+                select(Enrollment.state).where(Enrollment.id == claim.enrollment_id)
+            ).scalar()
+        return state == "active"
 
     def cancel(self, claim: Claimed, report: Report) -> None:
         with self.ws.store.session() as session:
