@@ -34,12 +34,19 @@ from outreach.ab import balanced_choice
 from outreach.config import Mailbox
 from outreach.engine import advance, end_enrollment, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
-from outreach.mail import Outgoing, Quote, build_message, make_message_id, reply_subject
+from outreach.mail import (
+    InvalidHeader,
+    Outgoing,
+    Quote,
+    build_message,
+    make_message_id,
+    reply_subject,
+)
 from outreach.models import Enrollment, MailboxState, Message, Prospect, Suppression
 from outreach.sender import Outcome, Transport
 from outreach.sequences import Sequence
 from outreach.unsubscribe import make_link, secret_from_env
-from outreach.workspace import Workspace, template_variables
+from outreach.workspace import Workspace
 
 BATCH = 20
 MAX_RETRY_DELAY = timedelta(hours=6)
@@ -221,7 +228,7 @@ class Dispatcher:
             return None
         try:
             message, email = self._build(session, box, sequence, enrollment, prospect, now)
-        except TemplateError as exc:
+        except (TemplateError, InvalidHeader) as exc:
             # Never send a message with a hole in it: hold the prospect, tell the operator.
             end_enrollment(session, enrollment, "stopped", f"template: {exc.one_line()}", now)
             report.failed += 1
@@ -378,23 +385,7 @@ class Dispatcher:
         )
 
     def _variables(self, box: Mailbox, prospect: Prospect) -> dict[str, object]:
-        fields = {
-            key: getattr(prospect, key)
-            for key in (
-                "email",
-                "first_name",
-                "last_name",
-                "company",
-                "title",
-                "linkedin",
-                "persona",
-                "language",
-                "timezone",
-            )
-        }
-        return template_variables(
-            fields, prospect.fields, self.ws.sender_variables(box), self.settings.variables
-        )
+        return self.ws.variables_for(prospect, box)
 
     def _assign(self, sequence: str, index: int, kind: str, variants: list) -> str:  # type: ignore[type-arg]
         """Balanced assignment: the eligible variant given to the fewest prospects so far."""

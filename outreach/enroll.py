@@ -21,7 +21,7 @@ from outreach import planner
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
 from outreach.models import Enrollment, Prospect, Suppression
-from outreach.prospects import ProspectRow, RowError, read_prospects
+from outreach.prospects import PROSPECT_FIELDS, ProspectRow, RowError, read_prospects
 from outreach.sequences import Sequence
 from outreach.store import bulk_insert, db_datetime, db_json
 from outreach.templates import steering_names
@@ -30,16 +30,6 @@ from outreach.workspace import Workspace, template_variables
 CHUNK = 1000
 LIVE_STATES = ("active", "paused")
 HANDED_OVER = ("replied", "stopped")
-PROSPECT_FIELDS = (
-    "first_name",
-    "last_name",
-    "company",
-    "title",
-    "linkedin",
-    "persona",
-    "language",
-    "timezone",
-)
 
 PROSPECT_COLUMNS = (
     "email",

@@ -9,7 +9,7 @@ from sqlmodel import col, select
 from outreach.engine import find_prospect
 from outreach.errors import OutreachError
 from outreach.models import Enrollment
-from outreach.workspace import Workspace, template_variables
+from outreach.workspace import Workspace
 
 
 def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict[str, Any]:
@@ -30,10 +30,7 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
     mailbox = ws.config.mailbox(
         enrollment.sender if enrollment and enrollment.sequence == name else None
     )
-    fields = {key: getattr(prospect, key) for key in ("email", *_FIELDS)}
-    variables = template_variables(
-        fields, prospect.fields, ws.sender_variables(mailbox), ws.config.settings.variables
-    )
+    variables = ws.variables_for(prospect, mailbox)
     language = prospect.language or ws.config.settings.sending.language
     steps = []
     for index, step in enumerate(sequence.steps):
@@ -74,15 +71,3 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
         "persona": prospect.persona,
         "steps": steps,
     }
-
-
-_FIELDS = (
-    "first_name",
-    "last_name",
-    "company",
-    "title",
-    "linkedin",
-    "persona",
-    "language",
-    "timezone",
-)

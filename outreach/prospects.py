@@ -25,8 +25,8 @@ from outreach.errors import ImportError_
 
 PERSONAS = ("decision_maker", "buyer", "user")
 LANGUAGES = ("en", "fi", "sv")
-STANDARD_FIELDS = (
-    "email",
+# What we know of a prospect besides the address, in the order people read it.
+PROSPECT_FIELDS = (
     "first_name",
     "last_name",
     "company",
@@ -36,6 +36,7 @@ STANDARD_FIELDS = (
     "language",
     "timezone",
 )
+STANDARD_FIELDS = ("email", *PROSPECT_FIELDS)
 # Template variables the engine provides itself; a column may not shadow them.
 RESERVED_VARIABLES = (*STANDARD_FIELDS, "sender")
 

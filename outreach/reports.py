@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.outbox import mailbox_report, unknown_messages
+from outreach.prospects import STANDARD_FIELDS
 from outreach.sequences import playbook_order
 from outreach.workspace import Workspace
 
@@ -105,21 +106,7 @@ def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
         ).all()
     sequences = ws.sequences
     return {
-        "prospect": {
-            key: getattr(prospect, key)
-            for key in (
-                "email",
-                "first_name",
-                "last_name",
-                "company",
-                "title",
-                "linkedin",
-                "persona",
-                "language",
-                "timezone",
-                "status",
-            )
-        }
+        "prospect": {key: getattr(prospect, key) for key in (*STANDARD_FIELDS, "status")}
         | {"fields": prospect.fields, "created_at": _iso(prospect.created_at)},
         "enrollments": [
             {

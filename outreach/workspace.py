@@ -72,6 +72,13 @@ class Workspace:
             self._store.dispose()
             self._store = None
 
+    def variables_for(self, prospect: Any, mailbox: Mailbox) -> dict[str, Any]:
+        """What the templates see for a stored prospect sent from ``mailbox``."""
+        fields = {key: getattr(prospect, key) for key in STANDARD_FIELDS}
+        return template_variables(
+            fields, prospect.fields, self.sender_variables(mailbox), self.config.settings.variables
+        )
+
     def sender_variables(self, mailbox: Mailbox) -> dict[str, str]:
         """What templates see as ``sender``: name, first_name, email, title, company, signature."""
         company = mailbox.company or self.config.settings.sending.company
