@@ -445,6 +445,8 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
         )
     for note in report.notes:
         click.echo(note, err=True)
+    if report.settled:
+        click.echo(f"{report.settled} interrupted send(s) found in the Sent folder: marked sent")
     if report.unknown:
         click.echo(
             f"{report.unknown} message(s) in unknown state: see `outreach status` "

@@ -124,6 +124,10 @@ class Mailbox(_Strict):
     imap_port: int | None = None
     imap_security: Literal["starttls", "tls", "none"] = "tls"
     imap_username: str | None = None
+    # APPEND each sent message to the Sent folder over IMAP, so the rep sees the thread in
+    # their mail client. Many SMTP servers do not keep a copy; Gmail and Microsoft 365 do, so
+    # leave it off there or every message shows twice.
+    save_to_sent: bool = False
     daily_limit: int | None = Field(default=None, ge=1)
     timezone: str | None = None
     window: str | None = None
@@ -146,6 +150,12 @@ class Mailbox(_Strict):
         if value is not None and re.search(r"[\r\n\x00-\x1f]", value):
             raise ValueError("must be a single line (it goes into mail headers)")
         return value
+
+    @model_validator(mode="after")
+    def _sent_needs_imap(self) -> Mailbox:
+        if self.save_to_sent and not self.imap_host:
+            raise ValueError("save_to_sent needs imap_host (the Sent folder is reached over IMAP)")
+        return self
 
     @model_validator(mode="after")
     def _plaintext_only_to_loopback(self) -> Mailbox:

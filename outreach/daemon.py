@@ -79,10 +79,8 @@ def send_once(
     with DispatchLock(ws):
         dispatcher = Dispatcher(ws, transport_for, now=now)
         # We hold the lock: a message still "sending" belongs to a process that died.
-        unknown = dispatcher.recover(now(), everything=True)
-        report = asyncio.run(dispatcher.run_once(wait_for_gaps=wait_for_gaps))
-        report.unknown += unknown
-        return report
+        dispatcher.recover(now(), everything=True)
+        return asyncio.run(dispatcher.run_once(wait_for_gaps=wait_for_gaps))
 
 
 class Daemon:

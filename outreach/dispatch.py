@@ -34,6 +34,7 @@ from outreach.ab import balanced_choice
 from outreach.config import Mailbox
 from outreach.engine import advance, end_enrollment, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
+from outreach.imap import MailboxImap
 from outreach.mail import (
     InvalidHeader,
     Outgoing,
@@ -83,6 +84,7 @@ class Report:
     tasks_created: int = 0
     tasks_skipped: int = 0
     unknown: int = 0
+    settled: int = 0  # unknown messages found in a Sent folder, now marked sent
     paused: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -120,7 +122,8 @@ class Dispatcher:
         """Send everything due now, within windows and limits; then return."""
         report = Report()
         now = self.now()
-        report.unknown = self.recover(now)
+        self.recover(now)
+        await asyncio.to_thread(self.settle_unknown_from_sent_folders, report)
         self.expire_tasks(now, report)
         boxes = self.ws.config.mailboxes
         results = await asyncio.gather(
@@ -136,6 +139,7 @@ class Dispatcher:
     async def drain(self, box: Mailbox, report: Report, wait_for_gaps: bool) -> None:
         """Send this mailbox's due messages one by one, keeping its gap, until none is left."""
         transport = self.transport_for(box)
+        sent_folder: SentFolder | None = None
         try:
             while not self.stopping.is_set():
                 claim = self.claim(box, self.now(), report)
@@ -157,8 +161,13 @@ class Dispatcher:
                 self.record(claim, outcome, self.now(), report)
                 if outcome.kind == "auth":
                     return
+                if outcome.kind == "sent" and box.save_to_sent:
+                    sent_folder = sent_folder or SentFolder(box)
+                    await asyncio.to_thread(sent_folder.append, claim.email, report)
         finally:
             await transport.close()
+            if sent_folder is not None:
+                await asyncio.to_thread(sent_folder.close)
 
     # ---------------------------------------------------------------- the claim
 
@@ -542,6 +551,48 @@ class Dispatcher:
                 session.add(message)
             return len(stale)
 
+    def settle_unknown_from_sent_folders(self, report: Report) -> None:
+        """An ``unknown`` message found in its mailbox's Sent folder did leave: mark it sent
+        and let the sequence go on. One not found stays unknown (it may have left without a
+        copy being kept), for the operator to resolve."""
+        with self.ws.store.session() as session:
+            unknown = session.exec(select(Message).where(Message.state == "unknown")).all()
+        by_box: dict[str, list[Message]] = {}
+        for message in unknown:
+            by_box.setdefault(message.sender, []).append(message)
+        for email, messages in by_box.items():
+            box = next((b for b in self.ws.config.mailboxes if b.email == email), None)
+            if box is None or not box.imap_host:
+                report.unknown += len(messages)
+                continue
+            try:
+                with MailboxImap.for_mailbox(box) as imap:
+                    folder = imap.sent_folder()
+                    found = [m for m in messages if imap.has_message_id(folder, m.message_id or "")]
+            except OutreachError as exc:
+                report.notes.append(f"{email}: cannot check the Sent folder: {exc.one_line()}")
+                report.unknown += len(messages)
+                continue
+            for message in found:
+                self._settle_as_sent(message.id)
+            report.settled += len(found)
+            report.unknown += len(messages) - len(found)
+
+    def _settle_as_sent(self, message_row: int | None) -> None:
+        with self.ws.store.session() as session:
+            message = session.get(Message, message_row)
+            assert message is not None
+            message.state, message.sent_at = "sent", message.claimed_at
+            message.error = "found in the Sent folder after an interrupted send"
+            enrollment = session.get(Enrollment, message.enrollment_id)
+            if (
+                enrollment
+                and enrollment.state == "active"
+                and enrollment.step_index == message.step_index
+            ):
+                advance(self.ws, session, enrollment, self.now(), self.rng)
+            session.add(message)
+
     def expire_tasks(self, now: datetime, report: Report) -> None:
         """A task left undone past ``[tasks] skip_after_days`` is skipped; the sequence goes on."""
         with self.ws.store.session() as session:
@@ -558,6 +609,36 @@ class Dispatcher:
                 ):
                     advance(self.ws, session, enrollment, now, self.rng)
                 report.tasks_skipped += 1
+
+
+class SentFolder:
+    """A mailbox's Sent folder over IMAP, opened on first use (in a worker thread)."""
+
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+        self._imap: MailboxImap | None = None
+        self._folder: str | None = None
+
+    def append(self, email: EmailMessage, report: Report) -> None:
+        """Keep a copy; a failure is reported, never fatal: the message has already left."""
+        try:
+            if self._imap is None:
+                self._imap = MailboxImap.for_mailbox(self.box)
+                self._imap.connect()
+                self._folder = self._imap.sent_folder()
+            assert self._folder is not None
+            self._imap.append(self._folder, email.as_bytes(), clock.now())
+        except OutreachError as exc:
+            report.notes.append(f"{self.box.email}: not saved to Sent: {exc.one_line()}")
+            self.close()
+
+    def close(self) -> None:
+        imap, self._imap = self._imap, None
+        if imap is not None:
+            try:
+                imap.close()
+            except OutreachError:
+                pass
 
 
 def _suppressed(session: Session, email: str) -> bool:

@@ -73,9 +73,11 @@ class SmtpTransport:
     async def _connect(self) -> aiosmtplib.SMTP:
         box = self.mailbox
         password = box.password()
-        if box.password_env and password is None:
+        if box.smtp_username and password is None:
             raise ConfigError(
-                f"environment variable {box.password_env} is not set",
+                f"environment variable {box.password_env} is not set"
+                if box.password_env
+                else "smtp_username is set but no password_env names its password",
                 field=f"mailboxes {box.email}: password_env",
             )
         smtp = aiosmtplib.SMTP(
@@ -88,8 +90,8 @@ class SmtpTransport:
             timeout=self.timeout,
         )
         await smtp.connect()
-        if box.smtp_username or password:
-            await smtp.login(box.smtp_username or box.email, password or "")
+        if box.smtp_username:  # a relay that needs no login (a local sink) has no username
+            await smtp.login(box.smtp_username, password or "")
         return smtp
 
     async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome:

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Install everything the tests need on a fresh machine (Python 3.11+), then run the checks
-# and the tests. Extra arguments go to pytest, e.g. `bash scripts/test.sh -k planner`.
+# Install everything the tests need on a fresh machine (Python 3.11+, Debian/Ubuntu), then
+# run the checks and the tests. Extra arguments go to pytest, e.g. `bash scripts/test.sh -k planner`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Dovecot: the real IMAP server of the Sent-folder and reply tests (Debian/Ubuntu package).
+if ! command -v dovecot >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dovecot-imapd >/dev/null
+fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,128 @@
+"""The Sent folder over IMAP, against a real Dovecot: copies kept, threads as clients see them,
+and an interrupted send settled by finding it there."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from freezegun import freeze_time
+from sqlmodel import select
+
+from outreach import clock
+from outreach.daemon import send_once
+from outreach.dispatch import Claimed, Dispatcher, Report
+from outreach.enroll import enroll_csv
+from outreach.imap import MailboxImap
+from outreach.models import Enrollment, Message
+from outreach.sender import SmtpTransport
+from outreach.workspace import Workspace
+from tests.conftest import edit_config
+from tests.smtp_servers import RecordingSMTP
+
+if TYPE_CHECKING:
+    from dovecot import Dovecot
+
+pytest_plugins = ["dovecot"]
+pytestmark = pytest.mark.timeout(60)
+
+MONDAY_10 = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # 10:00 in Helsinki
+
+
+def workspace(
+    workspace_dir: Path,
+    smtp: RecordingSMTP,
+    dovecot: Dovecot,
+    user: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Workspace:
+    monkeypatch.setenv("OUTREACH_TEST_IMAP", dovecot.password)
+    config = workspace_dir / "outreach.toml"
+    edit_config(
+        config,
+        smtp_port=smtp.port,
+        min_gap_seconds=0,
+        max_gap_seconds=0,
+        password_env="OUTREACH_TEST_IMAP",
+        imap_host=dovecot.host,
+        imap_port=dovecot.port,
+        imap_security="none",
+        imap_username=user,
+        save_to_sent=True,
+    )
+    dovecot.create_folder(user, "Sent")
+    ws = Workspace.load(config)
+    (workspace_dir / "one.csv").write_text(
+        "email,first_name,company,language\nann@acme.example,Ann,Acme,en\n"
+    )
+    result = enroll_csv(ws, workspace_dir / "one.csv", "cold", now=MONDAY_10, rng=random.Random(3))
+    assert result.enrolled == 1
+    return ws
+
+
+def test_sent_copies_thread_like_a_mail_client_sees_them(
+    workspace_dir: Path, dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = dovecot_server.new_user()
+    with RecordingSMTP() as smtp:
+        ws = workspace(workspace_dir, smtp, dovecot_server, user, monkeypatch)
+        with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+            for _ in range(24 * 10):
+                send_once(ws, wait_for_gaps=False)
+                if len(smtp.received) == 2:
+                    break
+                frozen.tick(timedelta(hours=1))
+    assert len(smtp.received) == 2
+    kept = [
+        message_from_bytes(raw, policy=default) for raw in dovecot_server.messages(user, "Sent")
+    ]
+    assert [m["Message-ID"] for m in kept] == [r.message["Message-ID"] for r in smtp.received]
+    assert kept[1]["Subject"] == "Re: " + kept[0]["Subject"]
+    with MailboxImap(
+        dovecot_server.host, dovecot_server.port, "none", user, dovecot_server.password
+    ) as imap:
+        threads = imap.thread_references("Sent")
+    # Dovecot's own threading (In-Reply-To/References) puts the nudge under the intro.
+    assert [len(thread) for thread in threads] == [2]
+
+
+def test_an_interrupted_send_found_in_the_sent_folder_is_settled_not_resent(
+    workspace_dir: Path, dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = dovecot_server.new_user()
+    with RecordingSMTP() as smtp:
+        ws = workspace(workspace_dir, smtp, dovecot_server, user, monkeypatch)
+        with freeze_time(MONDAY_10, real_asyncio=True):
+            # A process claims the intro, the mail server keeps a copy in Sent, and the process
+            # dies before it can record the answer.
+            dispatcher = Dispatcher(ws, SmtpTransport)
+            claim = dispatcher.claim(ws.config.mailboxes[0], clock.now(), Report())
+            assert isinstance(claim, Claimed)
+            dovecot_server.append(user, "Sent", claim.email.as_bytes())
+            report = send_once(ws)
+        assert report.settled == 1 and report.unknown == 0 and report.sent == []
+        assert smtp.received == []  # never sent a second time
+    with ws.store.session() as session:
+        message = session.exec(select(Message)).one()
+        enrollment = session.exec(select(Enrollment)).one()
+    assert message.state == "sent" and enrollment.step_index == 1 and enrollment.due_at
+
+
+def test_an_unknown_message_not_in_the_sent_folder_waits_for_the_operator(
+    workspace_dir: Path, dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = dovecot_server.new_user()
+    with RecordingSMTP() as smtp:
+        ws = workspace(workspace_dir, smtp, dovecot_server, user, monkeypatch)
+        with freeze_time(MONDAY_10, real_asyncio=True):
+            claim = Dispatcher(ws, SmtpTransport).claim(
+                ws.config.mailboxes[0], clock.now(), Report()
+            )
+            assert isinstance(claim, Claimed)
+            report = send_once(ws)
+        assert report.unknown == 1 and report.settled == 0 and smtp.received == []
