@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from outreach.daemon import send_once
 from outreach.dispatch import Dispatcher, Report
 from outreach.engine import stop
 from outreach.enroll import enroll_csv
+from outreach.errors import ConfigError
 from outreach.models import Enrollment, Message, Prospect
 from outreach.outbox import complete_task, list_tasks, mailbox_report, resume_mailbox
 from outreach.sender import SmtpTransport
@@ -290,3 +292,81 @@ def test_balanced_assignment_spreads_subjects_evenly(
     for message in messages:
         subject_counts[message.subject_variant] = subject_counts.get(message.subject_variant, 0) + 1
     assert len(subject_counts) == 4 and set(subject_counts.values()) == {3}
+
+
+def test_one_click_unsubscribe_link_is_signed_per_prospect(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTREACH_SECRET", "a-test-secret-of-enough-length")
+    ws = workspace_for(workspace_dir, server, unsubscribe_url="https://go.northwind.example/u")
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
+        enroll_rows(ws, tmp_path, ["ann@acme.example,Ann,,Acme,,en"], clock.now())
+        send_once(ws)
+    [received] = server.received
+    header = received.message["List-Unsubscribe"]
+    assert "<mailto:unsubscribe@northwind.example" in header
+    assert "<https://go.northwind.example/u?t=" in header
+    assert received.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    token = header.split("?t=")[1].split(">")[0]
+    from urllib.parse import unquote
+
+    from outreach.unsubscribe import read_token
+
+    assert read_token("a-test-secret-of-enough-length", unquote(token)) == "ann@acme.example"
+    assert read_token("another-secret-entirely-here", unquote(token)) is None
+
+
+def test_without_the_signing_secret_nothing_is_sent(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTREACH_SECRET", raising=False)
+    ws = workspace_for(workspace_dir, server, unsubscribe_url="https://go.northwind.example/u")
+    enroll_rows(ws, tmp_path, ["ann@acme.example,Ann,,Acme,,en"], HELSINKI_MONDAY_10)
+    with pytest.raises(ConfigError, match="OUTREACH_SECRET must hold a secret"):
+        send_once(ws)
+    assert server.received == []
+
+
+def test_a_failing_mailbox_does_not_stop_the_others(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+) -> None:
+    config = workspace_dir / "outreach.toml"
+    ws = workspace_for(workspace_dir, server)
+    with socket.socket() as probe:  # a port where nobody listens
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    config.write_text(config.read_text() + f'''
+[[mailboxes]]
+name = "Olli Dead"
+email = "olli@northwind.example"
+smtp_host = "127.0.0.1"
+smtp_port = {dead_port}
+smtp_security = "none"
+''')
+    ws = Workspace.load(config)
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
+        for sender, row in (("olli@northwind.example", "bob@beta.example,Bob,,Beta,,en"),
+                            ("sanna.lehto@northwind.example", "ann@acme.example,Ann,,Acme,,en")):
+            path = tmp_path / "one.csv"
+            path.write_text(HEADER + row + "\n")
+            enroll_csv(ws, path, "cold", now=clock.now(), sender=sender)
+        report = send_once(ws)
+    assert [s["to"] for s in report.sent] == ["ann@acme.example"] and report.retried == 1
+    assert len(server.received) == 1
+
+
+def test_an_undone_task_is_skipped_and_the_sequence_goes_on(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+) -> None:
+    ws = workspace_for(workspace_dir, server)
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True) as frozen:
+        enroll_rows(ws, tmp_path, ["ann@acme.example,Ann,,Acme,,en"], clock.now())
+        busy = run_hourly(ws, frozen, 24 * 26, until_task=True)
+        assert busy[-1][1].tasks_created == 1 and len(list_tasks(ws, clock.now())) == 1
+        frozen.tick(timedelta(days=7, hours=1))
+        report = send_once(ws)
+    assert report.tasks_skipped == 1 and list_tasks(ws, clock.now()) == []
+    with ws.store.session() as session:
+        cold = session.exec(select(Enrollment).where(Enrollment.sequence == "cold")).one()
+        task = session.exec(select(Message).where(Message.channel == "linkedin")).one()
+    assert cold.state == "finished" and task.state == "skipped"
