@@ -16,6 +16,7 @@ import ipaddress
 import mailbox
 import re
 import socket
+import weakref
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
@@ -93,6 +94,7 @@ class LoopbackController(Controller):
         kwargs.setdefault("server_hostname", "localhost")
         super().__init__(handler, hostname=loopback_host(host), port=port, **kwargs)
         self._socket: socket.socket | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def start(self) -> None:
         """Bind ``hostname:port``, then run the SMTP server in its thread."""
@@ -120,6 +122,24 @@ class LoopbackController(Controller):
         """Stop the server thread; the listening socket is closed with the server."""
         super().stop(no_assert=no_assert)
         self._socket = None
+
+    def factory(self) -> SMTP:
+        """One SMTP protocol object per connection, remembered so that stop can close it."""
+        smtp = super().factory()
+        self._sessions.add(smtp)
+        return smtp
+
+    def cancel_tasks(self, stop_loop: bool = True) -> None:
+        """Close the connections still open, then stop the loop (runs in the server thread).
+
+        aiosmtpd only cancels the sessions' tasks: a client still connected when the server
+        stops would leave its socket open (a ResourceWarning at the next garbage collection).
+        abort() closes at the loop's next turn, which aiosmtpd's shutdown still runs.
+        """
+        for smtp in list(self._sessions):
+            if smtp.transport is not None and not smtp.transport.is_closing():
+                smtp.transport.abort()
+        super().cancel_tasks(stop_loop=stop_loop)
 
     def _create_server(self) -> Any:
         assert self._socket is not None, "start() binds the socket first"

@@ -154,13 +154,14 @@ class _Recorder:
             await asyncio.Event().wait()
         if scripted is not None and not scripted.startswith("2"):
             return scripted
-        login = session.login_data
+        # session.auth_data, not session.login_data: that one logs a deprecation on each read.
+        auth = session.auth_data
         self.owner.received.append(
             Received(
                 mail_from=envelope.mail_from or "",
                 rcpt_tos=list(envelope.rcpt_tos),
                 data=envelope.original_content or b"",
-                login=login.decode() if isinstance(login, bytes) else login,
+                login=auth.login.decode() if isinstance(auth, LoginPassword) else None,
             )
         )
         return scripted or "250 OK"
