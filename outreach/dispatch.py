@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
@@ -290,18 +291,14 @@ class Dispatcher:
             )
         ).first()
         if message is None:  # first attempt: assign the variants once, for good
-            message = Message(
-                enrollment_id=_id(enrollment),
-                prospect_id=_id(prospect),
-                sequence=sequence.name,
-                step_index=index,
-                step_name=step.name,
-                channel=step.channel,
-                sender=box.email,
-                language=language,
-                persona=persona,
+            message = _outbox_row(
+                box,
+                sequence,
+                enrollment,
+                prospect,
+                language,
+                now,
                 message_id=make_message_id(box.email),
-                created_at=now,
             )
             if step.thread == "new":
                 message.subject_variant = self._assign(
@@ -442,20 +439,16 @@ class Dispatcher:
         )
         skip_at = now + timedelta(days=self.settings.tasks.skip_after_days)
         session.add(
-            Message(
-                enrollment_id=_id(enrollment),
-                prospect_id=_id(prospect),
-                sequence=sequence.name,
-                step_index=index,
-                step_name=step.name,
-                channel=step.channel,
-                sender=box.email,
-                language=language,
-                persona=prospect.persona,
+            _outbox_row(
+                box,
+                sequence,
+                enrollment,
+                prospect,
+                language,
+                now,
                 body_variant=variant,
                 body=text,
                 state="task",
-                created_at=now,
                 next_attempt_at=skip_at,
             )
         )
@@ -609,6 +602,32 @@ class Dispatcher:
                 ):
                     advance(self.ws, session, enrollment, now, self.rng)
                 report.tasks_skipped += 1
+
+
+def _outbox_row(
+    box: Mailbox,
+    sequence: Sequence,
+    enrollment: Enrollment,
+    prospect: Prospect,
+    language: str,
+    now: datetime,
+    **fields: Any,
+) -> Message:
+    """A new outbox row for the enrollment's current step."""
+    step = sequence.steps[enrollment.step_index]
+    return Message(
+        enrollment_id=_id(enrollment),
+        prospect_id=_id(prospect),
+        sequence=sequence.name,
+        step_index=enrollment.step_index,
+        step_name=step.name,
+        channel=step.channel,
+        sender=box.email,
+        language=language,
+        persona=prospect.persona,
+        created_at=now,
+        **fields,
+    )
 
 
 class SentFolder:

@@ -26,6 +26,17 @@ def _id(row: Prospect | Enrollment | Message) -> int:
     return row.id
 
 
+def live_enrollments(session: Session, prospect_id: int) -> list[Enrollment]:
+    """The prospect's enrollments that may still send something (active or paused)."""
+    return list(
+        session.exec(
+            select(Enrollment).where(
+                Enrollment.prospect_id == prospect_id, col(Enrollment.state).in_(LIVE_STATES)
+            )
+        )
+    )
+
+
 def find_prospect(session: Session, email: str) -> Prospect:
     """The prospect with this address (in any letter case), or NotFound."""
     try:
@@ -76,11 +87,7 @@ def stop(store: Store, email: str, reason: str, now: datetime) -> StopResult:
         prospect = find_prospect(session, email)
         state = "replied" if reason == "replied" else "stopped"
         stopped = []
-        for enrollment in session.exec(
-            select(Enrollment).where(
-                Enrollment.prospect_id == prospect.id, col(Enrollment.state).in_(LIVE_STATES)
-            )
-        ):
+        for enrollment in live_enrollments(session, _id(prospect)):
             end_enrollment(session, enrollment, state, reason, now)
             stopped.append(enrollment.sequence)
         session.add(
@@ -161,11 +168,7 @@ def stop_for_bounce(session: Session, message: Message, reason: str, now: dateti
     prospect.status = "invalid"
     prospect.updated_at = now
     session.add(prospect)
-    for enrollment in session.exec(
-        select(Enrollment).where(
-            Enrollment.prospect_id == prospect.id, col(Enrollment.state).in_(LIVE_STATES)
-        )
-    ):
+    for enrollment in live_enrollments(session, _id(prospect)):
         end_enrollment(session, enrollment, "bounced", reason, now)
     session.add(
         Event(

@@ -11,6 +11,7 @@ only: it is a window on what outreach sends, never a relay.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import mailbox
@@ -137,8 +138,9 @@ class LoopbackController(Controller):
         abort() closes at the loop's next turn, which aiosmtpd's shutdown still runs.
         """
         for smtp in list(self._sessions):
-            if smtp.transport is not None and not smtp.transport.is_closing():
-                smtp.transport.abort()
+            transport = smtp.transport  # after STARTTLS, the TLS transport over the socket
+            if isinstance(transport, asyncio.Transport) and not transport.is_closing():
+                transport.abort()
         super().cancel_tasks(stop_loop=stop_loop)
 
     def _create_server(self) -> Any:

@@ -180,6 +180,15 @@ def test_sink_can_restart_on_the_same_port(tmp_path: Path) -> None:
     assert [s["subject"] for s in summarize(tmp_path / "mail")] == ["one", "two"]
 
 
+def test_stopping_the_sink_closes_a_connection_left_open(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "mail", port=0)
+    sink.start()
+    with socket.create_connection(("127.0.0.1", sink.port), timeout=CLIENT_TIMEOUT) as client:
+        assert client.recv(1024).startswith(b"220 ")
+        sink.stop()
+        assert client.recv(1024) == b""  # closed by the server, not left to the GC
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "mail.example.com", ""])
 def test_sink_refuses_a_host_that_is_not_loopback(tmp_path: Path, host: str) -> None:
     with pytest.raises(ValueError, match="not a loopback address"):
@@ -346,6 +355,28 @@ def test_implicit_tls_with_auth(make_smtp_server: MakeSMTPServer) -> None:
             aiosmtplib.send(cold_email(), hostname="127.0.0.1", port=server.port, timeout=1)
         )
     assert [r.message["Subject"] for r in server.received] == ["over SMTPS"]
+
+
+def test_stopping_the_server_disconnects_a_client_left_in_tls(
+    smtp_server_auth_starttls: RecordingSMTP,
+) -> None:
+    server = smtp_server_auth_starttls
+
+    async def stay_connected_while_the_server_stops() -> None:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=server.port,
+            start_tls=True,
+            validate_certs=False,
+            timeout=CLIENT_TIMEOUT,
+        )
+        await client.connect()
+        await client.ehlo()
+        server.stop()
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await client.noop()
+
+    asyncio.run(stay_connected_while_the_server_stops())
 
 
 def test_scripted_451_fails_one_send_and_the_next_succeeds(smtp_server: RecordingSMTP) -> None:
