@@ -186,27 +186,32 @@ class Dispatcher:
                 state.day, state.sent_on_day = today.date().isoformat(), 0
             if state.sent_on_day >= self.ws.config.daily_limit(box):
                 return None  # the rest waits for tomorrow, in due order
-            candidates = session.exec(
-                select(Enrollment.id)
-                .where(
-                    Enrollment.sender == box.email,
-                    Enrollment.state == "active",
-                    col(Enrollment.due_at) <= now,
-                )
-                .order_by(col(Enrollment.due_at), col(Enrollment.id))
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for enrollment_id in candidates:
-                # Loaded one at a time: usually the first one is claimed and the rest wait.
-                enrollment = session.get(Enrollment, enrollment_id)
-                assert enrollment is not None
-                claimed = self._claim_one(session, box, state, enrollment, now, report)
-                if claimed is not None:
-                    session.add(state)
-                    return claimed
             session.add(state)
-            return None
+            while True:
+                # Every candidate not claimed leaves the due set (rescheduled to its window,
+                # turned into a task, or ended), so this loop ends, and prospects whose
+                # window is closed never hold back those whose window is open.
+                candidates = session.exec(
+                    select(Enrollment.id)
+                    .where(
+                        Enrollment.sender == box.email,
+                        Enrollment.state == "active",
+                        col(Enrollment.due_at) <= now,
+                    )
+                    .order_by(col(Enrollment.due_at), col(Enrollment.id))
+                    .limit(BATCH)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if not candidates:
+                    return None
+                for enrollment_id in candidates:
+                    # Loaded one at a time: usually the first one is claimed.
+                    enrollment = session.get(Enrollment, enrollment_id)
+                    assert enrollment is not None
+                    claimed = self._claim_one(session, box, state, enrollment, now, report)
+                    if claimed is not None:
+                        return claimed
+                session.flush()
 
     def _claim_one(
         self,

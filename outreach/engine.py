@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from outreach import planner
+from outreach.config import Mailbox
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.prospects import normalize_email
@@ -161,6 +162,14 @@ def suppressions(store: Store) -> list[Suppression]:
         return list(session.exec(select(Suppression).order_by(Suppression.value)))
 
 
+def _calendar(ws: Workspace, sender: str, timezone: str | None) -> planner.SendingCalendar:
+    """The sender's calendar; a mailbox since removed from the config plans by the defaults."""
+    box = next((b for b in ws.config.mailboxes if b.email == sender), None)
+    if box is None:
+        box = Mailbox(name=sender, email=sender)
+    return ws.config.calendar(box, timezone)
+
+
 def stop_for_bounce(session: Session, message: Message, reason: str, now: datetime) -> None:
     """A hard bounce: the address is dead. Mark it invalid and stop every live enrollment."""
     prospect = session.get(Prospect, message.prospect_id)
@@ -192,14 +201,12 @@ def advance(
     enrollment.updated_at = now
     prospect = session.get(Prospect, enrollment.prospect_id)
     assert prospect is not None
-    box = ws.config.mailbox(enrollment.sender)
+    cal = _calendar(ws, enrollment.sender, prospect.timezone)
     if enrollment.step_index < len(sequence.steps):
         step = sequence.steps[enrollment.step_index]
         drawn = step.wait.draw(rng)
         enrollment.wait_drawn = drawn
-        enrollment.due_at = planner.plan_due(
-            now, step.wait, drawn, ws.config.calendar(box, prospect.timezone)
-        )
+        enrollment.due_at = planner.plan_due(now, step.wait, drawn, cal)
         session.add(enrollment)
         return
     end_enrollment(session, enrollment, "finished", "every step done", now)
@@ -217,7 +224,6 @@ def advance(
         return
     first = ws.sequences[follow.sequence].steps[0]
     drawn = follow.wait.draw(rng)
-    cal = ws.config.calendar(box, prospect.timezone)
     start = planner.add_wait(now, drawn, follow.wait.unit, cal)
     first_drawn = first.wait.draw(rng)
     session.add(

@@ -370,3 +370,26 @@ def test_an_undone_task_is_skipped_and_the_sequence_goes_on(
         cold = session.exec(select(Enrollment).where(Enrollment.sequence == "cold")).one()
         task = session.exec(select(Message).where(Message.channel == "linkedin")).one()
     assert cold.state == "finished" and task.state == "skipped"
+
+
+def test_prospects_outside_their_window_do_not_hold_back_the_others(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+) -> None:
+    """25 prospects in New York (03:00 there) are due before one in Helsinki (10:00), e.g.
+    after a retry or a config change; the Helsinki one must still leave now."""
+    ws = workspace_for(workspace_dir, server)
+    path = tmp_path / "mixed.csv"
+    rows = "".join(f"ny{i}@us{i}.example,America/New_York\n" for i in range(25))
+    path.write_text("email,timezone\n" + rows + "ann@acme.example,Europe/Helsinki\n")
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
+        assert enroll_csv(ws, path, "cold", now=clock.now()).enrolled == 26
+        with ws.store.session() as session:
+            for enrollment in session.exec(select(Enrollment)).all():
+                early = enrollment.prospect_id <= 25  # the New York rows come first
+                enrollment.due_at = clock.now() - timedelta(hours=2 if early else 1)
+                session.add(enrollment)
+        report = send_once(ws)
+        assert [s["to"] for s in report.sent] == ["ann@acme.example"]
+        with ws.store.session() as session:
+            later = session.exec(select(Enrollment).where(Enrollment.prospect_id <= 25)).all()
+    assert all(e.due_at == datetime(2027, 1, 4, 13, 0, tzinfo=UTC) for e in later)  # 08:00 NY
