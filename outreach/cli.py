@@ -222,6 +222,14 @@ def enroll(
                 click.echo(line, err=True)
 
 
+def _mailbox_state(row: dict[str, Any]) -> str:
+    if row["paused"]:
+        return f"PAUSED: {row['paused']}"
+    if row.get("unreachable"):
+        return f"UNREACHABLE: {row['unreachable']}"
+    return "ok"
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
@@ -258,15 +266,23 @@ def status(ctx: Context, as_json: bool) -> None:
         )
         click.echo()
     for box in report["mailboxes"]:
-        state = f"PAUSED: {box['paused']}" if box["paused"] else "ok"
+        state = _mailbox_state(box)
         click.echo(
             f"mailbox {box['email']}: {box['sent_today']}/{box['daily_limit']} sent today, "
             f"{box['due_now']} due now (backlog), {box['retrying']} retrying, {state}"
         )
     for message in report["unknown"]:
+        if message["state"] == "sending":
+            click.echo(
+                f"SENDING #{message['id']} to {message['to']} ({message['sequence']}/"
+                f"{message['step']}, claimed {message['claimed_at']}): in flight, or its "
+                "process died; the next send or run will tell"
+            )
+            continue
         click.echo(
-            f"UNKNOWN #{message['id']} {message['message_id']} ({message['sequence']}/"
-            f"{message['step']}, claimed {message['claimed_at']}): did it leave? "
+            f"UNKNOWN #{message['id']} to {message['to']} {message['message_id']} "
+            f"({message['sequence']}/{message['step']}, claimed {message['claimed_at']}): "
+            "did it leave? Look for it in the Sent folder, then "
             f"`outreach resolve {message['id']} --sent|--not-sent`"
         )
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
@@ -422,16 +438,15 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     """Send everything that is due now, within windows and limits, then exit."""
     if not once:
         raise click.UsageError("use `outreach send --once`, or `outreach run` for the daemon")
-    report = daemon.send_once(ctx.ws, wait_for_gaps=not no_wait)
+    report = daemon.send_once(
+        ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
+    )
+    failing = bool(report.errors or report.paused)
     if as_json:
         _print_json(asdict(report))
+        if failing:
+            sys.exit(1)
         return
-    for sent in report.sent:
-        threading = f"  in reply to {sent['in_reply_to']}" if sent["in_reply_to"] else ""
-        click.echo(
-            f"sent {sent['sequence']}/{sent['step']} to {sent['to']}: "
-            f"{sent['subject']}  {sent['message_id']}{threading}"
-        )
     click.echo(
         f"{len(report.sent)} sent, {report.retried} to retry, {report.bounced} bounced, "
         f"{report.failed} failed, {report.tasks_created} task(s) created, "
@@ -443,7 +458,7 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
             f"(fix it, then `outreach mailboxes resume {mailbox}`)",
             err=True,
         )
-    for note in report.notes:
+    for note in report.notes + report.errors:
         click.echo(note, err=True)
     if report.settled:
         click.echo(f"{report.settled} interrupted send(s) found in the Sent folder: marked sent")
@@ -453,6 +468,8 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
             "and `outreach resolve`",
             err=True,
         )
+    if failing:
+        sys.exit(1)  # a paused or misconfigured mailbox: cron and CI must notice
 
 
 @cli.command()
@@ -461,6 +478,7 @@ def run(ctx: Context) -> None:
     """The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     daemon.run(ctx.ws)
 
 
@@ -524,7 +542,7 @@ def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
         _print_json(rows)
         return
     for row in rows:
-        state = f"PAUSED: {row['paused']}" if row["paused"] else "ok"
+        state = _mailbox_state(row)
         click.echo(
             f"{row['email']}: {row['sent_today']}/{row['daily_limit']} today, "
             f"{row['due_now']} due now, {row['retrying']} retrying, {state}"

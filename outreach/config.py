@@ -116,12 +116,12 @@ class Mailbox(_Strict):
     company: str | None = None
     signature: str | None = None
     smtp_host: str = "127.0.0.1"
-    smtp_port: int = 587
+    smtp_port: int = Field(default=587, ge=1, le=65535)
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_username: str | None = None
     password_env: str | None = None
     imap_host: str | None = None
-    imap_port: int | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_security: Literal["starttls", "tls", "none"] = "tls"
     imap_username: str | None = None
     # APPEND each sent message to the Sent folder over IMAP, so the rep sees the thread in
@@ -186,6 +186,18 @@ class Daemon(_Strict):
     lease_seconds: int = Field(default=600, ge=30)  # a claim older than this was a crash
 
 
+class Replies(_Strict):
+    """``[replies]``: watching the mailboxes for replies, bounces and auto-replies."""
+
+    poll_seconds: int = Field(default=120, ge=10)  # how often `outreach run` polls
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+    # An out-of-office without a readable return date pushes the next step this far.
+    auto_reply_days: int = Field(default=7, ge=1)
+    # When one person at a company replies, pause colleagues from the same domain until a
+    # rep decides (`outreach resume`).
+    company_stop: bool = True
+
+
 class Tasks(_Strict):
     """``[tasks]``: LinkedIn and manual steps, done by the rep."""
 
@@ -238,6 +250,7 @@ class Settings(_Strict):
     mailboxes: list[Mailbox] = Field(default_factory=list)
     ab: ABSettings = ABSettings()
     daemon: Daemon = Daemon()
+    replies: Replies = Replies()
     tasks: Tasks = Tasks()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column

@@ -74,13 +74,27 @@ def send_once(
     transport_for: Callable[[Mailbox], Transport] = SmtpTransport,
     wait_for_gaps: bool = True,
     now: Callable[[], datetime] = clock.now,
+    on_event: Callable[[str], None] | None = None,
 ) -> Report:
-    """Send everything due now, within windows and limits; then return what happened."""
+    """Send everything due now, within windows and limits; then return what happened.
+
+    SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
+    """
     with DispatchLock(ws):
-        dispatcher = Dispatcher(ws, transport_for, now=now)
+        dispatcher = Dispatcher(ws, transport_for, now=now, on_event=on_event)
         # We hold the lock: a message still "sending" belongs to a process that died.
         dispatcher.recover(now(), everything=True)
-        return asyncio.run(dispatcher.run_once(wait_for_gaps=wait_for_gaps))
+
+        async def run() -> Report:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, dispatcher.stopping.set)
+                except (RuntimeError, ValueError):  # not the main thread (tests)
+                    pass
+            return await dispatcher.run_once(wait_for_gaps=wait_for_gaps)
+
+        return asyncio.run(run())
 
 
 class Daemon:
@@ -90,7 +104,7 @@ class Daemon:
         self, ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport
     ) -> None:
         self.ws = ws
-        self.dispatcher = Dispatcher(ws, transport_for)
+        self.dispatcher = Dispatcher(ws, transport_for, on_event=lambda line: log.info("%s", line))
         self._tick: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -101,20 +115,11 @@ class Daemon:
         except OutreachError as exc:
             log.error("dispatch: %s", exc.one_line())
             return
-        for sent in report.sent:
-            log.info(
-                "sent %s/%s to %s: %s %s",
-                sent["sequence"],
-                sent["step"],
-                sent["to"],
-                sent["subject"],
-                sent["message_id"],
-            )
         for mailbox, reason in report.paused.items():
             log.warning(
                 "mailbox %s is paused: %s (outreach mailboxes resume %s)", mailbox, reason, mailbox
             )
-        for note in report.notes:
+        for note in report.notes + report.errors:
             log.warning("%s", note)
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)

@@ -88,6 +88,7 @@ class Report:
     settled: int = 0  # unknown messages found in a Sent folder, now marked sent
     paused: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # a mailbox that could not run at all
 
 
 def _id(row: Prospect | Enrollment | Message) -> int:
@@ -105,6 +106,7 @@ class Dispatcher:
         *,
         rng: random.Random | None = None,
         now: Callable[[], datetime] = clock.now,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.ws = ws
         self.transport_for = transport_for
@@ -112,6 +114,7 @@ class Dispatcher:
         self.now = now
         self.settings = ws.config.settings
         self.stopping = asyncio.Event()
+        self.on_event = on_event
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
         self._secret: str | None = None
         if self.settings.sending.unsubscribe_url:
@@ -132,7 +135,7 @@ class Dispatcher:
         )
         for box, result in zip(boxes, results, strict=True):
             if isinstance(result, OutreachError):
-                report.notes.append(f"{box.email}: {result.one_line()}")
+                report.errors.append(f"{box.email}: {result.one_line()}")
             elif isinstance(result, BaseException):
                 raise result
         return report
@@ -140,6 +143,7 @@ class Dispatcher:
     async def drain(self, box: Mailbox, report: Report, wait_for_gaps: bool) -> None:
         """Send this mailbox's due messages one by one, keeping its gap, until none is left."""
         transport = self.transport_for(box)
+        transport.check()  # a missing password stops this mailbox before anything is claimed
         sent_folder: SentFolder | None = None
         try:
             while not self.stopping.is_set():
@@ -160,7 +164,8 @@ class Dispatcher:
                     continue
                 outcome = await transport.send(claim.email, claim.mail_from, claim.rcpt)
                 self.record(claim, outcome, self.now(), report)
-                if outcome.kind == "auth":
+                if outcome.kind in ("auth", "unreachable", "retry"):
+                    # The server is in trouble: one try per mailbox per run, not one per message.
                     return
                 if outcome.kind == "sent" and box.save_to_sent:
                     sent_folder = sent_folder or SentFolder(box)
@@ -457,6 +462,9 @@ class Dispatcher:
                 next_attempt_at=skip_at,
             )
         )
+        self._event(
+            f"task for {box.email}: {step.channel} {prospect.email} ({sequence.name}/{step.name})"
+        )
         enrollment.due_at = None  # the sequence waits for the rep (or the skip time)
         enrollment.updated_at = now
         session.add(enrollment)
@@ -491,9 +499,38 @@ class Dispatcher:
             if outcome.kind == "sent":
                 message.state, message.sent_at, message.error = "sent", now, None
                 report.sent.append(claim.summary)
+                state = session.get(MailboxState, claim.mail_from)
+                if state is not None and state.unreachable:
+                    state.unreachable = None
+                    session.add(state)
+                s = claim.summary
+                self._event(
+                    f"sent {s['sequence']}/{s['step']} to {s['to']}: {s['subject']}  "
+                    f"{s['message_id']}"
+                    + (f"  in reply to {s['in_reply_to']}" if s["in_reply_to"] else "")
+                )
                 if enrollment.state == "active" and enrollment.step_index == message.step_index:
                     advance(self.ws, session, enrollment, now, self.rng)
+            elif outcome.kind == "unreachable":
+                # No session was opened: nothing happened to this message. The mailbox waits
+                # and says why; the message goes back to the queue as it was.
+                message.state, message.error = "retry", None
+                message.attempts -= 1
+                if enrollment.state == "active":
+                    enrollment.due_at = now
+                state = _uncount(session, claim.mail_from)
+                if state is not None:
+                    state.unreachable = str(outcome)
+                    state.next_send_at = now + timedelta(
+                        seconds=self.settings.sending.retry_seconds
+                    )
+                report.notes.append(
+                    f"{claim.mail_from}: {outcome}; trying again after "
+                    f"{self.settings.sending.retry_seconds} s"
+                )
+                self._event(f"{claim.mail_from}: unreachable: {outcome}")
             elif outcome.kind == "retry":
+                _uncount(session, claim.mail_from)
                 if message.attempts >= self.settings.sending.max_attempts:
                     message.state, message.error = "failed", f"gave up: {outcome}"
                     end_enrollment(session, enrollment, "stopped", f"undeliverable: {outcome}", now)
@@ -511,27 +548,34 @@ class Dispatcher:
                     if enrollment.state == "active":
                         enrollment.due_at = message.next_attempt_at
                     report.retried += 1
+                    self._event(f"retry later {claim.rcpt} ({claim.summary['step']}): {outcome}")
             elif outcome.kind == "bounce":
                 message.state, message.error = "bounced", str(outcome)
                 stop_for_bounce(session, message, str(outcome), now)
                 report.bounced += 1
+                self._event(f"bounced {claim.rcpt}: {outcome}")
             elif outcome.kind == "auth":
                 # Not this message's fault: it goes back to the queue, the mailbox pauses.
                 message.state, message.error = "retry", str(outcome)
                 message.attempts -= 1
                 if enrollment.state == "active":
                     enrollment.due_at = now
-                state = session.get(MailboxState, claim.mail_from)
+                state = _uncount(session, claim.mail_from)
                 assert state is not None
                 state.paused_reason, state.paused_at = str(outcome), now
-                state.sent_on_day = max(state.sent_on_day - 1, 0)
-                session.add(state)
                 report.paused[claim.mail_from] = str(outcome)
+                self._event(f"PAUSED mailbox {claim.mail_from}: {outcome}")
             else:
                 message.state, message.error = "failed", str(outcome)
                 end_enrollment(session, enrollment, "stopped", f"refused: {outcome}", now)
                 report.failed += 1
+                self._event(f"refused {claim.rcpt}: {outcome}")
             session.add_all([message, enrollment])
+
+    def _event(self, line: str) -> None:
+        """Tell the operator at once (the CLI prints it, the daemon logs it)."""
+        if self.on_event is not None:
+            self.on_event(line)
 
     # ------------------------------------------------------- housekeeping
 
@@ -675,9 +719,11 @@ def _suppressed(session: Session, email: str) -> bool:
     )
 
 
-def _uncount(session: Session, mailbox: str) -> None:
+def _uncount(session: Session, mailbox: str) -> MailboxState | None:
+    """The claim counted a send against today's limit; it did not happen after all."""
     state = session.get(MailboxState, mailbox)
     if state is not None:
         state.sent_on_day = max(state.sent_on_day - 1, 0)
         state.next_send_at = None
         session.add(state)
+    return state

@@ -142,3 +142,21 @@ class MailboxState(SQLModel, table=True):
     next_send_at: datetime | None = None  # the random gap, drawn once after each send
     paused_reason: str | None = None
     paused_at: datetime | None = None
+    # The last time no SMTP session could be opened, and why; it waits until next_send_at.
+    unreachable: str | None = None
+
+
+class InboxCursor(SQLModel, table=True):
+    """How far a mailbox folder has been read: its UIDVALIDITY and the last UID handled.
+
+    Advanced in the same transaction that applies the message, so each inbound message is
+    applied once, whatever stops the process.
+    """
+
+    __tablename__ = "inbox_cursors"
+
+    mailbox: str = Field(primary_key=True)
+    folder: str = Field(primary_key=True)
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    polled_at: datetime | None = None

@@ -110,20 +110,28 @@ def resolve(
 
 
 def unknown_messages(ws: Workspace) -> list[dict[str, Any]]:
+    """Messages whose fate is open: ``unknown`` after a crash, or ``sending`` right now (or
+    left so by a process that died and has not been replaced yet)."""
     with ws.store.session() as session:
         rows = session.exec(
-            select(Message).where(col(Message.state).in_(("unknown",))).order_by(col(Message.id))
+            select(Message, Prospect)
+            .join(Prospect, col(Prospect.id) == Message.prospect_id)
+            .where(col(Message.state).in_(("unknown", "sending")))
+            .order_by(col(Message.id))
         ).all()
     return [
         {
             "id": m.id,
+            "state": m.state,
+            "to": prospect.email,
+            "subject": m.subject,
             "message_id": m.message_id,
             "sender": m.sender,
             "sequence": m.sequence,
             "step": m.step_name,
             "claimed_at": m.claimed_at.isoformat() if m.claimed_at else None,
         }
-        for m in rows
+        for m, prospect in rows
     ]
 
 
@@ -157,6 +165,7 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
                     "due_now": backlog,
                     "retrying": retrying,
                     "paused": state.paused_reason if state else None,
+                    "unreachable": state.unreachable if state else None,
                     "last_sent_at": state.last_sent_at.isoformat()
                     if state and state.last_sent_at
                     else None,

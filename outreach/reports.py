@@ -59,7 +59,8 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
     for name in names:
         sequence = sequences.get(name)
         step_names = [s.name for s in sequence.steps] if sequence else []
-        size = max([len(step_names)] + [r[2] + 1 for r in enrollment_rows if r[0] == name])
+        # A finished enrollment sits one past the last step: that is not a step to show.
+        size = len(step_names) or max([1] + [r[2] for r in enrollment_rows if r[0] == name])
         steps: list[dict[str, Any]] = [
             {
                 "index": i,

@@ -16,10 +16,12 @@ import aiosmtplib
 from outreach.config import Mailbox, _is_loopback
 from outreach.errors import ConfigError
 
-# sent: accepted. retry: 4xx or the connection failed; try again later. bounce: the
-# recipient does not exist (5xx at RCPT, or a 5.1.x status). auth: the mailbox's login or
-# sender address was refused; pause the mailbox. failed: a permanent refusal of this message.
-Kind = Literal["sent", "retry", "bounce", "auth", "failed"]
+# sent: accepted. retry: a 4xx, or the connection broke during this message; try it again
+# later. unreachable: no session could be opened (refused, timeout, TLS): the mailbox waits,
+# the message is untouched. bounce: the recipient does not exist (5.1.x, or a bare 550/551/553
+# at RCPT). auth: the mailbox itself is refused (login, sender, relay or policy 5.7.x): pause
+# the mailbox. failed: a permanent refusal of this one message.
+Kind = Literal["sent", "retry", "unreachable", "bounce", "auth", "failed"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Outcome:
 class Transport(Protocol):
     """What the dispatcher needs of a mailbox's outgoing connection."""
 
+    def check(self) -> None: ...
+
     async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome: ...
 
     async def close(self) -> None: ...
@@ -46,13 +50,19 @@ def _status_class(text: str) -> str | None:
 
 
 def classify(code: int, text: str, *, at_rcpt: bool) -> Outcome:
-    """What an SMTP error reply means for the message and the mailbox."""
+    """What an SMTP error reply means for the message and the mailbox.
+
+    Only an answer about the address is a bounce: a relay or policy refusal (5.7.x) says
+    the mailbox is misconfigured or blocked, and marking a whole list invalid for it would be
+    a disaster, so it pauses the mailbox instead.
+    """
     text = " ".join(text.split())
-    if code in (530, 534, 535, 538):
+    status = _status_class(text)
+    if code in (530, 534, 535, 538) or status == "5.7":
         return Outcome("auth", code, text)
-    if 400 <= code < 500:
-        return Outcome("retry", code, text)
-    if at_rcpt or _status_class(text) == "5.1":
+    if 400 <= code < 500 or status == "5.2" and "5.2.1" not in text:
+        return Outcome("retry", code, text)  # 5.2.2 mailbox full: temporary in practice
+    if status in ("5.1", "5.2") or (status is None and at_rcpt and code in (550, 551, 553)):
         return Outcome("bounce", code, text)
     return Outcome("failed", code, text)
 
@@ -72,14 +82,8 @@ class SmtpTransport:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         box = self.mailbox
+        self.check()
         password = box.password()
-        if box.smtp_username and password is None:
-            raise ConfigError(
-                f"environment variable {box.password_env} is not set"
-                if box.password_env
-                else "smtp_username is set but no password_env names its password",
-                field=f"mailboxes {box.email}: password_env",
-            )
         smtp = aiosmtplib.SMTP(
             hostname=box.smtp_host,
             port=box.smtp_port,
@@ -94,10 +98,35 @@ class SmtpTransport:
             await smtp.login(box.smtp_username, password or "")
         return smtp
 
+    def check(self) -> None:
+        """Raise ConfigError now, before anything is claimed, if this mailbox cannot log in."""
+        box = self.mailbox
+        if box.smtp_username and box.password() is None:
+            raise ConfigError(
+                f"environment variable {box.password_env} is not set"
+                if box.password_env
+                else "smtp_username is set but no password_env names its password",
+                field=f"mailboxes {box.email}: password_env",
+            )
+
     async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome:
-        try:
-            if self._smtp is None or not self._smtp.is_connected:
+        if self._smtp is None or not self._smtp.is_connected:
+            try:
                 self._smtp = await self._connect()
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                await self._drop()
+                return Outcome("auth", exc.code, " ".join(exc.message.split()))
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._drop()
+                if 500 <= exc.code < 600:
+                    return Outcome("auth", exc.code, " ".join(exc.message.split()))
+                return Outcome("unreachable", exc.code, " ".join(exc.message.split()))
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - refused, timeout, TLS, DNS: all "no session"
+                await self._drop()
+                return Outcome("unreachable", None, f"cannot connect: {exc or type(exc).__name__}")
+        try:
             errors, response = await self._smtp.send_message(
                 message, sender=mail_from, recipients=[rcpt]
             )
@@ -123,6 +152,9 @@ class SmtpTransport:
         except aiosmtplib.SMTPException as exc:
             await self._drop()
             return Outcome("retry", None, f"smtp: {exc}")
+        except Exception as exc:  # noqa: BLE001 - never leave a claimed message without an outcome
+            await self._drop()
+            return Outcome("retry", None, f"{type(exc).__name__}: {exc}")
         if errors:
             code, text = next(iter(errors.values()))
             return classify(code, text, at_rcpt=True)

@@ -335,24 +335,34 @@ def test_a_failing_mailbox_does_not_stop_the_others(
     with socket.socket() as probe:  # a port where nobody listens
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    config.write_text(config.read_text() + f'''
+    config.write_text(
+        config.read_text()
+        + f"""
 [[mailboxes]]
 name = "Olli Dead"
 email = "olli@northwind.example"
 smtp_host = "127.0.0.1"
 smtp_port = {dead_port}
 smtp_security = "none"
-''')
+"""
+    )
     ws = Workspace.load(config)
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
-        for sender, row in (("olli@northwind.example", "bob@beta.example,Bob,,Beta,,en"),
-                            ("sanna.lehto@northwind.example", "ann@acme.example,Ann,,Acme,,en")):
+        for sender, row in (
+            ("olli@northwind.example", "bob@beta.example,Bob,,Beta,,en"),
+            ("sanna.lehto@northwind.example", "ann@acme.example,Ann,,Acme,,en"),
+        ):
             path = tmp_path / "one.csv"
             path.write_text(HEADER + row + "\n")
             enroll_csv(ws, path, "cold", now=clock.now(), sender=sender)
         report = send_once(ws)
-    assert [s["to"] for s in report.sent] == ["ann@acme.example"] and report.retried == 1
+        [box_dead] = [b for b in mailbox_report(ws, clock.now()) if b["email"].startswith("olli")]
+    assert [s["to"] for s in report.sent] == ["ann@acme.example"]
     assert len(server.received) == 1
+    # The dead mailbox waits and says why; the message is untouched and not counted.
+    assert "cannot connect" in box_dead["unreachable"]
+    assert box_dead["sent_today"] == 0 and box_dead["due_now"] == 1
+    assert any("olli@northwind.example" in note for note in report.notes)
 
 
 def test_an_undone_task_is_skipped_and_the_sequence_goes_on(
@@ -393,3 +403,65 @@ def test_prospects_outside_their_window_do_not_hold_back_the_others(
         with ws.store.session() as session:
             later = session.exec(select(Enrollment).where(Enrollment.prospect_id <= 25)).all()
     assert all(e.due_at == datetime(2027, 1, 4, 13, 0, tzinfo=UTC) for e in later)  # 08:00 NY
+
+
+def test_a_server_that_is_down_never_uses_up_the_messages(
+    workspace_dir: Path, tmp_path: Path
+) -> None:
+    """Days of a dead server: nothing is attempted per message, nothing stops, then it sends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workspace_dir / "outreach.toml"
+    edit_config(config, smtp_port=port, min_gap_seconds=0, max_gap_seconds=0)
+    ws = Workspace.load(config)
+    rows = [f"p{i}@acme{i}.example,P{i},,Acme,,en" for i in range(3)]
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True) as frozen:
+        enroll_rows(ws, tmp_path, rows, clock.now())
+        for _ in range(20):  # ~3 days of polls every 6 minutes while it is down
+            assert send_once(ws).sent == []
+            frozen.tick(timedelta(hours=3.6))
+        with ws.store.session() as session:
+            assert {e.state for e in session.exec(select(Enrollment)).all()} == {"active"}
+            assert all(m.attempts == 0 for m in session.exec(select(Message)).all())
+        with RecordingSMTP() as server:
+            edit_config(config, smtp_port=server.port)
+            ws = Workspace.load(config)
+            frozen.tick(timedelta(minutes=10))
+            while (
+                clock.now().astimezone(ws.config.calendar(ws.config.mailboxes[0]).timezone).hour < 8
+            ):
+                frozen.tick(timedelta(hours=1))
+            assert len(send_once(ws).sent) == 3
+
+
+def test_a_relay_refusal_pauses_the_mailbox_instead_of_bouncing_the_list(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+) -> None:
+    ws = workspace_for(workspace_dir, server)
+    server.script("rcpt:550 5.7.1 Relaying denied")
+    rows = [f"p{i}@acme{i}.example,P{i},,Acme,,en" for i in range(3)]
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
+        enroll_rows(ws, tmp_path, rows, clock.now())
+        report = send_once(ws)
+    assert report.bounced == 0 and "5.7.1" in report.paused["sanna.lehto@northwind.example"]
+    with ws.store.session() as session:
+        assert {p.status for p in session.exec(select(Prospect)).all()} == {"active"}
+        assert {e.state for e in session.exec(select(Enrollment)).all()} == {"active"}
+
+
+def test_a_missing_password_claims_nothing(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTREACH_NOT_SET_PW", raising=False)
+    ws = workspace_for(
+        workspace_dir, server, smtp_username="sanna", password_env="OUTREACH_NOT_SET_PW"
+    )
+    with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
+        enroll_rows(ws, tmp_path, ["ann@acme.example,Ann,,Acme,,en"], clock.now())
+        report = send_once(ws)
+        again = send_once(ws)
+    assert "OUTREACH_NOT_SET_PW is not set" in report.errors[0]
+    assert again.unknown == 0
+    with ws.store.session() as session:
+        assert session.exec(select(Message)).all() == []  # nothing claimed, nothing stranded
