@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from outreach import __version__, clock, daemon, engine, outbox, reports
+from outreach import __version__, clock, daemon, engine, inbox, outbox, reports
 from outreach.enroll import enroll_csv, format_rejection
 from outreach.errors import OutreachError, Problems
 from outreach.preview import preview as render_preview
@@ -470,6 +470,44 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
         )
     if failing:
         sys.exit(1)  # a paused or misconfigured mailbox: cron and CI must notice
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Poll every mailbox once, apply, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def replies(ctx: Context, once: bool, as_json: bool) -> None:
+    """Poll the mailboxes for replies, bounces, auto-replies and unsubscribe requests."""
+    if not once:
+        raise click.UsageError("use `outreach replies --once`; `outreach run` polls on its own")
+    report = inbox.poll(ctx.ws, clock.now())
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        for reply in report.replies:
+            click.echo(
+                f"reply from {reply['from']}: {reply['sentiment']} ({reply['rule']}); "
+                "sequences stopped"
+            )
+        click.echo(
+            f"{report.seen} new message(s): {len(report.replies)} repl(ies), "
+            f"{report.auto_replies} auto-repl(ies), {report.bounces} bounce(s), "
+            f"{report.unsubscribes} unsubscribe(s), {report.paused_colleagues} "
+            f"colleague enrollment(s) paused, {report.ignored} not ours"
+        )
+        for note in report.notes:
+            click.echo(note, err=True)
+    if report.notes and not report.seen:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("email")
+@pass_ctx
+def resume(ctx: Context, email: str) -> None:
+    """Let a paused prospect (a colleague replied) go on with their sequences."""
+    resumed = inbox.resume(ctx.ws, email, clock.now())
+    click.echo(f"resumed {', '.join(resumed)}" if resumed else "nothing was paused")
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from outreach import clock
+from outreach import clock, inbox
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
@@ -124,6 +124,21 @@ class Daemon:
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 
+    async def poll(self) -> None:
+        """The mailbox poll: replies stop sequences before the next dispatch can send."""
+        report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
+        for reply in report.replies:
+            log.info("reply from %s (%s): sequences stopped", reply["from"], reply["sentiment"])
+        if report.bounces or report.auto_replies or report.unsubscribes:
+            log.info(
+                "%d bounce(s), %d auto-repl(ies), %d unsubscribe(s)",
+                report.bounces,
+                report.auto_replies,
+                report.unsubscribes,
+            )
+        for note in report.notes:
+            log.warning("%s", note)
+
     def stop(self) -> None:
         log.info("stopping: finishing the message in flight")
         self._stop.set()
@@ -144,6 +159,16 @@ class Daemon:
             coalesce=True,
             id="dispatch",
         )
+        if any(box.imap_host for box in self.ws.config.mailboxes):
+            scheduler.add_job(
+                self.poll,
+                "interval",
+                seconds=settings.replies.poll_seconds,
+                next_run_time=clock.now(),
+                max_instances=1,
+                coalesce=True,
+                id="replies",
+            )
         scheduler.start()
         log.info(
             "outreach running: %d mailbox(es), dispatch every %ss",
