@@ -95,7 +95,11 @@ class SmtpTransport:
         )
         await smtp.connect()
         if box.smtp_username:  # a relay that needs no login (a local sink) has no username
-            await smtp.login(box.smtp_username, password or "")
+            try:
+                await smtp.login(box.smtp_username, password or "")
+            except BaseException:
+                smtp.close()  # a refused login must not leave the connection open
+                raise
         return smtp
 
     def check(self) -> None:
