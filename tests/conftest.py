@@ -82,3 +82,22 @@ def edit_config(path: Path, **settings: object) -> None:
         assert at is not None, f"{key} is not in {path}"
         lines[at] = f"{key} = {rendered}\n"
     path.write_text("".join(lines), encoding="utf-8")
+
+
+def point_at_servers(
+    config: Path, smtp_port: int, imap_host: str, imap_port: int, imap_user: str, **settings: object
+) -> None:
+    """A starter config sending to a test SMTP server and reading a test IMAP user, with no
+    gaps; the password comes from $OUTREACH_TEST_IMAP (the test sets it)."""
+    edit_config(
+        config,
+        smtp_port=smtp_port,
+        min_gap_seconds=0,
+        max_gap_seconds=0,
+        password_env="OUTREACH_TEST_IMAP",
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security="none",
+        imap_username=imap_user,
+        **settings,
+    )

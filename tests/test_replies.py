@@ -21,7 +21,7 @@ from outreach.enroll import enroll_csv
 from outreach.models import Enrollment, Event, Prospect, Suppression
 from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
-from tests.conftest import edit_config
+from tests.conftest import point_at_servers
 from tests.smtp_servers import RecordingSMTP
 
 if TYPE_CHECKING:
@@ -55,17 +55,7 @@ def ws(
 ) -> Workspace:
     monkeypatch.setenv("OUTREACH_TEST_IMAP", dovecot_server.password)
     config = workspace_dir / "outreach.toml"
-    edit_config(
-        config,
-        smtp_port=smtp.port,
-        min_gap_seconds=0,
-        max_gap_seconds=0,
-        password_env="OUTREACH_TEST_IMAP",
-        imap_host=dovecot_server.host,
-        imap_port=dovecot_server.port,
-        imap_security="none",
-        imap_username=rep,
-    )
+    point_at_servers(config, smtp.port, dovecot_server.host, dovecot_server.port, rep)
     workspace = Workspace.load(config)
     rows = (
         "email,first_name,company,language\nann@acme.example,Ann,Acme,en\n"

@@ -22,7 +22,7 @@ from outreach.imap import MailboxImap
 from outreach.models import Enrollment, Message
 from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
-from tests.conftest import edit_config
+from tests.conftest import point_at_servers
 from tests.smtp_servers import RecordingSMTP
 
 if TYPE_CHECKING:
@@ -43,18 +43,7 @@ def workspace(
 ) -> Workspace:
     monkeypatch.setenv("OUTREACH_TEST_IMAP", dovecot.password)
     config = workspace_dir / "outreach.toml"
-    edit_config(
-        config,
-        smtp_port=smtp.port,
-        min_gap_seconds=0,
-        max_gap_seconds=0,
-        password_env="OUTREACH_TEST_IMAP",
-        imap_host=dovecot.host,
-        imap_port=dovecot.port,
-        imap_security="none",
-        imap_username=user,
-        save_to_sent=True,
-    )
+    point_at_servers(config, smtp.port, dovecot.host, dovecot.port, user, save_to_sent=True)
     dovecot.create_folder(user, "Sent")
     ws = Workspace.load(config)
     (workspace_dir / "one.csv").write_text(
