@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import signal
@@ -634,6 +635,39 @@ def sink(directory: Path, port: int, show: bool, as_json: bool) -> None:
             stop.wait()
         except KeyboardInterrupt:
             pass
+
+
+@cli.command()
+@click.option(
+    "--replied",
+    is_flag=True,
+    required=True,
+    help="Prospects who replied or reached a goal (meeting, webinar).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the CSV here (default: standard output).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@pass_ctx
+def export(ctx: Context, replied: bool, output: Path | None, as_json: bool) -> None:
+    """Export for the CRM: every reply and goal, with the prospect and what was sent."""
+    rows = reports.replied(ctx.ws)
+    if as_json:
+        _print_json(rows)
+        return
+    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        writer = csv.DictWriter(target, fieldnames=reports.EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if output:
+            target.close()
+    if output:
+        click.echo(f"{len(rows)} row(s) written to {output}", err=True)
 
 
 @cli.group()

@@ -207,3 +207,61 @@ def _mailbox_zone(ws: Workspace, sender: str) -> str:
         if box.email == sender and box.timezone:
             return box.timezone
     return ws.config.settings.sending.timezone
+
+
+EXPORT_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "linkedin",
+    "persona",
+    "language",
+    "sequence",
+    "step",
+    "subject_variant",
+    "body_variant",
+    "replied_at",
+    "sentiment",
+    "reason",
+    "reply_text",
+)
+
+
+def replied(ws: Workspace) -> list[dict[str, Any]]:
+    """Every human reply and goal, newest last, with what was sent before it: for the CRM."""
+    with ws.store.session() as session:
+        rows = session.exec(
+            select(Event, Prospect)
+            .join(Prospect, col(Prospect.id) == Event.prospect_id)
+            .where(col(Event.kind).in_(("reply", "goal")))
+            .order_by(col(Event.occurred_at), col(Event.id))
+        ).all()
+        out = []
+        for event, prospect in rows:
+            last = session.exec(
+                select(Message)
+                .where(
+                    Message.prospect_id == prospect.id,
+                    Message.state == "sent",
+                    col(Message.sent_at) <= event.occurred_at,
+                )
+                .order_by(col(Message.sent_at).desc())
+            ).first()
+            out.append(
+                {
+                    **{key: getattr(prospect, key) for key in EXPORT_COLUMNS[:8]},
+                    "sequence": last.sequence if last else None,
+                    "step": last.step_name if last else None,
+                    "subject_variant": last.subject_variant if last else None,
+                    "body_variant": last.body_variant if last else None,
+                    "replied_at": event.occurred_at.isoformat(),
+                    "sentiment": (event.data or {}).get("sentiment")
+                    if event.kind == "reply"
+                    else None,
+                    "reason": event.reason if event.kind == "goal" else "reply",
+                    "reply_text": (event.data or {}).get("text", ""),
+                }
+            )
+    return out

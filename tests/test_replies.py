@@ -312,3 +312,25 @@ def test_resume_lets_a_paused_colleague_go_on(
         assert states(ws)["bob@acme.example"] == "paused"
         assert inbox.resume(ws, "bob@acme.example", clock.now()) == ["cold"]
     assert states(ws)["bob@acme.example"] == "active"
+
+
+def test_export_replied_gives_the_crm_the_reply_and_what_preceded_it(
+    ws: Workspace, smtp: RecordingSMTP, dovecot_server: Dovecot, rep: str
+) -> None:
+    from outreach.engine import stop
+    from outreach.reports import replied
+
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        send_once(ws)
+        dovecot_server.append(
+            rep, "INBOX", reply_to(sent_to(smtp, "ann@acme.example"), "Interested, call me.")
+        )
+        inbox.poll(ws, clock.now())
+        stop(ws.store, "cid@other.example", "meeting", clock.now())
+    rows = replied(ws)
+    assert [(r["email"], r["reason"]) for r in rows] == [
+        ("ann@acme.example", "reply"),
+        ("cid@other.example", "meeting"),
+    ]
+    assert rows[0]["sentiment"] == "positive" and rows[0]["step"] == "intro"
+    assert rows[0]["subject_variant"] and rows[0]["reply_text"].startswith("Interested")
