@@ -198,6 +198,16 @@ class Replies(_Strict):
     company_stop: bool = True
 
 
+class Web(_Strict):
+    """``[web]``: the HTTP endpoints `outreach run` serves (behind your reverse proxy)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # The environment variable with the bearer token a booking tool sends to POST /goal.
+    goal_token_env: str = "OUTREACH_GOAL_TOKEN"
+
+
 class Tasks(_Strict):
     """``[tasks]``: LinkedIn and manual steps, done by the rep."""
 
@@ -251,6 +261,7 @@ class Settings(_Strict):
     ab: ABSettings = ABSettings()
     daemon: Daemon = Daemon()
     replies: Replies = Replies()
+    web: Web = Web()
     tasks: Tasks = Tasks()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column

@@ -18,13 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
+from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from outreach import clock, inbox
+from outreach import clock, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
 from outreach.sender import SmtpTransport, Transport
+from outreach.unsubscribe import secret_from_env
 from outreach.workspace import Workspace
 
 log = logging.getLogger("outreach")
@@ -124,6 +126,21 @@ class Daemon:
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 
+    async def _start_web(self) -> AppRunner | None:
+        """The one-click unsubscribe and goal endpoints, when ``[web] enabled``."""
+        settings = self.ws.config.settings
+        if not settings.web.enabled:
+            return None
+        secret = (
+            secret_from_env(settings.sending.unsubscribe_secret_env)
+            if settings.sending.unsubscribe_url
+            else None
+        )
+        goal_token = os.environ.get(settings.web.goal_token_env) or None
+        return await web.start(
+            self.ws, settings.web.host, settings.web.port, secret=secret, goal_token=goal_token
+        )
+
     async def poll(self) -> None:
         """The mailbox poll: replies stop sequences before the next dispatch can send."""
         report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
@@ -175,7 +192,10 @@ class Daemon:
             len(self.ws.config.mailboxes),
             settings.daemon.dispatch_seconds,
         )
+        runner = await self._start_web()
         await self._stop.wait()
+        if runner is not None:
+            await runner.cleanup()
         scheduler.pause()  # no new tick; the one in flight finishes (shutdown would cancel it)
         if self._tick is not None and not self._tick.done():
             await asyncio.wait([self._tick])

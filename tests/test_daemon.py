@@ -56,14 +56,13 @@ def holding_server() -> Iterator[tuple[HoldingHandler, int]]:
         controller.stop()
 
 
-def outreach(config: Path, *args: str, **kwargs: object) -> subprocess.Popen[str]:
+def outreach(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "outreach", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        **kwargs,  # type: ignore[call-overload]
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -153,3 +152,49 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
         first.send_signal(signal.SIGTERM)
         handler.release.set()
         assert finish(first, timeout=30)[0] == 0
+
+
+def test_the_daemon_serves_one_click_unsubscribe(
+    workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
+) -> None:
+    import socket
+    import urllib.request
+
+    from outreach.unsubscribe import make_link
+
+    handler, port = holding_server
+    handler.release.set()  # the SMTP server answers at once here
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        web_port = probe.getsockname()[1]
+    config = prepared(workspace_dir, port)
+    edit_config(
+        config,
+        dispatch_seconds=1,
+        enabled=True,
+        port=web_port,
+        unsubscribe_url=f"http://127.0.0.1:{web_port}/u".replace("http:", "https:"),
+    )
+    secret = "a-daemon-test-secret-long-enough"
+    daemon = outreach(config, "run", env={"OUTREACH_SECRET": secret})
+    try:
+        base = f"http://127.0.0.1:{web_port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the daemon never served /health"
+                time.sleep(0.2)
+        link = make_link(f"{base}/u", secret, "ann@acme.example")
+        request = urllib.request.Request(link, data=b"List-Unsubscribe=One-Click", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code, _, err = finish(daemon, timeout=30)
+    assert code == 0, err
+    cold = next(s for s in status(config)["sequences"] if s["name"] == "cold")
+    assert cold["enrollments"]["unsubscribed"] == 1
