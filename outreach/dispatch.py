@@ -114,6 +114,7 @@ class Dispatcher:
         self.now = now
         self.settings = ws.config.settings
         self.stopping = asyncio.Event()
+        self._sent_folders_checked = False
         self.on_event = on_event
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
         self._secret: str | None = None
@@ -126,8 +127,13 @@ class Dispatcher:
         """Send everything due now, within windows and limits; then return."""
         report = Report()
         now = self.now()
-        self.recover(now)
-        await asyncio.to_thread(self.settle_unknown_from_sent_folders, report)
+        # The Sent folders are searched when a message has just become unknown (and once per
+        # process), not on every tick: an unknown one not found there waits for the operator.
+        if self.recover(now) or not self._sent_folders_checked:
+            await asyncio.to_thread(self.settle_unknown_from_sent_folders, report)
+            self._sent_folders_checked = True
+        else:
+            report.unknown = self._count_unknown()
         self.expire_tasks(now, report)
         boxes = self.ws.config.mailboxes
         results = await asyncio.gather(
@@ -619,6 +625,12 @@ class Dispatcher:
                 self._settle_as_sent(message.id)
             report.settled += len(found)
             report.unknown += len(messages) - len(found)
+
+    def _count_unknown(self) -> int:
+        with self.ws.store.session() as session:
+            return session.exec(
+                select(func.count()).select_from(Message).where(Message.state == "unknown")
+            ).one()
 
     def _settle_as_sent(self, message_row: int | None) -> None:
         with self.ws.store.session() as session:
