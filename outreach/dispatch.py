@@ -33,7 +33,7 @@ from sqlmodel import Session, col, func, select
 from outreach import clock
 from outreach.ab import balanced_choice
 from outreach.config import Mailbox
-from outreach.engine import advance, end_enrollment, stop_for_bounce
+from outreach.engine import end_enrollment, step_done, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
 from outreach.imap import MailboxImap
 from outreach.mail import (
@@ -515,8 +515,7 @@ class Dispatcher:
                     f"{s['message_id']}"
                     + (f"  in reply to {s['in_reply_to']}" if s["in_reply_to"] else "")
                 )
-                if enrollment.state == "active" and enrollment.step_index == message.step_index:
-                    advance(self.ws, session, enrollment, now, self.rng)
+                step_done(self.ws, session, message, now, self.rng)
             elif outcome.kind == "unreachable":
                 # No session was opened: nothing happened to this message. The mailbox waits
                 # and says why; the message goes back to the queue as it was.
@@ -638,14 +637,8 @@ class Dispatcher:
             assert message is not None
             message.state, message.sent_at = "sent", message.claimed_at
             message.error = "found in the Sent folder after an interrupted send"
-            enrollment = session.get(Enrollment, message.enrollment_id)
-            if (
-                enrollment
-                and enrollment.state == "active"
-                and enrollment.step_index == message.step_index
-            ):
-                advance(self.ws, session, enrollment, self.now(), self.rng)
             session.add(message)
+            step_done(self.ws, session, message, self.now(), self.rng)
 
     def expire_tasks(self, now: datetime, report: Report) -> None:
         """A task left undone past ``[tasks] skip_after_days`` is skipped; the sequence goes on."""
@@ -655,13 +648,7 @@ class Dispatcher:
             ):
                 task.state, task.error = "skipped", "not done in time"
                 session.add(task)
-                enrollment = session.get(Enrollment, task.enrollment_id)
-                if (
-                    enrollment
-                    and enrollment.state == "active"
-                    and enrollment.step_index == task.step_index
-                ):
-                    advance(self.ws, session, enrollment, now, self.rng)
+                step_done(self.ws, session, task, now, self.rng)
                 report.tasks_skipped += 1
 
 

@@ -192,6 +192,20 @@ def stop_for_bounce(session: Session, message: Message, reason: str, now: dateti
     )
 
 
+def step_done(
+    ws: Workspace, session: Session, message: Message, now: datetime, rng: random.Random
+) -> None:
+    """The message's step is done (sent, task done or skipped): if its enrollment is still
+    active at that step, plan the next one. A reply or stop meanwhile leaves it ended."""
+    enrollment = session.get(Enrollment, message.enrollment_id)
+    if (
+        enrollment is not None
+        and enrollment.state == "active"
+        and enrollment.step_index == message.step_index
+    ):
+        advance(ws, session, enrollment, now, rng)
+
+
 def advance(
     ws: Workspace, session: Session, enrollment: Enrollment, now: datetime, rng: random.Random
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import col, func, select
 
-from outreach.engine import advance
+from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, MailboxState, Message, Prospect
 from outreach.workspace import Workspace
@@ -61,9 +61,7 @@ def complete_task(
             raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
         task.state, task.sent_at = "done", now
         session.add(task)
-        enrollment = session.get(Enrollment, task.enrollment_id)
-        if enrollment and enrollment.state == "active" and enrollment.step_index == task.step_index:
-            advance(ws, session, enrollment, now, rng or random.Random())
+        step_done(ws, session, task, now, rng or random.Random())
         return f"task {task_id} done ({task.sequence}/{task.step_name})"
 
 
@@ -98,8 +96,7 @@ def resolve(
         if sent:
             message.state, message.sent_at = "sent", message.claimed_at or now
             message.error = "resolved by the operator: it was sent"
-            if enrollment.state == "active" and enrollment.step_index == message.step_index:
-                advance(ws, session, enrollment, now, rng or random.Random())
+            step_done(ws, session, message, now, rng or random.Random())
         else:
             message.state, message.error = "retry", "resolved by the operator: not sent"
             if enrollment.state == "active":
