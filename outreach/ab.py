@@ -1,18 +1,748 @@
-"""Variant assignment (and, with the A/B issue, the review statistics)."""
+"""The A/B test: variant assignment, the variant registry, reply attribution and the review.
+
+Two independent factors per email step: the subject (only on a step that starts a thread; a
+``thread: reply`` step inherits its thread's subject) and the body. The statistics themselves
+are pure and live in :mod:`outreach.abstats`; this module feeds them from the store.
+
+Attribution (also printed by ``outreach ab report``): a human reply anywhere in a thread
+counts for the subject variant of the thread's first message, and for the body variant of the
+last email the prospect was sent before replying. A prospect counts at most once per variant.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from outreach import abstats
+from outreach.config import Mailbox
+from outreach.errors import NotFound, OutreachError, Problems, TemplateError
+from outreach.mail import Outgoing, build_message, make_message_id
+from outreach.models import Decision, Event, Message, Review
+from outreach.models import Variant as VariantRow
+from outreach.sender import Outcome, SmtpTransport, Transport
+from outreach.templates import StepTemplate, Variant
+from outreach.workspace import Workspace
+
+ATTRIBUTION = (
+    "A human reply (not an auto-reply, not a bounce) anywhere in a thread counts for the "
+    "subject variant of the thread's first message, and for the body variant of the last email "
+    "sent to the prospect before the reply; a prospect counts once per variant. Sends are "
+    "messages delivered (bounces excluded)."
+)
+METRICS = {
+    "positive_or_neutral": "replies classed positive or neutral (not negative, not unsubscribe)",
+    "any_reply": "every human reply, unsubscribe requests and refusals included",
+}
+REPLY_CLASSES = ("positive", "neutral", "negative", "unsubscribe")
+DELIVERED = ("sent",)  # a bounced message reached nobody; an unknown one may not have left
+
+
+# ------------------------------------------------------------------------------ assignment
 
 
 def balanced_choice(variants: Sequence[str], counts: Mapping[str, int], rng: random.Random) -> str:
     """The variant given to the fewest so far (ties drawn at random).
 
     Balanced, not merely equal odds: after n assignments the counts differ by at most one,
-    so even a small test is fair; a variant added later catches up before others move on.
+    so even a small test is fair. The caller counts since the set of active variants last
+    changed, so a variant added later gets an equal share from then on (not every prospect
+    until it has caught up).
     """
     if not variants:
         raise ValueError("no variant to choose from")
     fewest = min(counts.get(v, 0) for v in variants)
     return rng.choice([v for v in variants if counts.get(v, 0) == fewest])
+
+
+# ------------------------------------------------------------------------------ the factors
+
+
+@dataclass(frozen=True)
+class Factor:
+    """The subjects, or the bodies, of one email step of one sequence."""
+
+    sequence: str
+    step: str
+    step_index: int
+    kind: str  # subject | body
+    template: StepTemplate
+
+    @property
+    def variants(self) -> list[Variant]:
+        return self.template.subjects if self.kind == "subject" else self.template.bodies
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.sequence, self.step_index, self.kind)
+
+    def label(self) -> str:
+        return f"{self.sequence}/{self.step} {plural(self.kind)}"
+
+
+def plural(kind: str, n: int = 2) -> str:
+    """ "subjects", "bodies" (or the singular when ``n`` is 1)."""
+    if n == 1:
+        return kind
+    return "subjects" if kind == "subject" else "bodies"
+
+
+def factors(ws: Workspace) -> Iterator[Factor]:
+    """Every tested factor, in playbook order: each email step's subjects (when the step starts
+    a thread) and bodies."""
+    for name in sorted(ws.sequences):
+        sequence = ws.sequences[name]
+        for index, step in enumerate(sequence.steps):
+            if not step.is_email:
+                continue
+            template = ws.templates.get(step.template)
+            kinds = ("subject", "body") if step.thread == "new" else ("body",)
+            for kind in kinds:
+                yield Factor(name, step.name, index, kind, template)
+
+
+def _variant_column(kind: str) -> Any:
+    return Message.subject_variant if kind == "subject" else Message.body_variant
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+@dataclass
+class AssignmentState:
+    """What the dispatcher needs from the registry: which variants a review retired, and since
+    when each factor's set of active variants has been what it is (balance is counted from
+    then)."""
+
+    retired: set[tuple[str, str, str, str]] = field(default_factory=set)
+    since: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+
+    def is_retired(self, sequence: str, step: str, kind: str, variant: str) -> bool:
+        return (sequence, step, kind, variant) in self.retired
+
+
+def sync_variants(ws: Workspace, session: Session, now: datetime) -> AssignmentState:
+    """Register new variants and languages; refuse a text edited in place after it was sent.
+
+    A variant's text in a language is fixed once a message carried it: the edit must go under
+    a new id (the old one can be retired), so a reply is never counted for a text it did not
+    answer. An edit before the first send is simply taken.
+    """
+    rows = {
+        (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow)).all()
+    }
+    sent = _sent_languages(session)
+    problems: list[OutreachError] = []
+    for factor in factors(ws):
+        for variant in factor.variants:
+            key = (factor.sequence, factor.step, factor.kind, variant.id)
+            current = {language: variant.fingerprint(language) for language in variant.languages}
+            row = rows.get(key)
+            if row is None:
+                row = VariantRow(
+                    sequence=factor.sequence,
+                    step=factor.step,
+                    kind=factor.kind,
+                    variant=variant.id,
+                    fingerprints=current,
+                    active_since=now,
+                )
+                session.add(row)
+                rows[key] = row
+                continue
+            languages_sent = sent.get((factor.sequence, factor.step_index, factor.kind, variant.id))
+            edited = sorted(
+                language
+                for language, fingerprint in current.items()
+                if row.fingerprints.get(language) not in (None, fingerprint)
+                and language in (languages_sent or ())
+            )
+            if edited:
+                problems.append(
+                    TemplateError(
+                        f"{factor.kind} '{variant.id}' was edited after it was sent "
+                        f"({', '.join(edited)}); its replies would mix two texts",
+                        file=factor.template.path,
+                        line=variant.line,
+                        hint="restore the sent text, or give the new text a new id "
+                        "and mark the old one `retired: true`",
+                    )
+                )
+            elif current != row.fingerprints:
+                row.fingerprints = {**row.fingerprints, **current}
+                session.add(row)
+    if problems:
+        raise Problems(problems)
+    return assignment_state(rows.values())
+
+
+def check_variants(ws: Workspace) -> tuple[AssignmentState, list[OutreachError]]:
+    """What ``validate`` needs, changing nothing: the retired variants, and the texts edited
+    after they were sent. A database that does not exist yet has neither."""
+    url = ws.config.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return AssignmentState(), []
+    with ws.store.session() as session:
+        try:
+            return sync_variants(ws, session, datetime.now(UTC)), []
+        except Problems as exc:
+            return assignment_state(session.exec(select(VariantRow)).all()), exc.problems
+        finally:
+            session.rollback()
+
+
+def assignment_state(rows: Iterable[VariantRow]) -> AssignmentState:
+    state = AssignmentState()
+    for row in rows:
+        factor = (row.sequence, row.step, row.kind)
+        moments = [row.active_since] + ([row.retired_at] if row.retired_at else [])
+        if row.retired_at is not None:
+            state.retired.add((row.sequence, row.step, row.kind, row.variant))
+        latest = max(moments)
+        if factor not in state.since or latest > state.since[factor]:
+            state.since[factor] = latest
+    return state
+
+
+def _sent_languages(session: Session) -> dict[tuple[str, int, str, str], set[str]]:
+    out: dict[tuple[str, int, str, str], set[str]] = defaultdict(set)
+    for kind in ("subject", "body"):
+        column = _variant_column(kind)
+        rows = session.exec(
+            select(Message.sequence, Message.step_index, column, Message.language)
+            .where(
+                column.is_not(None),
+                col(Message.state).in_(("sent", "unknown", "bounced")),
+            )
+            .distinct()
+        ).all()
+        for sequence, step_index, variant, language in rows:
+            out[(sequence, step_index, kind, variant)].add(language or "")
+    return out
+
+
+def restore(
+    ws: Workspace, sequence: str, step: str, kind: str, variant: str, now: datetime
+) -> None:
+    """Put a retired variant back in the test, from now on with an equal share."""
+    with ws.store.session() as session:
+        row = session.get(VariantRow, (sequence, step, kind, variant))
+        if row is None:
+            raise NotFound(
+                f"no {kind} variant '{variant}' in {sequence}/{step}",
+                hint="`outreach ab report` lists them",
+            )
+        if row.retired_at is None:
+            raise OutreachError(f"{kind} '{variant}' of {sequence}/{step} is not retired")
+        row.retired_at = None
+        row.retired_by = None
+        row.active_since = now
+        session.add(row)
+
+
+# ------------------------------------------------------------------------------ attribution
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A human reply as the A/B test sees it."""
+
+    prospect_id: int
+    at: datetime
+    message_id: int | None  # our message it answered, when the headers said so
+    reply_class: str  # positive | neutral | negative | unsubscribe
+
+
+def counts(reply_class: str, metric: str) -> bool:
+    if metric == "any_reply":
+        return True
+    return reply_class in ("positive", "neutral")
+
+
+def reply_class_of(event: Event) -> str | None:
+    """The class of a human reply event (a rep's correction first), or None for any other."""
+    if event.kind == "reply":
+        default = event.reason or "neutral"
+    elif event.kind == "unsubscribe":
+        if str(event.data.get("rule", "")).startswith("sent to the unsubscribe address"):
+            return None  # a message to the List-Unsubscribe mailto, not a reply
+        default = "unsubscribe"
+    elif event.kind == "stop" and event.reason == "replied":
+        default = "neutral"
+    else:
+        return None
+    return str(event.data.get("class") or default)
+
+
+def human_replies(session: Session) -> list[Reply]:
+    """Every human reply: classified replies (with a rep's correction), unsubscribe requests
+    written as a reply, and replies a rep recorded with ``stop --reason replied``."""
+    out = []
+    events = session.exec(
+        select(Event)
+        .where(col(Event.kind).in_(("reply", "unsubscribe", "stop")))
+        .order_by(col(Event.id))
+    ).all()
+    for event in events:
+        reply_class = reply_class_of(event)
+        if reply_class is not None:
+            out.append(Reply(event.prospect_id, event.occurred_at, event.message_id, reply_class))
+    return out
+
+
+@dataclass
+class Tally:
+    sends: int = 0
+    wins: int = 0
+
+
+Tallies = dict[tuple[str, int, str], dict[str, Tally]]
+
+
+def tallies(session: Session, metric: str) -> Tallies:
+    """Sends and wins per (sequence, step index, kind) and variant, under ``metric``."""
+    out: Tallies = defaultdict(lambda: defaultdict(Tally))
+    for kind in ("subject", "body"):
+        column = _variant_column(kind)
+        rows = session.exec(
+            select(Message.sequence, Message.step_index, column, func.count())
+            .where(
+                column.is_not(None),
+                Message.channel == "email",
+                col(Message.state).in_(DELIVERED),
+            )
+            .group_by(col(Message.sequence), col(Message.step_index), column)
+        ).all()
+        for sequence, step_index, variant, n in rows:
+            out[(sequence, step_index, kind)][variant].sends = n
+    for (key, variant), n in _wins(session, metric).items():
+        out[key][variant].wins += n
+    return out
+
+
+def _wins(session: Session, metric: str) -> dict[tuple[tuple[str, int, str], str], int]:
+    """Which variants each counted reply is credited to (one credit per prospect)."""
+    replies = [r for r in human_replies(session) if counts(r.reply_class, metric)]
+    if not replies:
+        return {}
+    prospects = sorted({r.prospect_id for r in replies})
+    sent: dict[int, list[Message]] = defaultdict(list)
+    by_message_id: dict[str, Message] = {}
+    for start in range(0, len(prospects), 500):
+        chunk = prospects[start : start + 500]
+        for message in session.exec(
+            select(Message)
+            .where(
+                col(Message.prospect_id).in_(chunk),
+                Message.channel == "email",
+                col(Message.state).in_(DELIVERED),
+            )
+            .order_by(col(Message.sent_at), col(Message.id))
+        ):
+            sent[message.prospect_id].append(message)
+            if message.message_id:
+                by_message_id[message.message_id] = message
+    credited: dict[tuple[tuple[str, int, str], str], set[int]] = defaultdict(set)
+    for reply in replies:
+        before = [m for m in sent[reply.prospect_id] if m.sent_at and m.sent_at <= reply.at]
+        if not before:
+            continue
+        last = before[-1]
+        answered = next((m for m in before if m.id == reply.message_id), last)
+        root = by_message_id.get(answered.thread_root or "", answered)
+        if root.subject_variant:
+            key = ((root.sequence, root.step_index, "subject"), root.subject_variant)
+            credited[key].add(reply.prospect_id)
+        if last.body_variant:
+            key = ((last.sequence, last.step_index, "body"), last.body_variant)
+            credited[key].add(reply.prospect_id)
+    return {key: len(ids) for key, ids in credited.items()}
+
+
+# ------------------------------------------------------------------------------ the review
+
+
+@dataclass
+class FactorReview:
+    """One factor's verdicts: the active variants' decisions, and the ones retired before."""
+
+    factor: Factor
+    decisions: list[abstats.Decision]
+    wanted: int  # min_active_subjects or min_active_bodies
+    retired_before: list[str] = field(default_factory=list)
+
+    @property
+    def active_after(self) -> int:
+        return sum(1 for d in self.decisions if d.action == "keep")
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.wanted - self.active_after)
+
+    @property
+    def leader(self) -> abstats.Decision | None:
+        keep = [d for d in self.decisions if d.action == "keep"]
+        return max(keep, key=lambda d: (d.p_best, d.sends)) if keep else None
+
+
+@dataclass
+class ReviewResult:
+    ran_at: datetime
+    metric: str
+    dry_run: bool
+    review_id: int | None
+    factors: list[FactorReview]
+
+    @property
+    def retired(self) -> list[tuple[FactorReview, abstats.Decision]]:
+        return [(f, d) for f in self.factors for d in f.decisions if d.action == "retire"]
+
+    @property
+    def needs_copy(self) -> list[FactorReview]:
+        return [f for f in self.factors if f.missing]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "review": self.review_id,
+            "ran_at": self.ran_at.isoformat(),
+            "dry_run": self.dry_run,
+            "metric": self.metric,
+            "attribution": ATTRIBUTION,
+            "factors": [
+                {
+                    "sequence": f.factor.sequence,
+                    "step": f.factor.step,
+                    "kind": f.factor.kind,
+                    "template": f.factor.template.path,
+                    "active_after": f.active_after,
+                    "wanted": f.wanted,
+                    "decisions": [_decision_json(d) for d in f.decisions],
+                }
+                for f in self.factors
+            ],
+        }
+
+
+def _decision_json(d: abstats.Decision) -> dict[str, Any]:
+    return {
+        "variant": d.variant,
+        "sends": d.sends,
+        "replies": d.wins,
+        "rate": round(d.rate, 6),
+        "interval": [round(d.low, 6), round(d.high, 6)],
+        "p_best": round(d.p_best, 6),
+        "action": d.action,
+        "reason": d.reason,
+    }
+
+
+def wanted(ws: Workspace, kind: str) -> int:
+    settings = ws.config.settings.ab
+    return settings.min_active_subjects if kind == "subject" else settings.min_active_bodies
+
+
+def review(
+    ws: Workspace, now: datetime, *, dry_run: bool = False, trigger: str = "manual"
+) -> ReviewResult:
+    """Per step and factor, keep or retire each active variant; record every decision.
+
+    ``dry_run`` decides the same way and records nothing.
+    """
+    settings = ws.config.settings.ab
+    with ws.store.session() as session:
+        state = sync_variants(ws, session, now)
+        tally = tallies(session, settings.metric)
+        results = []
+        for factor in factors(ws):
+            seen = tally.get(factor.key, {})
+            active = [
+                v
+                for v in factor.variants
+                if not v.retired
+                and not state.is_retired(factor.sequence, factor.step, factor.kind, v.id)
+            ]
+            arms = [
+                abstats.Arm(
+                    v.id,
+                    seen[v.id].sends if v.id in seen else 0,
+                    seen[v.id].wins if v.id in seen else 0,
+                )
+                for v in active
+            ]
+            decisions = (
+                abstats.review(
+                    arms,
+                    min_sends=settings.min_sends_per_variant,
+                    retire_below=settings.retire_below_probability,
+                )
+                if arms
+                else []
+            )
+            retired_before = [v.id for v in factor.variants if v not in active]
+            results.append(FactorReview(factor, decisions, wanted(ws, factor.kind), retired_before))
+        result = ReviewResult(now, settings.metric, dry_run, None, results)
+        if dry_run:
+            session.rollback()  # not even the registry is touched
+            return result
+        row = Review(
+            ran_at=now,
+            trigger=trigger,
+            metric=settings.metric,
+            settings={
+                "min_sends_per_variant": settings.min_sends_per_variant,
+                "retire_below_probability": settings.retire_below_probability,
+            },
+        )
+        session.add(row)
+        session.flush()
+        result.review_id = row.id
+        for fr in results:
+            f = fr.factor
+            for d in fr.decisions:
+                assert row.id is not None
+                session.add(
+                    Decision(
+                        review_id=row.id,
+                        sequence=f.sequence,
+                        step=f.step,
+                        step_index=f.step_index,
+                        kind=f.kind,
+                        variant=d.variant,
+                        sends=d.sends,
+                        wins=d.wins,
+                        rate=d.rate,
+                        low=d.low,
+                        high=d.high,
+                        p_best=d.p_best,
+                        action=d.action,
+                        reason=d.reason,
+                    )
+                )
+                if d.action == "retire":
+                    variant = session.get(VariantRow, (f.sequence, f.step, f.kind, d.variant))
+                    assert variant is not None  # sync_variants registered it
+                    variant.retired_at = now
+                    variant.retired_by = f"review {row.id}"
+                    session.add(variant)
+    return result
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def report(ws: Workspace, now: datetime) -> dict[str, Any]:
+    """Per sequence, step and factor, every variant ever tested: sends, replies, rate, its 95 %
+    credible interval, the probability to be best (among the active ones) and the status,
+    with each review's numbers as history (oldest first)."""
+    settings = ws.config.settings.ab
+    with ws.store.session() as session:
+        rows = {
+            (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow))
+        }
+        tally = tallies(session, settings.metric)
+        history: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+        for decision, ran_at in session.exec(
+            select(Decision, Review.ran_at)
+            .join(Review, col(Review.id) == col(Decision.review_id))
+            .order_by(col(Decision.id))
+        ).all():
+            history[(decision.sequence, decision.step, decision.kind, decision.variant)].append(
+                {
+                    "review": decision.review_id,
+                    "at": ran_at.isoformat(),
+                    "sends": decision.sends,
+                    "replies": decision.wins,
+                    "rate": round(decision.rate, 6),
+                    "interval": [round(decision.low, 6), round(decision.high, 6)],
+                    "p_best": round(decision.p_best, 6),
+                    "action": decision.action,
+                    "reason": decision.reason,
+                }
+            )
+        reviews = session.exec(select(Review).order_by(col(Review.id).desc()).limit(1)).all()
+    steps = []
+    for factor in factors(ws):
+        seen = tally.get(factor.key, {})
+        in_file = {v.id: v for v in factor.variants}
+        known = [
+            key[3]
+            for key in rows
+            if key[:3] == (factor.sequence, factor.step, factor.kind) and key[3] not in in_file
+        ]
+        ids = list(in_file) + sorted(set(known) | {v for v in seen if v not in in_file})
+        variants: list[dict[str, Any]] = []
+        for variant_id in ids:
+            row = rows.get((factor.sequence, factor.step, factor.kind, variant_id))
+            if variant_id not in in_file:
+                status, since = "removed", None
+            elif in_file[variant_id].retired:
+                status, since = "retired", "in the template file"
+            elif row is not None and row.retired_at is not None:
+                status, since = "retired", f"{row.retired_by}, {row.retired_at:%Y-%m-%d}"
+            else:
+                status, since = "active", None
+            t = seen.get(variant_id, Tally())
+            low, high = abstats.credible_interval(t.sends, t.wins)
+            variants.append(
+                {
+                    "variant": variant_id,
+                    "status": status,
+                    "retired": since,
+                    "sends": t.sends,
+                    "replies": t.wins,
+                    "rate": round(t.wins / t.sends, 6) if t.sends else 0.0,
+                    "interval": [round(low, 6), round(high, 6)],
+                    "p_best": None,
+                    "history": history.get(
+                        (factor.sequence, factor.step, factor.kind, variant_id), []
+                    ),
+                }
+            )
+        active = [v for v in variants if v["status"] == "active"]
+        if active:
+            p_best = abstats.prob_best(
+                [abstats.Arm(v["variant"], v["sends"], v["replies"]) for v in active]
+            )
+            for v, p in zip(active, p_best, strict=True):
+                v["p_best"] = round(p, 6)
+        steps.append(
+            {
+                "sequence": factor.sequence,
+                "step": factor.step,
+                "step_index": factor.step_index,
+                "kind": factor.kind,
+                "template": factor.template.path,
+                "active": len(active),
+                "wanted": wanted(ws, factor.kind),
+                "variants": variants,
+            }
+        )
+    return {
+        "generated_at": now.isoformat(),
+        "metric": settings.metric,
+        "metric_means": METRICS[settings.metric],
+        "attribution": ATTRIBUTION,
+        "last_review": (
+            {
+                "id": reviews[0].id,
+                "at": reviews[0].ran_at.isoformat(),
+                "trigger": reviews[0].trigger,
+            }
+            if reviews
+            else None
+        ),
+        "steps": steps,
+    }
+
+
+# ------------------------------------------------------------------------------ the digest
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def describe(d: abstats.Decision) -> str:
+    """One decision's numbers as a person reads them."""
+    return (
+        f"{d.wins}/{d.sends} = {_pct(d.rate)} (95 % {_pct(d.low)}-{_pct(d.high)}), "
+        f"P(best) {d.p_best:.3f}"
+    )
+
+
+def digest(result: ReviewResult, timezone: str) -> str:
+    """The marketer's short digest of a review: what needs new copy, what was retired, what
+    is winning."""
+    from zoneinfo import ZoneInfo
+
+    when = result.ran_at.astimezone(ZoneInfo(timezone))
+    lines = [
+        f"# A/B review {when:%Y-%m-%d %H:%M} ({timezone})",
+        "",
+        f"Metric: {METRICS[result.metric]}.",
+        "",
+        "## Needs new copy",
+    ]
+    for f in result.needs_copy:
+        leader = f.leader
+        lines.append(
+            f"- {f.factor.label()}: {f.active_after} active, at least {f.wanted} wanted: "
+            f"write {f.missing} more {plural(f.factor.kind, f.missing)} in {f.factor.template.path}"
+            + (f"; winning: '{leader.variant}' {describe(leader)}" if leader else "")
+        )
+    if not result.needs_copy:
+        lines.append("- nothing: every step has enough active variants")
+    lines += ["", "## Retired by this review"]
+    lines += [f"- {f.factor.label()} '{d.variant}': {describe(d)}" for f, d in result.retired]
+    if not result.retired:
+        lines.append("- none")
+    lines += ["", "## Leading"]
+    for f in result.factors:
+        leader = f.leader
+        if leader is not None and len(f.decisions) > 1 and leader.sends:
+            lines.append(f"- {f.factor.label()}: '{leader.variant}' {describe(leader)}")
+    return "\n".join(lines) + "\n"
+
+
+def publish_digest(
+    ws: Workspace,
+    result: ReviewResult,
+    transport_for: Callable[[Mailbox], Transport] | None = None,
+) -> list[str]:
+    """Write the digest file and, when ``[ab] digest_to`` is set, mail it from the first
+    mailbox. Returns what was done, one line each (a failed mail is a line, not an error: the
+    review itself has been recorded)."""
+    settings = ws.config.settings
+    text = digest(result, settings.sending.timezone)
+    done = []
+    if settings.ab.digest_file:
+        path = ws.config.root / settings.ab.digest_file
+        path.write_text(text, encoding="utf-8")
+        done.append(f"digest written to {path}")
+    if settings.ab.digest_to and ws.config.mailboxes:
+        box = ws.config.mailboxes[0]
+        first_line = text.splitlines()[0].lstrip("# ")
+        message = build_message(
+            Outgoing(
+                from_name=box.name,
+                from_email=box.email,
+                to_email=settings.ab.digest_to,
+                to_name=None,
+                subject=first_line
+                + (
+                    f": {len(result.needs_copy)} step(s) need new copy" if result.needs_copy else ""
+                ),
+                text=text,
+                html=None,
+                message_id=make_message_id(box.email),
+                date=result.ran_at,
+            )
+        )
+
+        async def send() -> Outcome:
+            transport = (transport_for or SmtpTransport)(box)
+            try:
+                transport.check()
+                return await transport.send(message, box.email, settings.ab.digest_to or "")
+            finally:
+                await transport.close()
+
+        try:
+            outcome = asyncio.run(send())
+        except OutreachError as exc:
+            done.append(f"digest not mailed: {exc.one_line()}")
+        else:
+            done.append(
+                f"digest mailed to {settings.ab.digest_to}"
+                if outcome.kind == "sent"
+                else f"digest not mailed to {settings.ab.digest_to}: {outcome}"
+            )
+    return done

@@ -240,6 +240,15 @@ class ABSettings(_Strict):
     retire_below_probability: float = Field(default=0.05, gt=0, lt=1)
     min_active_subjects: int = Field(default=3, ge=1)
     min_active_bodies: int = Field(default=2, ge=1)
+    # What counts as a win: "positive_or_neutral" replies (not refusals, not "remove me"), or
+    # "any_reply" (every human reply).
+    metric: Literal["positive_or_neutral", "any_reply"] = "positive_or_neutral"
+    # "balanced": equal counts among the active variants; "thompson": draws from the posteriors.
+    assignment: Literal["balanced", "thompson"] = "balanced"
+    # After each review the marketer's digest is written here (relative to this file; "" for
+    # none), and mailed to digest_to (from the first mailbox) when that is set.
+    digest_file: str = "ab-digest.md"
+    digest_to: str | None = None
 
     @field_validator("review")
     @classmethod

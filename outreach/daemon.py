@@ -20,8 +20,9 @@ from types import TracebackType
 
 from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
-from outreach import clock, inbox, web
+from outreach import ab, clock, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
@@ -156,6 +157,27 @@ class Daemon:
         for note in report.notes:
             log.warning("%s", note)
 
+    async def review(self) -> None:
+        """The A/B review on its cron; the next dispatch sees what it retired."""
+        try:
+            result = await asyncio.to_thread(ab.review, self.ws, clock.now(), trigger="cron")
+            notes = await asyncio.to_thread(ab.publish_digest, self.ws, result)
+        except OutreachError as exc:
+            log.error("A/B review: %s", exc.one_line())
+            return
+        log.info(
+            "A/B review %s: %d variant(s) retired, %d step(s) need new copy",
+            result.review_id,
+            len(result.retired),
+            len(result.needs_copy),
+        )
+        for factor, decision in result.retired:
+            log.info(
+                "retired %s '%s': %s", factor.factor.label(), decision.variant, decision.reason
+            )
+        for note in notes:
+            log.info("%s", note)
+
     def stop(self) -> None:
         log.info("stopping: finishing the message in flight")
         self._stop.set()
@@ -186,6 +208,14 @@ class Daemon:
                 coalesce=True,
                 id="replies",
             )
+        scheduler.add_job(
+            self.review,
+            review_trigger(self.ws),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            id="ab-review",
+        )
         scheduler.start()
         log.info(
             "outreach running: %d mailbox(es), dispatch every %ss",
@@ -201,6 +231,12 @@ class Daemon:
             await asyncio.wait([self._tick])
         scheduler.shutdown(wait=False)
         log.info("stopped cleanly")
+
+
+def review_trigger(ws: Workspace) -> CronTrigger:
+    """``[ab] review`` as a trigger in the workspace's time zone (``[sending] timezone``)."""
+    settings = ws.config.settings
+    return CronTrigger.from_crontab(settings.ab.review, timezone=settings.sending.timezone)
 
 
 def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:

@@ -30,8 +30,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
 
-from outreach import clock
-from outreach.ab import balanced_choice
+from outreach import ab, clock
 from outreach.config import Mailbox
 from outreach.engine import end_enrollment, step_done, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
@@ -47,6 +46,7 @@ from outreach.mail import (
 from outreach.models import Enrollment, MailboxState, Message, Prospect, Suppression
 from outreach.sender import Outcome, Transport
 from outreach.sequences import Sequence
+from outreach.templates import Kind, StepTemplate
 from outreach.unsubscribe import make_link, secret_from_env
 from outreach.workspace import Workspace
 
@@ -117,6 +117,8 @@ class Dispatcher:
         self._sent_folders_checked = False
         self.on_event = on_event
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
+        self._ab = ab.AssignmentState()
+        self._tallies: ab.Tallies | None = None
         self._secret: str | None = None
         if self.settings.sending.unsubscribe_url:
             self._secret = secret_from_env(self.settings.sending.unsubscribe_secret_env)
@@ -127,6 +129,7 @@ class Dispatcher:
         """Send everything due now, within windows and limits; then return."""
         report = Report()
         now = self.now()
+        self.prepare_ab(now)
         # The Sent folders are searched when a message has just become unknown (and once per
         # process), not on every tick: an unknown one not found there waits for the operator.
         if self.recover(now) or not self._sent_folders_checked:
@@ -318,10 +321,10 @@ class Dispatcher:
             )
             if step.thread == "new":
                 message.subject_variant = self._assign(
-                    sequence.name, index, "subject", template.eligible("subject", language, persona)
+                    sequence.name, index, step.name, "subject", template, language, persona
                 )
             message.body_variant = self._assign(
-                sequence.name, index, "body", template.eligible("body", language, persona)
+                sequence.name, index, step.name, "body", template, language, persona
             )
         thread = self._thread(session, sequence, enrollment, index)
         if step.thread == "reply":
@@ -409,26 +412,74 @@ class Dispatcher:
     def _variables(self, box: Mailbox, prospect: Prospect) -> dict[str, object]:
         return self.ws.variables_for(prospect, box)
 
-    def _assign(self, sequence: str, index: int, kind: str, variants: list) -> str:  # type: ignore[type-arg]
-        """Balanced assignment: the eligible variant given to the fewest prospects so far."""
+    def prepare_ab(self, now: datetime) -> None:
+        """Register new variants (refusing texts edited after they were sent) and read which a
+        review retired; balance is counted afresh on each run. A template file edited since
+        the last run is read again first."""
+        if self.ws.refresh_templates() and self.on_event:
+            self.on_event("template files changed: read again")
+        with self.ws.store.session() as session:
+            self._ab = ab.sync_variants(self.ws, session, now)
+        self._counts = {}
+        self._tallies = None
+
+    def _assign(
+        self,
+        sequence: str,
+        index: int,
+        step: str,
+        kind: Kind,
+        template: StepTemplate,
+        language: str,
+        persona: str | None,
+    ) -> str:
+        """The variant for one new message: among the active variants that have a text for
+        this prospect, the one given to the fewest since the active set last changed (or, with
+        ``[ab] assignment = "thompson"``, a draw from the reply posteriors)."""
+        variants = [
+            v.id
+            for v in template.eligible(kind, language, persona)
+            if not self._ab.is_retired(sequence, step, kind, v.id)
+        ]
         if not variants:
             raise TemplateError(
-                f"no active {kind} variant for this prospect's language", file=sequence
+                f"no active {kind} variant in language '{language}' for step '{step}'",
+                file=template.path,
+                hint="add one, or un-retire one (`outreach ab restore`)",
             )
         key = (sequence, index, kind)
+        if self.settings.ab.assignment == "thompson":
+            return self._thompson(key, variants)
         if key not in self._counts:
             column = Message.subject_variant if kind == "subject" else Message.body_variant
+            query = (
+                select(column, func.count())
+                .where(Message.sequence == sequence, Message.step_index == index)
+                .group_by(column)
+            )
+            since = self._ab.since.get((sequence, step, kind))
+            if since is not None:
+                query = query.where(Message.created_at >= since)
             with self.ws.store.session() as session:
-                rows = session.exec(
-                    select(column, func.count())
-                    .where(Message.sequence == sequence, Message.step_index == index)
-                    .group_by(column)
-                ).all()
+                rows = session.exec(query).all()
             self._counts[key] = {name: count for name, count in rows if name}
         counts = self._counts[key]
-        choice = balanced_choice([v.id for v in variants], counts, self.rng)
+        choice = ab.balanced_choice(variants, counts, self.rng)
         counts[choice] = counts.get(choice, 0) + 1
         return choice
+
+    def _thompson(self, key: tuple[str, int, str], variants: list[str]) -> str:
+        from outreach import abstats
+
+        if self._tallies is None:
+            with self.ws.store.session() as session:
+                self._tallies = ab.tallies(session, self.settings.ab.metric)
+        seen = self._tallies.get(key, {})
+        arms = [
+            abstats.Arm(v, seen[v].sends if v in seen else 0, seen[v].wins if v in seen else 0)
+            for v in variants
+        ]
+        return abstats.thompson_choice(arms, self.rng)
 
     def _create_task(
         self,
@@ -444,7 +495,7 @@ class Dispatcher:
         template = self.ws.templates.get(step.template)
         language = prospect.language or self.settings.sending.language
         variant = self._assign(
-            sequence.name, index, "body", template.eligible("body", language, prospect.persona)
+            sequence.name, index, step.name, "body", template, language, prospect.persona
         )
         text, _ = self.ws.renderer.render_body(
             template.variant("body", variant),

@@ -1,4 +1,4 @@
-"""The use cases that change a prospect's course: stop, suppress."""
+"""The use cases that change a prospect's course: stop, suppress, advance, mark a reply."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from outreach import planner
+from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Mailbox
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
@@ -263,3 +264,52 @@ def advance(
             occurred_at=now,
         )
     )
+
+
+@dataclass
+class MarkResult:
+    email: str
+    reply_class: str
+    was: str
+    at: datetime
+
+
+def mark_reply(store: Store, email: str, reply_class: str, now: datetime) -> MarkResult:
+    """A rep corrects the class of the prospect's latest reply; the next A/B review uses it.
+
+    The correction is kept on the reply event (with what the rules had said) and recorded as
+    an event of its own.
+    """
+    if reply_class not in REPLY_CLASSES:
+        raise OutreachError(
+            f"unknown reply class '{reply_class}'",
+            field="--mark",
+            hint="one of " + ", ".join(REPLY_CLASSES),
+        )
+    with store.session() as session:
+        prospect = find_prospect(session, email)
+        events = session.exec(
+            select(Event).where(Event.prospect_id == _id(prospect)).order_by(col(Event.id).desc())
+        ).all()
+        reply = next((e for e in events if reply_class_of(e) is not None), None)
+        if reply is None:
+            raise NotFound(
+                f"no reply from {prospect.email} to mark",
+                hint=f"record one with `outreach stop {prospect.email} --reason replied`",
+            )
+        was = reply_class_of(reply) or "neutral"
+        first = reply.data.get("classified_as", was)
+        reply.data = {**reply.data, "class": reply_class, "classified_as": first}
+        if reply.kind == "reply":
+            reply.reason = reply_class
+        session.add(reply)
+        session.add(
+            Event(
+                prospect_id=_id(prospect),
+                kind="mark",
+                reason=reply_class,
+                data={"event": reply.id, "was": was},
+                occurred_at=now,
+            )
+        )
+        return MarkResult(prospect.email, reply_class, was, reply.occurred_at)

@@ -160,3 +160,60 @@ class InboxCursor(SQLModel, table=True):
     uidvalidity: int | None = None
     last_uid: int = 0
     polled_at: datetime | None = None
+
+
+class Variant(SQLModel, table=True):
+    """A subject or body variant of one sequence step, as the A/B test knows it.
+
+    Registered when the dispatcher first loads it. ``fingerprints`` keeps, per language, a hash
+    of the texts that language's messages were sent with: an edit in place of a text that was
+    already sent is refused, so statistics never mix two texts under one id. ``active_since``
+    is when the variant (re-)entered the test; a review that retires it sets ``retired_at``.
+    """
+
+    __tablename__ = "variants"
+
+    sequence: str = Field(primary_key=True)
+    step: str = Field(primary_key=True)  # the step's name in the sequence
+    kind: str = Field(primary_key=True)  # subject | body
+    variant: str = Field(primary_key=True)
+    fingerprints: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    active_since: datetime
+    retired_at: datetime | None = None
+    retired_by: str | None = None  # "review 12", or who restored it
+
+
+class Review(SQLModel, table=True):
+    """One A/B review: when, why (cron or a person), under which settings."""
+
+    __tablename__ = "ab_reviews"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ran_at: datetime
+    trigger: str  # cron | manual
+    metric: str
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Decision(SQLModel, table=True):
+    """What a review decided about one variant, with the numbers it decided on."""
+
+    __tablename__ = "ab_decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="ab_reviews.id", index=True)
+    sequence: str
+    step: str
+    step_index: int
+    kind: str
+    variant: str
+    sends: int
+    wins: int
+    rate: float
+    low: float
+    high: float
+    p_best: float
+    action: str  # keep | retire
+    reason: str

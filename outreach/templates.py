@@ -75,13 +75,16 @@ class Variant:
     def sources(self) -> list[str]:
         return [t.source for t in self.texts.values()] + [t.source for t in self.html.values()]
 
-    @property
-    def fingerprint(self) -> str:
-        """A hash of every text of the variant: an edit in place changes it."""
+    def fingerprint(self, language: str) -> str:
+        """A hash of the variant's texts in ``language`` (every persona, plain and HTML).
+
+        An edit in place changes it; the A/B registry refuses that once the language's text
+        has been sent, so one id never stands for two texts.
+        """
         digest = hashlib.sha256()
-        for key in sorted(self.texts):
+        for key in sorted(k for k in self.texts if k[0] == language):
             digest.update(repr((key, self.texts[key].source)).encode())
-        for key in sorted(self.html):
+        for key in sorted(k for k in self.html if k[0] == language):
             digest.update(repr(("html", key, self.html[key].source)).encode())
         return digest.hexdigest()[:16]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from outreach import ab
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
 from outreach.workspace import Workspace, template_variables
@@ -43,6 +44,11 @@ def validate(ws: Workspace) -> Report:
         if k in SAMPLE_PROSPECT or k in ("persona", "language", "timezone")
     }
     extra = {k: v for k, v in sample.items() if k not in standard}
+    try:  # what the A/B registry says: texts edited after they were sent, retired variants
+        retired, edited = ab.check_variants(ws)
+    except OutreachError:  # a broken sequence or template: reported below, file by file
+        retired, edited = ab.AssignmentState(), []
+    report.problems.extend(edited)
     used: set[str] = set()
     for sequence in sequences.values():
         for index, step in enumerate(sequence.steps):
@@ -91,19 +97,19 @@ def validate(ws: Workspace) -> Report:
                     TemplateError(f"{where} has no active body", file=template.path)
                 )
             if step.is_email:
-                if (
-                    starts_thread
-                    and len(template.active("subject")) < settings.ab.min_active_subjects
-                ):
-                    report.warnings.append(
-                        f"{template.path}: {len(template.active('subject'))} active subject(s), "
-                        f"fewer than [ab] min_active_subjects = {settings.ab.min_active_subjects}"
-                    )
-                if len(template.active("body")) < settings.ab.min_active_bodies:
-                    report.warnings.append(
-                        f"{template.path}: {len(template.active('body'))} active body(ies), "
-                        f"fewer than [ab] min_active_bodies = {settings.ab.min_active_bodies}"
-                    )
+                for kind in ("subject", "body") if starts_thread else ("body",):
+                    active = [
+                        v
+                        for v in template.active(kind)
+                        if not retired.is_retired(sequence.name, step.name, kind, v.id)
+                    ]
+                    if len(active) < ab.wanted(ws, kind):
+                        report.warnings.append(
+                            f"{template.path}: {sequence.name}/{step.name} has "
+                            f"{len(active)} active {ab.plural(kind, len(active))}, fewer than "
+                            f"[ab] min_active_{ab.plural(kind)} = {ab.wanted(ws, kind)}: "
+                            "write new copy"
+                        )
             for variant in template.subjects + template.bodies:
                 for language, persona in sorted(variant.texts):
                     variables = template_variables(

@@ -22,6 +22,7 @@ class Workspace:
 
     config: Config
     _store: Store | None = field(default=None, repr=False)
+    _templates_stamp: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
 
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> Workspace:
@@ -55,7 +56,28 @@ class Workspace:
 
     @cached_property
     def templates(self) -> TemplateLibrary:
+        self._templates_stamp = self._stamp_templates()
         return TemplateLibrary(self.config.templates_dir, self.config.root)
+
+    def refresh_templates(self) -> bool:
+        """Forget the loaded templates if a file under ``templates/`` changed since they were
+        read, so a long-running daemon takes a marketer's edit at its next dispatch."""
+        if "templates" not in self.__dict__ or self._stamp_templates() == self._templates_stamp:
+            return False
+        del self.__dict__["templates"]
+        return True
+
+    def _stamp_templates(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            return tuple(
+                sorted(
+                    (str(path), stat.st_mtime_ns, stat.st_size)
+                    for path in self.config.templates_dir.rglob("*.y*ml")
+                    for stat in (path.stat(),)
+                )
+            )
+        except OSError:
+            return ()
 
     @cached_property
     def renderer(self) -> Renderer:

@@ -50,12 +50,15 @@ def test_persona_text_with_default_fallback(tmp_path: Path) -> None:
     assert body.text_for("fi", "decision_maker").source.startswith("Hei")
 
 
-def test_fingerprint_changes_when_text_is_edited(tmp_path: Path) -> None:
-    before = load_step_template(write(tmp_path, STEP)).subjects[0].fingerprint
+def test_fingerprint_changes_when_that_languages_text_is_edited(tmp_path: Path) -> None:
+    subject = load_step_template(write(tmp_path, STEP)).subjects[0]
+    en, fi = subject.fingerprint("en"), subject.fingerprint("fi")
+    assert en != fi
     edited = load_step_template(write(tmp_path, STEP.replace("Quick question", "Quick q")))
-    assert edited.subjects[0].fingerprint != before
+    assert edited.subjects[0].fingerprint("en") != en
+    assert edited.subjects[0].fingerprint("fi") == fi  # the Finnish text did not change
     other_edit = load_step_template(write(tmp_path, STEP.replace("Old subject", "Older")))
-    assert other_edit.subjects[0].fingerprint == before
+    assert other_edit.subjects[0].fingerprint("en") == en
 
 
 def test_render_with_strict_undefined_names_the_line(tmp_path: Path) -> None:

@@ -1,0 +1,383 @@
+"""The A/B test end to end: assignment, attribution, the review, the report, the digest, the cron.
+
+Messages really leave through a real SMTP server (RecordingSMTP); replies go through the same
+`inbox.apply_message` the IMAP poll uses; time moves with freezegun.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from sqlmodel import select
+
+from outreach import ab, clock, inbox
+from outreach.daemon import Daemon, review_trigger, send_once
+from outreach.enroll import enroll_csv
+from outreach.models import Decision, Message, Prospect, Review
+from outreach.workspace import Workspace
+from tests.conftest import Cli, edit_config
+from tests.smtp_servers import RecordingSMTP
+
+MONDAY_10 = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # Mon 4 Jan 2027 10:00 in Helsinki
+INTRO = "templates/cold/1-intro.yaml"
+NEW_SUBJECT = """
+  - id: brand-new-angle
+    en: "A brand new angle"
+    fi: "Uusi kulma"
+    sv: "En ny vinkel"
+"""
+
+
+@pytest.fixture
+def smtp() -> Iterator[RecordingSMTP]:
+    with RecordingSMTP() as server:
+        yield server
+
+
+@pytest.fixture
+def ws(workspace_dir: Path, smtp: RecordingSMTP) -> Iterator[Workspace]:
+    edit_config(
+        workspace_dir / "outreach.toml",
+        smtp_port=smtp.port,
+        min_gap_seconds=0,
+        max_gap_seconds=0,
+        daily_limit=1000,
+        min_sends_per_variant=15,
+    )
+    workspace = Workspace.load(workspace_dir / "outreach.toml")
+    yield workspace
+    workspace.close()
+
+
+def reload(ws: Workspace) -> Workspace:
+    """The workspace as a new command would load it (templates read again)."""
+    ws.close()
+    return Workspace.load(ws.config.path)
+
+
+def enroll(ws: Workspace, tmp_path: Path, first: int, count: int) -> None:
+    """Prospects p<first>..: each at a domain of their own, so no company-level pause."""
+    path = tmp_path / f"list-{first}.csv"
+    rows = "".join(f"p{i}@d{i}.example,P{i},en\n" for i in range(first, first + count))
+    path.write_text("email,first_name,language\n" + rows, encoding="utf-8")
+    result = enroll_csv(ws, path, "cold", now=clock.now(), rng=random.Random(first))
+    assert result.applied and result.enrolled == count
+
+
+def intro_messages(ws: Workspace) -> list[Message]:
+    with ws.store.session() as session:
+        return list(
+            session.exec(select(Message).where(Message.sequence == "cold", Message.step_index == 0))
+        )
+
+
+def reply(ws: Workspace, to: Message, text: str, *, in_reply_to: bool = True) -> str:
+    """Apply a reply from the prospect ``to`` was sent to, as the IMAP poll would."""
+    msg = EmailMessage()
+    with ws.store.session() as session:
+        prospect = session.get(Prospect, to.prospect_id)
+        assert prospect is not None
+        msg["From"] = prospect.email
+        msg["To"] = to.sender
+        msg["Subject"] = "Re: " + (to.subject or "")
+        msg["Message-ID"] = f"<r{random.random()}@{prospect.domain}>"
+        if in_reply_to and to.message_id:
+            msg["In-Reply-To"] = to.message_id
+            msg["References"] = to.message_id
+        msg.set_content(text)
+        return inbox.apply_message(ws, session, msg, clock.now(), inbox.PollReport())
+
+
+def by_variant(messages: list[Message], kind: str) -> dict[str, list[Message]]:
+    out: dict[str, list[Message]] = {}
+    for m in messages:
+        out.setdefault(getattr(m, f"{kind}_variant"), []).append(m)
+    return out
+
+
+# ------------------------------------------------------------------------------ assignment
+
+
+def test_balanced_assignment_and_a_new_variant_gets_an_equal_share_from_then_on(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        enroll(ws, tmp_path, 0, 40)
+        assert len(send_once(ws, wait_for_gaps=False).sent) == 40
+        first = Counter(m.subject_variant for m in intro_messages(ws))
+        assert sorted(first.values()) == [10, 10, 10, 10]  # 4 subjects, equal counts
+        assert Counter(m.body_variant for m in intro_messages(ws)) == {
+            "direct-question": 20,
+            "read-case": 20,
+        }
+        # The marketer adds a fifth subject: it gets 1/5 of the next prospects, not all of them.
+        path = ws.config.root / INTRO
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("\nbodies:", NEW_SUBJECT + "\nbodies:", 1), encoding="utf-8")
+        frozen.tick(timedelta(minutes=5))
+        enroll(ws, tmp_path, 100, 25)  # the same workspace, as a running daemon holds it
+        assert len(send_once(ws, wait_for_gaps=False).sent) == 25
+    later = Counter(m.subject_variant for m in intro_messages(ws) if m.prospect_id > 40)
+    assert later == {v: 5 for v in first} | {"brand-new-angle": 5}
+
+
+def test_a_text_edited_after_it_was_sent_is_refused_with_its_line(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    path = ws.config.root / INTRO
+    original = path.read_text(encoding="utf-8")
+    # Before anything was sent, an edit is simply taken.
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        enroll(ws, tmp_path, 0, 4)
+        ab.check_variants(ws)
+        edited = original.replace("Marketing and sales on the same numbers?", "Same numbers?")
+        path.write_text(edited, encoding="utf-8")
+        ws = reload(ws)
+        assert len(send_once(ws, wait_for_gaps=False).sent) == 4
+        # After it was sent, editing the English text of same-numbers is refused...
+        path.write_text(edited.replace("Same numbers?", "Same numbers, really?"), encoding="utf-8")
+        ws = reload(ws)
+        line = 1 + edited.splitlines().index("  - id: same-numbers")
+        result = run("validate")
+        assert result.exit_code == 1
+        assert f"{INTRO}:{line}: subject 'same-numbers' was edited after it was sent (en)" in (
+            result.stderr
+        )
+        enroll(ws, tmp_path, 10, 2)
+        sent = run("send", "--once", "--no-wait")
+        assert sent.exit_code == 1 and "was edited after it was sent" in sent.stderr
+        assert len(intro_messages(ws)) == 4  # nothing left with a mixed-up id
+        # ...while a new language for it, or a new id, is fine.
+        path.write_text(
+            edited.replace('sv: "Marknad och sälj med samma siffror?"', 'sv: "Samma siffror?"'),
+            encoding="utf-8",
+        )
+        assert run("send", "--once", "--no-wait").exit_code == 0
+
+
+# ------------------------------------------------------------------------------ attribution
+
+
+def test_a_reply_in_the_thread_counts_for_the_first_subject_and_the_last_body(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        enroll(ws, tmp_path, 0, 2)
+        send_once(ws, wait_for_gaps=False)
+        frozen.tick(timedelta(days=8))
+        send_once(ws, wait_for_gaps=False)  # the nudge, a reply in the same thread
+        with ws.store.session() as session:
+            nudges = list(session.exec(select(Message).where(Message.step_index == 1)))
+        assert len(nudges) == 2 and all(m.state == "sent" for m in nudges)
+        answered = nudges[0]
+        assert reply(ws, answered, "Yes, tell me more.") == "reply"
+        with ws.store.session() as session:
+            tally = ab.tallies(session, "positive_or_neutral")
+            intro = session.exec(
+                select(Message).where(
+                    Message.prospect_id == answered.prospect_id, Message.step_index == 0
+                )
+            ).one()
+    assert intro.subject_variant and intro.body_variant and answered.body_variant
+    assert tally[("cold", 0, "subject")][intro.subject_variant].wins == 1
+    assert tally[("cold", 1, "body")][answered.body_variant].wins == 1
+    # The intro's body did not get the reply: the nudge came after it.
+    assert sum(t.wins for t in tally[("cold", 0, "body")].values()) == 0
+    assert sum(t.sends for t in tally[("cold", 0, "subject")].values()) == 2
+
+
+def test_the_metric_skips_refusals_until_a_rep_corrects_the_class(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        enroll(ws, tmp_path, 0, 3)
+        send_once(ws, wait_for_gaps=False)
+        messages = intro_messages(ws)
+        assert reply(ws, messages[0], "Not interested, thanks.") == "reply"
+        assert reply(ws, messages[1], "Sounds good, call me.") == "reply"
+        # A reply without In-Reply-To still counts, by its sender, for what they were sent.
+        assert reply(ws, messages[2], "Hmm, what does it cost?", in_reply_to=False) == "reply"
+
+    def wins(metric: str) -> int:
+        with ws.store.session() as session:
+            tally = ab.tallies(session, metric)
+        return sum(t.wins for t in tally[("cold", 0, "subject")].values())
+
+    assert wins("positive_or_neutral") == 2  # the refusal is not a win
+    assert wins("any_reply") == 3
+    marked = run("prospect", "p0@d0.example", "--mark", "positive")
+    assert marked.exit_code == 0 and "is now positive (was negative)" in marked.stdout
+    assert wins("positive_or_neutral") == 3
+    view = run.json("prospect", "p0@d0.example")
+    assert [e["kind"] for e in view["events"]][-1] == "mark"
+    bad = run("prospect", "p0@d0.example", "--mark", "great")
+    assert bad.exit_code == 1 and "--mark: unknown reply class 'great'" in bad.stderr
+    none = run("prospect", "p5@d5.example", "--mark", "positive")
+    assert none.exit_code == 1
+
+
+# ------------------------------------------------------------------------------ the review
+
+
+def seed_results(ws: Workspace, tmp_path: Path, frozen, replies: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
+    """Send the intro to 80 prospects (20 per subject), then reply to the first ``n`` of each
+    subject's messages."""
+    enroll(ws, tmp_path, 0, 80)
+    send_once(ws, wait_for_gaps=False)
+    frozen.tick(timedelta(hours=1))
+    for variant, messages in by_variant(intro_messages(ws), "subject").items():
+        for message in messages[: replies.get(variant, 0)]:
+            assert reply(ws, message, "Yes please, tell me more.") == "reply"
+
+
+def test_review_retires_the_clear_loser_keeps_the_leader_and_records_the_numbers(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(
+            ws,
+            tmp_path,
+            frozen,
+            {"quick-question": 9, "same-numbers": 0, "idea-for-company": 6, "persona-outcome": 5},
+        )
+        dry = run.json("ab", "review", "--dry-run")
+        with ws.store.session() as session:
+            assert session.exec(select(Review)).all() == []  # a dry run records nothing
+        result = run.json("ab", "review")
+    assert dry["factors"][0]["decisions"] == result["factors"][0]["decisions"]
+    subjects = {d["variant"]: d for d in result["factors"][0]["decisions"]}
+    assert subjects["same-numbers"]["action"] == "retire"
+    assert subjects["same-numbers"]["sends"] == 20 and subjects["same-numbers"]["replies"] == 0
+    assert subjects["quick-question"]["action"] == "keep"
+    assert "leader" in subjects["quick-question"]["reason"]
+    assert subjects["quick-question"]["p_best"] > 0.5
+    low, high = subjects["quick-question"]["interval"]
+    assert low < 9 / 20 < high
+    with ws.store.session() as session:
+        stored = session.exec(select(Decision).where(Decision.variant == "same-numbers")).one()
+    assert (stored.action, stored.sends, stored.wins) == ("retire", 20, 0)
+    report = run.json("ab", "report")
+    intro = next(s for s in report["steps"] if s["step"] == "intro" and s["kind"] == "subject")
+    status = {v["variant"]: v["status"] for v in intro["variants"]}
+    assert status["same-numbers"] == "retired" and status["quick-question"] == "active"
+    assert intro["active"] == 3 and intro["wanted"] == 3
+    # Retired variants get no new prospects.
+    with freeze_time(MONDAY_10 + timedelta(hours=3), real_asyncio=True):
+        enroll(ws, tmp_path, 200, 12)
+        send_once(ws, wait_for_gaps=False)
+    new = Counter(m.subject_variant for m in intro_messages(ws) if m.prospect_id > 80)
+    assert "same-numbers" not in new and sum(new.values()) == 12
+
+
+def test_few_sends_are_never_retired_however_bad_they_look(
+    ws: Workspace, tmp_path: Path, workspace_dir: Path
+) -> None:
+    edit_config(workspace_dir / "outreach.toml", min_sends_per_variant=21)
+    ws = reload(ws)
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 12})
+        result = ab.review(ws, clock.now())
+    assert result.retired == []
+    reasons = [d.reason for d in result.factors[0].decisions if d.variant != "quick-question"]
+    assert all("only 20 sends (< 21), kept" in r for r in reasons)
+
+
+def test_the_digest_says_which_step_needs_new_copy_and_what_wins(
+    ws: Workspace, tmp_path: Path, run: Cli, smtp: RecordingSMTP, workspace_dir: Path
+) -> None:
+    edit_config(workspace_dir / "outreach.toml", digest_to="marketing@northwind.example")
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(
+            ws,
+            tmp_path,
+            frozen,
+            {"quick-question": 10, "same-numbers": 0, "persona-outcome": 0, "idea-for-company": 8},
+        )
+        before = len(smtp.received)
+        assert run("ab", "review").exit_code == 0
+    digest = (workspace_dir / "ab-digest.md").read_text(encoding="utf-8")
+    assert "## Needs new copy" in digest
+    assert "cold/intro subjects: 2 active, at least 3 wanted: write 1 more subject" in digest
+    assert "winning: 'quick-question' 10/20 = 50.0 %" in digest
+    assert "'same-numbers': 0/20" in digest and "'persona-outcome': 0/20" in digest
+    assert "network/" not in digest  # nothing sent there yet: nothing to say
+    [mail] = [r for r in smtp.received[before:]]
+    assert mail.rcpt_tos == ["marketing@northwind.example"]
+    assert "need new copy" in str(mail.message["Subject"])
+    assert "quick-question" in mail.message.get_body(("plain",)).get_content()
+    validate = run("validate")
+    assert "cold/intro has 2 active subjects, fewer than [ab] min_active_subjects = 3" in (
+        validate.stdout + validate.stderr
+    )
+
+
+def test_restore_puts_a_retired_variant_back(ws: Workspace, tmp_path: Path, run: Cli) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 9})
+        retired = [d.variant for _, d in ab.review(ws, clock.now()).retired]
+        assert retired
+        assert run("ab", "restore", "cold", "intro", "subject", retired[0]).exit_code == 0
+        again = run("ab", "restore", "cold", "intro", "subject", retired[0])
+        assert again.exit_code == 1 and "is not retired" in again.stderr
+    report = run.json("ab", "report")
+    intro = next(s for s in report["steps"] if s["step"] == "intro" and s["kind"] == "subject")
+    assert {v["variant"]: v["status"] for v in intro["variants"]}[retired[0]] == "active"
+
+
+def test_html_report_is_one_file_with_a_chart_per_step(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 5, "same-numbers": 1})
+        ab.review(ws, clock.now())
+        frozen.tick(timedelta(days=3))
+        out = tmp_path / "report.html"
+        result = run("ab", "report", "--html", str(out))
+    assert result.exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert page.count("<svg") == len(list(ab.factors(ws)))
+    assert "quick-question" in page and "<polygon" in page  # line and interval band
+    assert "2027-01-04" in page  # the review's point on the time axis
+
+
+# ------------------------------------------------------------------------------ the cron
+
+
+def test_the_review_cron_fires_monday_and_thursday_mornings_only(ws: Workspace) -> None:
+    trigger = review_trigger(ws)
+    fire = trigger.get_next_fire_time(None, datetime(2027, 1, 3, 12, 0, tzinfo=UTC))  # a Sunday
+    fired = []
+    while fire is not None and fire < datetime(2027, 1, 17, tzinfo=UTC):
+        fired.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    assert [(f.strftime("%a"), f.hour, str(f.tzinfo)) for f in fired] == [
+        ("Mon", 7, "Europe/Helsinki"),
+        ("Thu", 7, "Europe/Helsinki"),
+    ] * 2
+    assert not any(f.strftime("%a") == "Tue" for f in fired)
+
+
+def test_the_daemon_review_job_records_a_cron_review_and_writes_the_digest(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    import asyncio
+
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 9})
+        asyncio.run(Daemon(ws).review())
+    with ws.store.session() as session:
+        [row] = session.exec(select(Review)).all()
+    assert row.trigger == "cron"
+    assert (ws.config.root / "ab-digest.md").exists()
+    assert json.dumps(row.settings) == json.dumps(
+        {"min_sends_per_variant": 15, "retire_below_probability": 0.05}
+    )
