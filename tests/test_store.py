@@ -31,7 +31,7 @@ def test_db_upgrade_command_is_idempotent(run: Cli) -> None:
     first = run("db", "upgrade")
     assert first.exit_code == 0 and "(was empty)" in first.stdout
     again = run("db", "upgrade")
-    assert again.exit_code == 0 and "schema at 0003 (was 0003)" in again.stdout
+    assert again.exit_code == 0 and "schema at 0004 (was 0004)" in again.stdout
 
 
 def test_bulk_rows_compare_like_orm_rows(tmp_path: Path) -> None:
