@@ -8,8 +8,12 @@ import hmac
 import json
 import random
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -431,3 +435,24 @@ def test_a_webhook_url_in_the_clear_over_a_network_is_refused(
 def test_https_or_loopback_webhooks_are_accepted(workspace_dir: Path, url: str) -> None:
     set_crm(workspace_dir / "outreach.toml", webhook_url=url)
     assert Cli(workspace_dir / "outreach.toml")("status").exit_code == 0
+
+
+def test_the_daemon_delivers_what_is_queued(ws: Workspace, crm: CrmReceiver) -> None:
+    engine.stop(ws.store, ANN, "meeting", clock.now(), ws.config.settings.crm)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "outreach", "--config", str(ws.config.path), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            if handoffs(ws)[0].state == "delivered":
+                break
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert len(crm.posts) == 1 and handoffs(ws)[0].state == "delivered"
+    assert "crm hand-off: delivered #1 meeting ann@acme.example (HTTP 200)" in err
