@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from outreach import __version__, abhtml, clock, daemon, engine, inbox, outbox, reports
+from outreach import __version__, abhtml, clock, daemon, engine, handoff, inbox, outbox, reports
 from outreach import ab as ab_module
 from outreach.enroll import enroll_csv, format_rejection
 from outreach.errors import OutreachError, Problems
@@ -356,11 +356,13 @@ def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
 @pass_ctx
 def stop(ctx: Context, email: str, reason: str) -> None:
     """Stop every active enrollment of a prospect now."""
-    result = engine.stop(ctx.ws.store, email, reason, clock.now())
+    result = engine.stop(ctx.ws.store, email, reason, clock.now(), ctx.ws.config.settings.crm)
     if result.stopped:
         click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
     else:
         click.echo(f"{result.email} had no active enrollment; recorded {reason}")
+    if result.handoff is not None:
+        click.echo(f"hand-off #{result.handoff} queued for the CRM (`outreach handoffs`)")
 
 
 @cli.command()
@@ -569,6 +571,52 @@ def tasks(click_ctx: click.Context, sender: str | None, as_json: bool) -> None:
 def tasks_done(ctx: Context, task_id: int) -> None:
     """Mark a task done; the prospect's sequence goes on."""
     click.echo(outbox.complete_task(ctx.ws, task_id, clock.now()))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--deliver", is_flag=True, help="POST what is due now to the CRM, then exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def handoffs(click_ctx: click.Context, deliver: bool, as_json: bool) -> None:
+    """CRM hand-offs (a POST per reply or goal): the pending and failed ones."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
+    if deliver:
+        report = handoff.deliver_once(ctx.ws, clock.now())
+        if as_json:
+            _print_json(asdict(report))
+            return
+        for line in report.lines:
+            click.echo(line)
+        click.echo(
+            f"{report.delivered} delivered, {report.retrying} to retry, {report.failed} failed"
+        )
+        return
+    doc = handoff.listing(ctx.ws)
+    if as_json:
+        _print_json(doc)
+        return
+    for row in doc["handoffs"]:
+        when = f"next {row['next_attempt_at']}" if row["state"] == "pending" else "FAILED"
+        click.echo(
+            f"#{row['id']}  {row['reason']}  {row['email']}  {when}, "
+            f"{row['attempts']} attempt(s)"
+            + (f": {row['last_error']}" if row["last_error"] else "")
+        )
+    counts = doc["counts"]
+    click.echo(
+        f"{counts['pending']} pending, {counts['failed']} failed, {counts['delivered']} delivered"
+        + ("; `outreach handoffs retry ID` sends a failed one again" if counts["failed"] else "")
+    )
+
+
+@handoffs.command("retry")
+@click.argument("handoff_id", metavar="ID", type=int)
+@pass_ctx
+def handoffs_retry(ctx: Context, handoff_id: int) -> None:
+    """Put a failed hand-off back in the queue."""
+    click.echo(handoff.retry(ctx.ws, handoff_id, clock.now()))
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -208,6 +209,37 @@ class Web(_Strict):
     goal_token_env: str = "OUTREACH_GOAL_TOKEN"
 
 
+class Crm(_Strict):
+    """``[crm]``: hand a prospect who replied or reached a goal to the CRM, by a webhook POST."""
+
+    # Where each hand-off is POSTed; without it nothing is queued.
+    webhook_url: str | None = None
+    # "json": outreach's own document; "pipedrive": person/deal/note in Pipedrive's field
+    # shape, for a middleware (Zapier, Make, your endpoint) that calls Pipedrive.
+    format: Literal["json", "pipedrive"] = "json"
+    # The environment variable with the secret that signs each body (X-Outreach-Signature).
+    secret_env: str | None = None
+    timeout_seconds: int = Field(default=10, ge=1, le=300)
+    max_attempts: int = Field(default=8, ge=1)  # 5xx, 408, 429, no answer: retried, then failed
+    deliver_seconds: int = Field(default=30, ge=1)  # how often `outreach run` delivers
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("webhook_url must be an https:// URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            # The body names a person and carries their reply: never in clear over a network.
+            raise ValueError(
+                f"webhook_url must be https:// (http:// only for a loopback host, "
+                f"not {parts.hostname})"
+            )
+        return value
+
+
 class Tasks(_Strict):
     """``[tasks]``: LinkedIn and manual steps, done by the rep."""
 
@@ -271,6 +303,7 @@ class Settings(_Strict):
     daemon: Daemon = Daemon()
     replies: Replies = Replies()
     web: Web = Web()
+    crm: Crm = Crm()
     tasks: Tasks = Tasks()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column

@@ -22,7 +22,7 @@ from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from outreach import ab, clock, inbox, web
+from outreach import ab, clock, handoff, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
@@ -109,6 +109,7 @@ class Daemon:
         self.ws = ws
         self.dispatcher = Dispatcher(ws, transport_for, on_event=lambda line: log.info("%s", line))
         self._tick: asyncio.Task[None] | None = None
+        self._handoffs: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def tick(self) -> None:
@@ -178,6 +179,17 @@ class Daemon:
         for note in notes:
             log.info("%s", note)
 
+    async def deliver_handoffs(self) -> None:
+        """The CRM hand-offs that are due; a CRM outage only delays them."""
+        self._handoffs = asyncio.current_task()
+        try:
+            report = await handoff.deliver_due(self.ws, clock.now())
+        except OutreachError as exc:
+            log.error("crm hand-off: %s", exc.one_line())
+            return
+        for line in report.lines:
+            (log.warning if line.startswith("FAILED") else log.info)("crm hand-off: %s", line)
+
     def stop(self) -> None:
         log.info("stopping: finishing the message in flight")
         self._stop.set()
@@ -216,6 +228,17 @@ class Daemon:
             misfire_grace_time=3600,
             id="ab-review",
         )
+
+        if settings.crm.webhook_url:
+            scheduler.add_job(
+                self.deliver_handoffs,
+                "interval",
+                seconds=settings.crm.deliver_seconds,
+                next_run_time=clock.now(),
+                max_instances=1,
+                coalesce=True,
+                id="handoffs",
+            )
         scheduler.start()
         log.info(
             "outreach running: %d mailbox(es), dispatch every %ss",
@@ -227,8 +250,9 @@ class Daemon:
         if runner is not None:
             await runner.cleanup()
         scheduler.pause()  # no new tick; the one in flight finishes (shutdown would cancel it)
-        if self._tick is not None and not self._tick.done():
-            await asyncio.wait([self._tick])
+        in_flight = [t for t in (self._tick, self._handoffs) if t is not None and not t.done()]
+        if in_flight:
+            await asyncio.wait(in_flight)
         scheduler.shutdown(wait=False)
         log.info("stopped cleanly")
 

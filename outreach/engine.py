@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from outreach import planner
+from outreach import handoff, planner
 from outreach.ab import REPLY_CLASSES, reply_class_of
-from outreach.config import Mailbox
+from outreach.config import Crm, Mailbox
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.prospects import normalize_email
@@ -77,10 +77,14 @@ class StopResult:
     email: str
     reason: str
     stopped: list[str]
+    handoff: int | None = None  # the hand-off queued for the CRM, if any
 
 
-def stop(store: Store, email: str, reason: str, now: datetime) -> StopResult:
-    """Stop every live enrollment of a prospect now, and record why."""
+def stop(
+    store: Store, email: str, reason: str, now: datetime, crm: Crm | None = None
+) -> StopResult:
+    """Stop every live enrollment of a prospect now, and record why. A reply, meeting or
+    webinar is handed to the CRM (queued in the same transaction) when ``crm`` has a webhook."""
     if reason not in STOP_REASONS:
         raise OutreachError(
             f"unknown reason '{reason}'", field="--reason", hint="one of " + ", ".join(STOP_REASONS)
@@ -92,16 +96,23 @@ def stop(store: Store, email: str, reason: str, now: datetime) -> StopResult:
         for enrollment in live_enrollments(session, _id(prospect)):
             end_enrollment(session, enrollment, state, reason, now)
             stopped.append(enrollment.sequence)
-        session.add(
-            Event(
-                prospect_id=_id(prospect),
-                kind="goal" if reason in GOALS else "stop",
-                reason=reason,
-                data={"sequences": stopped},
-                occurred_at=now,
-            )
+        event = Event(
+            prospect_id=_id(prospect),
+            kind="goal" if reason in GOALS else "stop",
+            reason=reason,
+            data={"sequences": stopped},
+            occurred_at=now,
         )
-        return StopResult(email=prospect.email, reason=reason, stopped=stopped)
+        session.add(event)
+        queued = handoff.enqueue(session, crm, event, prospect, reason, now) if crm else None
+        if queued is not None:
+            session.flush()
+        return StopResult(
+            email=prospect.email,
+            reason=reason,
+            stopped=stopped,
+            handoff=queued.id if queued else None,
+        )
 
 
 def suppression_value(value: str) -> str:

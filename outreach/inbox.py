@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
+from outreach import handoff
 from outreach.classify import Classified, classify, referenced_ids
 from outreach.config import Mailbox
 from outreach.engine import (
@@ -211,16 +212,17 @@ def apply_message(
         return "unsubscribe"
     for enrollment in live_enrollments(session, _pid(prospect)):
         end_enrollment(session, enrollment, "replied", verdict.sentiment or "reply", now)
-    session.add(
-        Event(
-            prospect_id=_pid(prospect),
-            kind="reply",
-            reason=verdict.sentiment,
-            message_id=ours.id if ours else None,
-            data=data,
-            occurred_at=now,
-        )
+    reply = Event(
+        prospect_id=_pid(prospect),
+        kind="reply",
+        reason=verdict.sentiment,
+        message_id=ours.id if ours else None,
+        data=data,
+        occurred_at=now,
     )
+    session.add(reply)
+    # The CRM hears of it from the same transaction: applied once, handed off once.
+    handoff.enqueue(session, ws.config.settings.crm, reply, prospect, "replied", now)
     report.replies.append(
         {"from": prospect.email, "sentiment": verdict.sentiment or "", "rule": verdict.rule}
     )

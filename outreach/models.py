@@ -217,3 +217,28 @@ class Decision(SQLModel, table=True):
     p_best: float
     action: str  # keep | retire
     reason: str
+
+
+class Handoff(SQLModel, table=True):
+    """The CRM outbox: one POST to ``[crm] webhook_url`` per reply or goal event.
+
+    Written in the transaction that records the event, delivered later (at least once) by the
+    daemon or ``outreach handoffs --deliver``, so a crash or a CRM outage loses nothing.
+    """
+
+    __tablename__ = "handoffs"
+    __table_args__ = (Index("ix_handoffs_state_next_attempt", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The document's "id" and the Idempotency-Key header: the receiver de-duplicates on it.
+    uuid: str = Field(unique=True)
+    prospect_id: int = Field(foreign_key="prospects.id", index=True)
+    event_id: int = Field(foreign_key="events.id", unique=True)  # one hand-off per event
+    kind: str  # replied | meeting | webinar
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default="pending")  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+    created_at: datetime
+    delivered_at: datetime | None = None

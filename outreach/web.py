@@ -208,7 +208,12 @@ class _Goal:
             return _error(400, "reason must be one of " + ", ".join(engine.GOALS))
         try:
             result = await asyncio.to_thread(
-                engine.stop, self.ws.store, body["email"], reason, self.now()
+                engine.stop,
+                self.ws.store,
+                body["email"],
+                reason,
+                self.now(),
+                self.ws.config.settings.crm,
             )
         except NotFound as exc:
             return _error(404, exc.message)
