@@ -139,7 +139,6 @@ def sync_variants(ws: Workspace, session: Session, now: datetime) -> AssignmentS
     rows = {
         (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow)).all()
     }
-    sent = _sent_languages(session)
     problems: list[OutreachError] = []
     for factor in factors(ws):
         for variant in factor.variants:
@@ -158,13 +157,16 @@ def sync_variants(ws: Workspace, session: Session, now: datetime) -> AssignmentS
                 session.add(row)
                 rows[key] = row
                 continue
-            languages_sent = sent.get((factor.sequence, factor.step_index, factor.kind, variant.id))
-            edited = sorted(
+            changed = [
                 language
                 for language, fingerprint in current.items()
                 if row.fingerprints.get(language) not in (None, fingerprint)
-                and language in (languages_sent or ())
-            )
+            ]
+            edited = [
+                language
+                for language in sorted(changed)
+                if _was_sent(session, factor, variant.id, language)
+            ]
             if edited:
                 problems.append(
                     TemplateError(
@@ -212,21 +214,22 @@ def assignment_state(rows: Iterable[VariantRow]) -> AssignmentState:
     return state
 
 
-def _sent_languages(session: Session) -> dict[tuple[str, int, str, str], set[str]]:
-    out: dict[tuple[str, int, str, str], set[str]] = defaultdict(set)
-    for kind in ("subject", "body"):
-        column = _variant_column(kind)
-        rows = session.exec(
-            select(Message.sequence, Message.step_index, column, Message.language)
-            .where(
-                column.is_not(None),
-                col(Message.state).in_(("sent", "unknown", "bounced")),
+def _was_sent(session: Session, factor: Factor, variant: str, language: str) -> bool:
+    """Whether a message carried this variant's text in ``language`` (asked only when the
+    text changed, which is rare: the dispatcher checks every tick)."""
+    column = _variant_column(factor.kind)
+    return (
+        session.exec(
+            select(Message.id).where(
+                Message.sequence == factor.sequence,
+                Message.step_index == factor.step_index,
+                column == variant,
+                Message.language == language,
+                col(Message.state).in_(("sending", "sent", "unknown", "bounced")),
             )
-            .distinct()
-        ).all()
-        for sequence, step_index, variant, language in rows:
-            out[(sequence, step_index, kind, variant)].add(language or "")
-    return out
+        ).first()
+        is not None
+    )
 
 
 def restore(

@@ -120,7 +120,9 @@ def prob_best(arms: Sequence[Arm], prior: tuple[float, float] = PRIOR) -> list[f
     col_a, col_b = a[:, None], b[:, None]
     with np.errstate(divide="ignore"):
         log_pdf = (
-            special.xlogy(col_a - 1, x) + special.xlog1py(col_b - 1, -x) - special.betaln(col_a, col_b)
+            special.xlogy(col_a - 1, x)
+            + special.xlog1py(col_b - 1, -x)
+            - special.betaln(col_a, col_b)
         )
         log_cdf = np.log(special.betainc(col_a, col_b, x))
     # log of prod_{j != i} cdf_j, without subtracting -inf from -inf where one cdf is 0.
@@ -187,11 +189,7 @@ def review(
     p_best = prob_best(arms)
     # Best first; the leader is ranking[0], and retiring takes from the other end.
     ranking = sorted(range(len(arms)), key=lambda i: (-p_best[i], -arms[i].sends, arms[i].id))
-    qualifies = [
-        i
-        for i in ranking[1:]
-        if p_best[i] < retire_below and arms[i].sends >= min_sends
-    ]
+    qualifies = [i for i in ranking[1:] if p_best[i] < retire_below and arms[i].sends >= min_sends]
     room = max(0, len(arms) - min_active)
     retired = set(qualifies[::-1][:room])
 

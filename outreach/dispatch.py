@@ -96,6 +96,9 @@ def _id(row: Prospect | Enrollment | Message) -> int:
     return row.id
 
 
+TALLIES_TTL = timedelta(minutes=10)
+
+
 class Dispatcher:
     """Sends what is due, mailbox by mailbox, in parallel; one failing mailbox stops nobody."""
 
@@ -119,6 +122,7 @@ class Dispatcher:
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
         self._ab = ab.AssignmentState()
         self._tallies: ab.Tallies | None = None
+        self._tallies_at: datetime | None = None
         self._secret: str | None = None
         if self.settings.sending.unsubscribe_url:
             self._secret = secret_from_env(self.settings.sending.unsubscribe_secret_env)
@@ -419,9 +423,12 @@ class Dispatcher:
         if self.ws.refresh_templates() and self.on_event:
             self.on_event("template files changed: read again")
         with self.ws.store.session() as session:
-            self._ab = ab.sync_variants(self.ws, session, now)
-        self._counts = {}
-        self._tallies = None
+            state = ab.sync_variants(self.ws, session, now)
+        if state != self._ab:  # a variant came, went or came back: balance from now on
+            self._counts = {}
+        self._ab = state
+        if self._tallies_at is None or now - self._tallies_at > TALLIES_TTL:
+            self._tallies = None  # Thompson sampling's posteriors, read again now and then
 
     def _assign(
         self,
@@ -474,6 +481,7 @@ class Dispatcher:
         if self._tallies is None:
             with self.ws.store.session() as session:
                 self._tallies = ab.tallies(session, self.settings.ab.metric)
+            self._tallies_at = self.now()
         seen = self._tallies.get(key, {})
         arms = [
             abstats.Arm(v, seen[v].sends if v in seen else 0, seen[v].wins if v in seen else 0)

@@ -381,3 +381,18 @@ def test_the_daemon_review_job_records_a_cron_review_and_writes_the_digest(
     assert json.dumps(row.settings) == json.dumps(
         {"min_sends_per_variant": 15, "retire_below_probability": 0.05}
     )
+
+
+def test_thompson_assignment_sends_most_new_prospects_to_the_likely_winner(
+    ws: Workspace, tmp_path: Path, workspace_dir: Path
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 12, "same-numbers": 1})
+        edit_config(workspace_dir / "outreach.toml", assignment="thompson")
+        ws = reload(ws)
+        enroll(ws, tmp_path, 300, 30)
+        send_once(ws, wait_for_gaps=False)
+    new = Counter(m.subject_variant for m in intro_messages(ws) if m.prospect_id > 80)
+    assert sum(new.values()) == 30
+    # Beta(13, 9) against three posteriors near zero: the others win a draw almost never.
+    assert new["quick-question"] >= 27
