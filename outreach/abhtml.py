@@ -90,7 +90,7 @@ def _points(variant: dict[str, Any], now: str) -> list[tuple[datetime, float, fl
     if variant["status"] == "active" and variant["sends"]:
         low, high = variant["interval"]
         points.append((datetime.fromisoformat(now), variant["rate"], low, high))
-    return points
+    return sorted(points)
 
 
 def chart(step: dict[str, Any], now: str) -> str:
