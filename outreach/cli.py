@@ -359,6 +359,11 @@ def stop(ctx: Context, email: str, reason: str) -> None:
     result = engine.stop(ctx.ws.store, email, reason, clock.now(), ctx.ws.config.settings.crm)
     if result.stopped:
         click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
+    elif result.already is not None:
+        click.echo(
+            f"{result.email} had no active enrollment and {reason} was already recorded "
+            f"({result.already:%Y-%m-%d %H:%M} UTC); nothing new recorded"
+        )
     else:
         click.echo(f"{result.email} had no active enrollment; recorded {reason}")
     if result.handoff is not None:

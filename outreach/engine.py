@@ -78,6 +78,7 @@ class StopResult:
     reason: str
     stopped: list[str]
     handoff: int | None = None  # the hand-off queued for the CRM, if any
+    already: datetime | None = None  # nothing was live and this was recorded before, then
 
 
 def stop(
@@ -96,6 +97,10 @@ def stop(
         for enrollment in live_enrollments(session, _id(prospect)):
             end_enrollment(session, enrollment, state, reason, now)
             stopped.append(enrollment.sequence)
+        if not stopped and (earlier := _recorded_before(session, _id(prospect), reason)):
+            # Nothing to stop, and said before: a second event (and CRM hand-off) would only
+            # count the same reply or meeting twice.
+            return StopResult(prospect.email, reason, [], already=earlier)
         event = Event(
             prospect_id=_id(prospect),
             kind="goal" if reason in GOALS else "stop",
@@ -113,6 +118,19 @@ def stop(
             stopped=stopped,
             handoff=queued.id if queued else None,
         )
+
+
+def _recorded_before(session: Session, prospect_id: int, reason: str) -> datetime | None:
+    """When this stop reason (or, for ``replied``, a reply read from the mailbox) was last
+    recorded for the prospect."""
+    same = (col(Event.kind).in_(("goal", "stop"))) & (Event.reason == reason)
+    if reason == "replied":
+        same = same | (Event.kind == "reply")
+    return session.exec(
+        select(Event.occurred_at)
+        .where(Event.prospect_id == prospect_id, same)
+        .order_by(col(Event.id).desc())
+    ).first()
 
 
 def suppression_value(value: str) -> str:

@@ -221,7 +221,13 @@ class _Goal:
             return _error(400, exc.message)
         log.info("goal %s: %s stopped in %s", reason, result.email, result.stopped)
         return web.json_response(
-            {"email": result.email, "reason": result.reason, "stopped": result.stopped}
+            {
+                "email": result.email,
+                "reason": result.reason,
+                "stopped": result.stopped,
+                # A retried call (the booking tool did not see our answer): nothing new.
+                "already_recorded": result.already is not None,
+            }
         )
 
 

@@ -240,6 +240,19 @@ def test_a_goal_from_stop_is_posted_once(ws: Workspace, crm: CrmReceiver) -> Non
     assert run.json("handoffs")["counts"] == {"pending": 0, "delivered": 1, "failed": 0}
 
 
+def test_the_same_goal_twice_is_recorded_and_handed_off_once(ws: Workspace) -> None:
+    run = Cli(ws.config.path)
+    assert run("stop", ANN, "--reason", "meeting").exit_code == 0
+    again = run("stop", ANN, "--reason", "meeting")
+    assert again.exit_code == 0 and "meeting was already recorded" in again.stdout
+    assert "hand-off" not in again.stdout
+    # A different goal later is news for the CRM: the meeting led to a webinar.
+    assert "hand-off #2 queued" in run("stop", ANN, "--reason", "webinar").stdout
+    assert len(run.json("handoffs")["handoffs"]) == 2
+    goals = [e for e in run.json("prospect", ANN)["events"] if e["kind"] == "goal"]
+    assert [e["reason"] for e in goals] == ["meeting", "webinar"]
+
+
 def test_a_goal_from_the_web_endpoint_is_queued(ws: Workspace) -> None:
     async def main() -> int:
         runner = await outreach_web.start(
