@@ -234,8 +234,16 @@ def test_goal_webhook_with_a_wrong_token_is_refused(ws: Workspace, value: str) -
 def test_goal_webhook_stops_the_prospect_with_the_reason(ws: Workspace) -> None:
     status, answer = goal(ws, MEETING, headers=AUTH)
     assert status == 200
-    assert answer == {"email": "ann@acme.example", "reason": "meeting", "stopped": ["cold"]}
+    assert answer == {
+        "email": "ann@acme.example",
+        "reason": "meeting",
+        "stopped": ["cold"],
+        "already_recorded": False,
+    }
     assert enrollment_state(ws) == "stopped"
+    # The booking tool retries (it did not see our answer): nothing new is recorded.
+    status, answer = goal(ws, MEETING, headers=AUTH)
+    assert status == 200 and answer["already_recorded"] is True and answer["stopped"] == []
     (event,) = events(ws, "goal")
     assert event.reason == "meeting"
 
