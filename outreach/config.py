@@ -191,6 +191,8 @@ class Replies(_Strict):
     """``[replies]``: watching the mailboxes for replies, bounces and auto-replies."""
 
     poll_seconds: int = Field(default=120, ge=10)  # how often `outreach run` polls
+    # Also wait in IMAP IDLE where the server offers it, and poll the moment mail arrives.
+    idle: bool = True
     folders: list[str] = Field(default_factory=lambda: ["INBOX"])
     # An out-of-office without a readable return date pushes the next step this far.
     auto_reply_days: int = Field(default=7, ge=1)

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from outreach import ab, clock, handoff, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
+from outreach.imap import ImapError, MailboxImap
 from outreach.sender import SmtpTransport, Transport
 from outreach.unsubscribe import secret_from_env
 from outreach.workspace import Workspace
@@ -111,6 +113,11 @@ class Daemon:
         self._tick: asyncio.Task[None] | None = None
         self._handoffs: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._poll_lock = asyncio.Lock()  # one poll at a time; a wake-up during one waits
+        self._wake = asyncio.Event()  # set from an IDLE thread when mail arrives
+        self._watching = threading.Event()  # cleared to stop the IDLE threads
+        self._watchers: list[threading.Thread] = []
+        self._stoppers: list[threading.Event] = []
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
@@ -145,7 +152,8 @@ class Daemon:
 
     async def poll(self) -> None:
         """The mailbox poll: replies stop sequences before the next dispatch can send."""
-        report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
+        async with self._poll_lock:
+            report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
         for reply in report.replies:
             log.info("reply from %s (%s): sequences stopped", reply["from"], reply["sentiment"])
         if report.bounces or report.auto_replies or report.unsubscribes:
@@ -157,6 +165,56 @@ class Daemon:
             )
         for note in report.notes:
             log.warning("%s", note)
+
+    def _start_watching(self) -> None:
+        """One IMAP IDLE connection per mailbox folder, each in a thread of its own: new mail
+        wakes the poll at once instead of at its next interval."""
+        loop = asyncio.get_running_loop()
+        self._watching.set()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+        for box in self.ws.config.mailboxes:
+            if not box.imap_host:
+                continue
+            for folder in self.ws.config.settings.replies.folders:
+                thread = threading.Thread(
+                    target=self._watch,
+                    args=(box, folder, wake),
+                    name=f"idle {box.email} {folder}",
+                    daemon=True,
+                )
+                thread.start()
+                self._watchers.append(thread)
+
+    def _watch(self, box: Mailbox, folder: str, wake: Callable[[], None]) -> None:
+        stop = threading.Event()
+        self._stoppers.append(stop)
+        while self._watching.is_set():
+            try:
+                with MailboxImap.for_mailbox(box) as imap:
+                    if not imap.supports_idle():
+                        log.info("%s: the IMAP server offers no IDLE; polling only", box.email)
+                        return
+                    log.info("%s: waiting for new mail in %s (IMAP IDLE)", box.email, folder)
+                    imap.watch(folder, stop, wake)
+            except ImapError as exc:
+                log.warning("%s: IDLE: %s; trying again in a minute", box.email, exc.one_line())
+                stop.wait(60)
+
+    async def _polls_on_wake(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.poll()
+
+    def _stop_watching(self) -> None:
+        self._watching.clear()
+        for stop in self._stoppers:
+            stop.set()
+        for thread in self._watchers:
+            thread.join(timeout=10)
 
     async def review(self) -> None:
         """The A/B review on its cron; the next dispatch sees what it retired."""
@@ -246,7 +304,14 @@ class Daemon:
             settings.daemon.dispatch_seconds,
         )
         runner = await self._start_web()
+        woken: asyncio.Task[None] | None = None
+        if settings.replies.idle and any(box.imap_host for box in self.ws.config.mailboxes):
+            self._start_watching()
+            woken = asyncio.create_task(self._polls_on_wake())
         await self._stop.wait()
+        if woken is not None:
+            woken.cancel()
+            await asyncio.to_thread(self._stop_watching)
         if runner is not None:
             await runner.cleanup()
         scheduler.pause()  # no new tick; the one in flight finishes (shutdown would cancel it)

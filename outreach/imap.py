@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import imaplib
 import ssl
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
@@ -248,6 +250,41 @@ class MailboxImap:
             threads = client.thread("REFERENCES", "ALL", "UTF-8")
         return [_flatten(thread) for thread in threads]
 
+    # Waiting for new mail
+
+    def supports_idle(self) -> bool:
+        with self._errors("CAPABILITY"):
+            return b"IDLE" in self._connected.capabilities()
+
+    def watch(
+        self,
+        folder: str,
+        stop: threading.Event,
+        on_new: Callable[[], None],
+        *,
+        renew_seconds: float = 24 * 60,
+        check_seconds: float = 1.0,
+    ) -> None:
+        """Wait in IDLE (RFC 2177) on ``folder``, selected read-only, until ``stop`` is set;
+        call ``on_new`` each time the server announces new mail. IDLE is renewed well inside
+        the 29 minutes after which a server may drop an idle client."""
+        client = self._connected
+        with self._errors(f"IDLE {folder}"):
+            client.select_folder(folder, readonly=True)
+            client.idle()
+            started = time.monotonic()
+            try:
+                while not stop.is_set():
+                    responses = client.idle_check(timeout=check_seconds)
+                    if any(_announces_mail(r) for r in responses):
+                        on_new()
+                    if time.monotonic() - started > renew_seconds:
+                        client.idle_done()
+                        client.idle()
+                        started = time.monotonic()
+            finally:
+                _quietly(client.idle_done)  # leave IDLE so that the logout is answered
+
     # Helpers
 
     @property
@@ -285,6 +322,26 @@ class MailboxImap:
         if self._password:
             text = text.replace(self._password, "***")
         return text
+
+
+def _announces_mail(response: Any) -> bool:
+    """``* 3 EXISTS`` (or ``RECENT``): a message arrived in the selected folder."""
+    return (
+        isinstance(response, tuple)
+        and len(response) > 1
+        and response[1]
+        in (
+            b"EXISTS",
+            b"RECENT",
+        )
+    )
+
+
+def _quietly(action: Callable[[], Any]) -> None:
+    try:
+        action()
+    except (IMAPClientError, imaplib.IMAP4.error, OSError):
+        pass
 
 
 def _default_context(host: str) -> ssl.SSLContext:
