@@ -261,6 +261,15 @@ def _apply_bounce(
             target.state = "bounced"
             session.add(target)
             stop_for_bounce(session, target, f"bounce: {', '.join(verdict.failed)}", now)
+            # Its event carries only the reason: add the report's Message-ID and headers, so a
+            # re-read of this report (UIDVALIDITY changed) is recognised as already applied.
+            for added in list(session.new):
+                if (
+                    isinstance(added, Event)
+                    and added.kind == "bounce"
+                    and not added.data.get("message_id")
+                ):
+                    added.data = {**added.data, **_event_data(message, verdict)}
         else:
             session.add(
                 Event(
