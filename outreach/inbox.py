@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach.classify import Classified, classify, referenced_ids
+from outreach.classify import Classified, classify, may_be_bounce, referenced_ids
 from outreach.config import Mailbox
 from outreach.engine import (
     end_enrollment,
@@ -151,6 +151,16 @@ def apply_message(
     if sender in own:
         report.ignored += 1
         return "own"  # a copy of our own mail (it carries our Message-ID): never a reply
+    # Match before classifying: the classifier costs milliseconds a message, and most of a
+    # mailbox is not ours. Only a bounce can be ours without naming us: its failed addresses
+    # are what the classifier reads.
+    ours = _our_message(session, referenced_ids(message))
+    prospect = (
+        session.get(Prospect, ours.prospect_id) if ours else _prospect_by_address(session, sender)
+    )
+    if prospect is None and not may_be_bounce(message):
+        report.ignored += 1
+        return "unmatched"
     message_id = str(message.get("Message-ID", "")).strip()
     if (
         message_id
@@ -165,12 +175,8 @@ def apply_message(
         return "already applied"
     unsubscribe_to = [ws.config.settings.sending.unsubscribe_mailto or ""]
     verdict = classify(message, now=now, unsubscribe_addresses=[a for a in unsubscribe_to if a])
-    ours = _our_message(session, referenced_ids(message))
     if verdict.kind == "bounce":
         return _apply_bounce(session, message, verdict, ours, now, report)
-    prospect = (
-        session.get(Prospect, ours.prospect_id) if ours else _prospect_by_address(session, sender)
-    )
     if prospect is None:
         report.ignored += 1
         return "unmatched"
