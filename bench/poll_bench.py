@@ -2,9 +2,10 @@
 
 A real Dovecot (as in the tests; `dovecot-imapd` must be installed) holds 10,000 ordinary
 messages in the rep's INBOX (none of them from a prospect). The first `outreach replies
---once` reads and classifies all of them; the second, after 10 new messages arrive, must cost
-O(new messages), not O(mailbox): that is what the UID cursor is for. The baseline, measured
-in the same run, is a bare imapclient fetch of every message of the folder (BODY.PEEK[]).
+--once` reads and matches all of them (none is ours, so none is classified); the second, after
+10 new messages arrive, must cost O(new messages), not O(mailbox): that is what the UID cursor
+is for. The baseline, measured in the same run, is a bare imapclient fetch of every message of
+the folder (BODY.PEEK[]).
 
     python bench/poll_bench.py [--messages 10000]
 """
@@ -80,7 +81,7 @@ def main() -> None:
     assert len(fetched) == args.messages + 10
     print(f"replies --once against a Dovecot INBOX of {args.messages:,} messages")
     print(
-        f"first poll (reads and classifies all): {first_s:8.2f} s "
+        f"first poll (reads and matches all):    {first_s:8.2f} s "
         f"({args.messages / first_s:,.0f} msg/s)"
     )
     print(f"second poll (10 new messages):         {second_s:8.3f} s")

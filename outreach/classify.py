@@ -266,15 +266,30 @@ def _bounce(message: Message, report_type: str) -> Classified | None:
     return Classified("bounce", rule=rule, hard=is_hard, failed=(*dict.fromkeys(failed),))
 
 
-def _flufl_failures(message: Message, *traits: object) -> tuple[frozenset[bytes], ...]:
-    """flufl.bounce's (temporary, permanent) addresses, asked only of a message with some trait
-    of a bounce: its seventeen detectors cost milliseconds, and most inbound mail is replies."""
-    if not any(traits) and not (
+def may_be_bounce(message: Message) -> bool:
+    """Whether `message` has a trait of a bounce (a mail system's sender, subject or headers):
+    only such a message can be classified as one. Cheap, headers only: it lets the inbox skip
+    classifying mail that names none of our messages or prospects."""
+    return bool(
+        _bounce_headers(message)
+        or _from_mailer_daemon(message)
+        or first_match(BOUNCE_SUBJECTS, _header(message, "Subject"))
+    )
+
+
+def _bounce_headers(message: Message) -> bool:
+    return bool(
         message.get_content_type() in ("multipart/report", "multipart/mixed")
         or str(message.get("Return-Path", "")).strip() == "<>"  # bounces go to the null sender
         or message.get("X-Failed-Recipients")
         or message.get("Auto-Submitted")
-    ):
+    )
+
+
+def _flufl_failures(message: Message, *traits: object) -> tuple[frozenset[bytes], ...]:
+    """flufl.bounce's (temporary, permanent) addresses, asked only of a message with some trait
+    of a bounce: its seventeen detectors cost milliseconds, and most inbound mail is replies."""
+    if not any(traits) and not _bounce_headers(message):
         return frozenset(), frozenset()
     try:
         return all_failures(message)

@@ -22,7 +22,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from outreach import handoff
-from outreach.classify import Classified, classify, referenced_ids
+from outreach.classify import Classified, classify, may_be_bounce, referenced_ids
 from outreach.config import Mailbox
 from outreach.engine import (
     end_enrollment,
@@ -152,6 +152,16 @@ def apply_message(
     if sender in own:
         report.ignored += 1
         return "own"  # a copy of our own mail (it carries our Message-ID): never a reply
+    # Match before classifying: the classifier costs milliseconds a message, and most of a
+    # mailbox is not ours. Only a bounce can be ours without naming us: its failed addresses
+    # are what the classifier reads.
+    ours = _our_message(session, referenced_ids(message))
+    prospect = (
+        session.get(Prospect, ours.prospect_id) if ours else _prospect_by_address(session, sender)
+    )
+    if prospect is None and not may_be_bounce(message):
+        report.ignored += 1
+        return "unmatched"
     message_id = str(message.get("Message-ID", "")).strip()
     if (
         message_id
@@ -166,12 +176,8 @@ def apply_message(
         return "already applied"
     unsubscribe_to = [ws.config.settings.sending.unsubscribe_mailto or ""]
     verdict = classify(message, now=now, unsubscribe_addresses=[a for a in unsubscribe_to if a])
-    ours = _our_message(session, referenced_ids(message))
     if verdict.kind == "bounce":
         return _apply_bounce(session, message, verdict, ours, now, report)
-    prospect = (
-        session.get(Prospect, ours.prospect_id) if ours else _prospect_by_address(session, sender)
-    )
     if prospect is None:
         report.ignored += 1
         return "unmatched"
@@ -263,6 +269,15 @@ def _apply_bounce(
             target.state = "bounced"
             session.add(target)
             stop_for_bounce(session, target, f"bounce: {', '.join(verdict.failed)}", now)
+            # Its event carries only the reason: add the report's Message-ID and headers, so a
+            # re-read of this report (UIDVALIDITY changed) is recognised as already applied.
+            for added in list(session.new):
+                if (
+                    isinstance(added, Event)
+                    and added.kind == "bounce"
+                    and not added.data.get("message_id")
+                ):
+                    added.data = {**added.data, **_event_data(message, verdict)}
         else:
             session.add(
                 Event(

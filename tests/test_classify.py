@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from outreach.classify import classify, referenced_ids, reply_text
+from outreach.classify import classify, may_be_bounce, referenced_ids, reply_text
 
 MAIL = Path(__file__).parent / "mail"
 NOW = datetime(2027, 1, 5, 9, 30, tzinfo=ZoneInfo("Europe/Helsinki"))
@@ -184,6 +184,17 @@ def test_delivery_report_that_says_delivered_is_not_a_bounce_nor_a_reply() -> No
     verdict = classify(email.message_from_bytes(raw, policy=email.policy.default), now=NOW)
     assert verdict.kind == "auto_reply"
     assert verdict.rule == "delivery report without a failure"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MAIL.glob("*.eml")))
+def test_the_inbox_cheap_bounce_check_never_misses_a_bounce(name: str) -> None:
+    """The inbox classifies mail that names none of our messages or prospects only when it may
+    be a bounce; a bounce it skipped would keep mailing a dead address."""
+    message = load(name)
+    is_bounce = classify(message, now=NOW).kind == "bounce"
+    assert may_be_bounce(message) or not is_bounce
+    if name.startswith(("gmail_en_reply", "gmail_fi_reply", "outlook_fi_reply", "apple_mail")):
+        assert not may_be_bounce(message)  # a person's reply is not even a candidate
 
 
 # --- auto-replies ------------------------------------------------------------------------------

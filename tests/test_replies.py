@@ -334,3 +334,27 @@ def test_export_replied_gives_the_crm_the_reply_and_what_preceded_it(
     ]
     assert rows[0]["sentiment"] == "positive" and rows[0]["step"] == "intro"
     assert rows[0]["subject_variant"] and rows[0]["reply_text"].startswith("Interested")
+
+
+def test_mail_that_is_not_ours_is_never_classified(
+    ws: Workspace,
+    smtp: RecordingSMTP,
+    dovecot_server: Dovecot,
+    rep: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first poll of a big mailbox reads the rep's other mail too: matching comes first."""
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        send_once(ws)
+        newsletter = reply_to(
+            sent_to(smtp, "ann@acme.example"),
+            "Our weekly numbers are attached.",
+            sender="Colleague <pat@partner.example>",
+        )
+        newsletter = newsletter.replace(b"In-Reply-To:", b"X-Was-In-Reply-To:")
+        newsletter = newsletter.replace(b"References:", b"X-Was-References:")
+        dovecot_server.append(rep, "INBOX", newsletter)
+        classified: list[object] = []
+        monkeypatch.setattr(inbox, "classify", lambda message, **_: classified.append(message))
+        report = inbox.poll(ws, clock.now())
+    assert (report.seen, report.ignored, classified) == (1, 1, [])
