@@ -123,6 +123,29 @@ def referenced_ids(message: Message) -> list[str]:
     return ids
 
 
+def returned_ids(message: Message) -> list[str]:
+    """The Message-IDs of the original message a bounce returns (its ``message/rfc822`` or
+    ``text/rfc822-headers`` part), so a bounce is matched to the message it names."""
+    ids: list[str] = []
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind in ("message/rfc822", "message/global"):
+            payload = part.get_payload()
+            inner = payload[0] if isinstance(payload, list) and payload else None
+            value = inner.get("Message-ID") if isinstance(inner, Message) else None
+        elif kind in ("text/rfc822-headers", "message/rfc822-headers"):
+            raw = part.get_payload(decode=True)
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+            value = HeaderParser().parsestr(text, headersonly=True).get("Message-ID")
+        else:
+            continue
+        for item in _MSG_ID.findall(str(value or "")):
+            normalised = "<" + re.sub(r"\s+", "", item) + ">"
+            if normalised not in ids:
+                ids.append(normalised)
+    return ids
+
+
 # --- the new text of a reply ----------------------------------------------------------------
 
 

@@ -200,8 +200,15 @@ def _calendar(ws: Workspace, sender: str, timezone: str | None) -> planner.Sendi
     return ws.config.calendar(box, timezone)
 
 
-def stop_for_bounce(session: Session, message: Message, reason: str, now: datetime) -> None:
-    """A hard bounce: the address is dead. Mark it invalid and stop every live enrollment."""
+def stop_for_bounce(
+    session: Session,
+    message: Message,
+    reason: str,
+    now: datetime,
+    data: dict[str, object] | None = None,
+) -> None:
+    """A hard bounce: the address is dead. Mark it invalid and stop every live enrollment.
+    ``data`` (a bounce report's Message-ID and headers) is kept on the event."""
     prospect = session.get(Prospect, message.prospect_id)
     assert prospect is not None
     prospect.status = "invalid"
@@ -216,7 +223,7 @@ def stop_for_bounce(session: Session, message: Message, reason: str, now: dateti
             message_id=message.id,
             kind="bounce",
             reason="hard",
-            data={"smtp": reason},
+            data={"smtp": reason, **(data or {})},
             occurred_at=now,
         )
     )

@@ -22,7 +22,13 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from outreach import handoff
-from outreach.classify import Classified, classify, may_be_bounce, referenced_ids
+from outreach.classify import (
+    Classified,
+    classify,
+    may_be_bounce,
+    referenced_ids,
+    returned_ids,
+)
 from outreach.config import Mailbox
 from outreach.engine import (
     end_enrollment,
@@ -177,7 +183,8 @@ def apply_message(
     unsubscribe_to = [ws.config.settings.sending.unsubscribe_mailto or ""]
     verdict = classify(message, now=now, unsubscribe_addresses=[a for a in unsubscribe_to if a])
     if verdict.kind == "bounce":
-        return _apply_bounce(session, message, verdict, ours, now, report)
+        returned = _our_message(session, returned_ids(message))
+        return _apply_bounce(session, message, verdict, returned or ours, now, report)
     if prospect is None:
         report.ignored += 1
         return "unmatched"
@@ -210,6 +217,7 @@ def apply_message(
                 prospect_id=_pid(prospect),
                 kind="unsubscribe",
                 reason=verdict.rule,
+                message_id=ours.id if ours else None,
                 data=data,
                 occurred_at=now,
             )
@@ -259,8 +267,8 @@ def _apply_bounce(
             .where(Message.prospect_id == prospect.id)
             .order_by(col(Message.id).desc())
         ).first()
-        if latest is not None and latest not in targets:
-            targets.append(latest)
+        if latest is not None and all(t.prospect_id != latest.prospect_id for t in targets):
+            targets.append(latest)  # one bounce per prospect: the message it names, else the last
     if not targets:
         report.ignored += 1
         return "unmatched bounce"
@@ -268,16 +276,15 @@ def _apply_bounce(
         if verdict.hard:
             target.state = "bounced"
             session.add(target)
-            stop_for_bounce(session, target, f"bounce: {', '.join(verdict.failed)}", now)
-            # Its event carries only the reason: add the report's Message-ID and headers, so a
-            # re-read of this report (UIDVALIDITY changed) is recognised as already applied.
-            for added in list(session.new):
-                if (
-                    isinstance(added, Event)
-                    and added.kind == "bounce"
-                    and not added.data.get("message_id")
-                ):
-                    added.data = {**added.data, **_event_data(message, verdict)}
+            # The event keeps the report's Message-ID and headers, so a re-read of this report
+            # (UIDVALIDITY changed) is recognised as already applied.
+            stop_for_bounce(
+                session,
+                target,
+                f"bounce: {', '.join(verdict.failed)}",
+                now,
+                data=_event_data(message, verdict),
+            )
         else:
             session.add(
                 Event(

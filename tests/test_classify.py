@@ -16,7 +16,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from outreach.classify import classify, may_be_bounce, referenced_ids, reply_text
+from outreach.classify import (
+    classify,
+    may_be_bounce,
+    referenced_ids,
+    reply_text,
+    returned_ids,
+)
 
 MAIL = Path(__file__).parent / "mail"
 NOW = datetime(2027, 1, 5, 9, 30, tzinfo=ZoneInfo("Europe/Helsinki"))
@@ -672,3 +678,19 @@ def test_no_threading_headers_is_no_referenced_ids() -> None:
     message = mail("yes")
     del message["In-Reply-To"]
     assert referenced_ids(message) == []
+
+
+@pytest.mark.parametrize(
+    "name, returned",
+    [
+        ("postfix_user_unknown.eml", "<cold-1.42@northwind.example>"),
+        ("gmail_address_not_found.eml", "<cold-1.43@northwind.example>"),
+        ("postfix_mailbox_full_delayed.eml", "<cold-1.44@northwind.example>"),
+        ("exchange_online_ndr.eml", "<cold-1.45@northwind.example>"),
+        ("exchange_2003_ndr.eml", "<cold-1.46@northwind.example>"),
+        ("gmail_delivery_delayed.eml", "<cold-1.54@northwind.example>"),
+        ("gmail_en_reply.eml", None),
+    ],
+)
+def test_a_bounce_names_the_message_it_returns(name: str, returned: str | None) -> None:
+    assert returned_ids(load(name)) == ([returned] if returned else [])

@@ -18,7 +18,7 @@ from outreach import clock, inbox
 from outreach.daemon import send_once
 from outreach.dispatch import Dispatcher
 from outreach.enroll import enroll_csv
-from outreach.models import Enrollment, Event, Prospect, Suppression
+from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
 from tests.conftest import point_at_servers
@@ -224,6 +224,30 @@ def test_a_bounce_marks_the_address_invalid(
     with ws.store.session() as session:
         cid = session.exec(select(Prospect).where(Prospect.email == "cid@other.example")).one()
     assert cid.status == "invalid" and states(ws)["cid@other.example"] == "bounced"
+
+
+def test_a_late_bounce_of_the_first_message_is_one_bounce(
+    ws: Workspace, smtp: RecordingSMTP, dovecot_server: Dovecot, rep: str
+) -> None:
+    """The intro bounces only after the nudge left: the report names the intro, and the
+    prospect gets one bounce event, on the message it names."""
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        send_once(ws)
+        intro = sent_to(smtp, "cid@other.example")
+        frozen.tick(timedelta(days=8))
+        send_once(ws)
+        assert sum(r.rcpt_tos == ["cid@other.example"] for r in smtp.received) == 2
+        dsn = POSTFIX_DSN.format(message_id=intro["Message-ID"], to=SANNA).encode()
+        dovecot_server.append(rep, "INBOX", dsn.replace(b"\n", b"\r\n"))
+        assert inbox.poll(ws, clock.now()).bounces == 1
+    with ws.store.session() as session:
+        cid = session.exec(select(Prospect).where(Prospect.email == "cid@other.example")).one()
+        bounces = session.exec(
+            select(Event).where(Event.kind == "bounce", Event.prospect_id == cid.id)
+        ).all()
+        [bounced] = session.exec(select(Message).where(Message.state == "bounced")).all()
+    assert len(bounces) == 1 and bounces[0].data["message_id"]
+    assert bounced.message_id == intro["Message-ID"]
 
 
 def test_out_of_office_moves_the_next_step_past_the_return_date(
