@@ -158,33 +158,45 @@ def suppress(store: Store, value: str, now: datetime, reason: str = "manual") ->
             f"'{value}' is neither an address nor @domain: {exc}", field="ADDRESS_OR_@DOMAIN"
         ) from None
     with store.session() as session:
-        existing = session.exec(select(Suppression).where(Suppression.value == normalised)).first()
-        if existing is None:
-            session.add(Suppression(value=normalised, reason=reason, created_at=now))
-        if normalised.startswith("@"):
-            match = Prospect.domain == normalised[1:]
-        else:
-            match = Prospect.email == normalised
-        state = "unsubscribed" if reason == "unsubscribed" else "stopped"
-        stopped = 0
-        for enrollment, prospect in session.exec(
-            select(Enrollment, Prospect)
-            .join(Prospect)
-            .where(match, col(Enrollment.state).in_(LIVE_STATES))
-        ):
-            end_enrollment(session, enrollment, state, f"suppressed: {reason}", now)
+        added, stopped = suppress_in(session, normalised, reason, now)
+        return SuppressResult(value=normalised, added=added, stopped=stopped)
+
+
+def suppress_in(
+    session: Session, value: str, reason: str, now: datetime, *, events: bool = True
+) -> tuple[bool, int]:
+    """Add ``value`` (a normalised address or ``@domain``) to the suppression list and end its
+    live enrollments, in the caller's transaction: ``unsubscribed`` when the person asked,
+    else ``stopped``. Returns whether it was new and how many enrollments ended. ``events``
+    writes a ``suppress`` event per enrollment (the caller may record its own instead)."""
+    existing = session.exec(select(Suppression).where(Suppression.value == value)).first()
+    if existing is None:
+        session.add(Suppression(value=value, reason=reason, created_at=now))
+    if value.startswith("@"):
+        match = Prospect.domain == value[1:]
+    else:
+        match = Prospect.email == value
+    state = "unsubscribed" if reason == "unsubscribed" else "stopped"
+    stopped = 0
+    for enrollment, prospect in session.exec(
+        select(Enrollment, Prospect)
+        .join(Prospect)
+        .where(match, col(Enrollment.state).in_(LIVE_STATES))
+    ):
+        end_enrollment(session, enrollment, state, f"suppressed: {reason}", now)
+        if events:
             session.add(
                 Event(
                     prospect_id=_id(prospect),
                     enrollment_id=enrollment.id,
                     kind="suppress",
                     reason=reason,
-                    data={"value": normalised},
+                    data={"value": value},
                     occurred_at=now,
                 )
             )
-            stopped += 1
-        return SuppressResult(value=normalised, added=existing is None, stopped=stopped)
+        stopped += 1
+    return existing is None, stopped
 
 
 def suppressions(store: Store) -> list[Suppression]:

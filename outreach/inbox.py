@@ -34,11 +34,12 @@ from outreach.engine import (
     end_enrollment,
     live_enrollments,
     stop_for_bounce,
+    suppress_in,
     suppression_value,
 )
 from outreach.errors import OutreachError
 from outreach.imap import MailboxImap
-from outreach.models import Enrollment, Event, InboxCursor, Message, Prospect, Suppression
+from outreach.models import Enrollment, Event, InboxCursor, Message, Prospect
 from outreach.prospects import normalize_email
 from outreach.workspace import Workspace
 
@@ -211,7 +212,8 @@ def apply_message(
         report.auto_replies += 1
         return "auto_reply"
     if verdict.kind == "unsubscribe":
-        _suppress(session, prospect, now)
+        # Suppressed everywhere, now; the unsubscribe event below says why.
+        suppress_in(session, suppression_value(prospect.email), "unsubscribed", now, events=False)
         session.add(
             Event(
                 prospect_id=_pid(prospect),
@@ -321,14 +323,6 @@ def _apply_auto_reply(
             enrollment.due_at = later
             enrollment.updated_at = now
             session.add(enrollment)
-
-
-def _suppress(session: Session, prospect: Prospect, now: datetime) -> None:
-    value = suppression_value(prospect.email)
-    if session.exec(select(Suppression).where(Suppression.value == value)).first() is None:
-        session.add(Suppression(value=value, reason="unsubscribed", created_at=now))
-    for enrollment in live_enrollments(session, _pid(prospect)):
-        end_enrollment(session, enrollment, "unsubscribed", "asked to be removed", now)
 
 
 def _pause_colleagues(session: Session, prospect: Prospect, now: datetime) -> int:
