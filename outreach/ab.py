@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach import abstats
 from outreach.config import Mailbox
 from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail import Outgoing, build_message, make_message_id
@@ -31,6 +30,9 @@ from outreach.models import Variant as VariantRow
 from outreach.sender import Outcome, SmtpTransport, Transport
 from outreach.templates import StepTemplate, Variant
 from outreach.workspace import Workspace
+
+if TYPE_CHECKING:  # numpy and scipy load only when statistics are asked for (not at idle)
+    from outreach import abstats
 
 ATTRIBUTION = (
     "A human reply (not an auto-reply, not a bounce) anywhere in a thread counts for the "
@@ -459,6 +461,8 @@ def review(
 
     ``dry_run`` decides the same way and records nothing.
     """
+    from outreach import abstats
+
     settings = ws.config.settings.ab
     with ws.store.session() as session:
         state = sync_variants(ws, session, now)
@@ -545,6 +549,8 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
     """Per sequence, step and factor, every variant ever tested: sends, replies, rate, its 95 %
     credible interval, the probability to be best (among the active ones) and the status,
     with each review's numbers as history (oldest first)."""
+    from outreach import abstats
+
     settings = ws.config.settings.ab
     with ws.store.session() as session:
         rows = {
