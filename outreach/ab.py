@@ -15,30 +15,31 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach.config import Mailbox
+from outreach.config import ABSettings, Mailbox
 from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail import Outgoing, build_message, make_message_id
 from outreach.models import Decision, Event, Message, Review
 from outreach.models import Variant as VariantRow
 from outreach.sender import Outcome, SmtpTransport, Transport
-from outreach.templates import StepTemplate, Variant
+from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace
 
 if TYPE_CHECKING:  # numpy and scipy load only when statistics are asked for (not at idle)
     from outreach import abstats
 
 ATTRIBUTION = (
-    "A human reply (not an auto-reply, not a bounce) anywhere in a thread counts for the "
-    "subject variant of the thread's first message, and for the body variant of the last email "
-    "sent to the prospect before the reply; a prospect counts once per variant. Sends are "
-    "messages delivered (bounces excluded)."
+    "A human reply (not an auto-reply, not a bounce), or a meeting or webinar booked, counts "
+    "for the subject variant of the thread's first message and for the body variant of the last "
+    "email sent to the prospect before it; a prospect counts once per variant. Sends are "
+    "messages delivered (bounces excluded) at least [ab] mature_after_days ago, so that each "
+    "has had time to be answered."
 )
 METRICS = {
     "positive_or_neutral": "replies classed positive or neutral (not negative, not unsubscribe)",
@@ -126,9 +127,27 @@ class AssignmentState:
 
     retired: set[tuple[str, str, str, str]] = field(default_factory=set)
     since: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+    restored: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
 
     def is_retired(self, sequence: str, step: str, kind: str, variant: str) -> bool:
         return (sequence, step, kind, variant) in self.retired
+
+    def eligible(
+        self,
+        template: StepTemplate,
+        sequence: str,
+        step: str,
+        kind: Kind,
+        language: str,
+        persona: str | None,
+    ) -> list[Variant]:
+        """The variants a prospect can get: active in the file, not retired by a review, with
+        a text in their language."""
+        return [
+            v
+            for v in template.eligible(kind, language, persona)
+            if not self.is_retired(sequence, step, kind, v.id)
+        ]
 
 
 def sync_variants(ws: Workspace, session: Session, now: datetime) -> AssignmentState:
@@ -203,6 +222,15 @@ def check_variants(ws: Workspace) -> tuple[AssignmentState, list[OutreachError]]
             session.rollback()
 
 
+def stored_state(ws: Workspace) -> AssignmentState:
+    """The reviews' retirements as stored, read only (none before the database exists)."""
+    url = ws.config.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return AssignmentState()
+    with ws.store.session() as session:
+        return assignment_state(session.exec(select(VariantRow)).all())
+
+
 def assignment_state(rows: Iterable[VariantRow]) -> AssignmentState:
     state = AssignmentState()
     for row in rows:
@@ -210,6 +238,8 @@ def assignment_state(rows: Iterable[VariantRow]) -> AssignmentState:
         moments = [row.active_since] + ([row.retired_at] if row.retired_at else [])
         if row.retired_at is not None:
             state.retired.add((row.sequence, row.step, row.kind, row.variant))
+        elif row.retired_by:  # "restored (was review 12)"
+            state.restored[(row.sequence, row.step, row.kind, row.variant)] = row.active_since
         latest = max(moments)
         if factor not in state.since or latest > state.since[factor]:
             state.since[factor] = latest
@@ -238,9 +268,25 @@ def restore(
     ws: Workspace, sequence: str, step: str, kind: str, variant: str, now: datetime
 ) -> None:
     """Put a retired variant back in the test, from now on with an equal share."""
+    factor = next(
+        (f for f in factors(ws) if (f.sequence, f.step, f.kind) == (sequence, step, kind)), None
+    )
+    if factor is None:
+        raise NotFound(
+            f"no email step '{step}' with {plural(kind)} in sequence '{sequence}'",
+            hint="`outreach ab report` lists the steps and their variants",
+        )
+    in_file = next((v for v in factor.variants if v.id == variant), None)
+    if in_file is not None and in_file.retired:
+        raise OutreachError(
+            f"{kind} '{variant}' is retired in the template file, not by a review",
+            file=factor.template.path,
+            line=in_file.line,
+            hint="remove its `retired: true` there",
+        )
     with ws.store.session() as session:
         row = session.get(VariantRow, (sequence, step, kind, variant))
-        if row is None:
+        if row is None or in_file is None:
             raise NotFound(
                 f"no {kind} variant '{variant}' in {sequence}/{step}",
                 hint="`outreach ab report` lists them",
@@ -248,7 +294,7 @@ def restore(
         if row.retired_at is None:
             raise OutreachError(f"{kind} '{variant}' of {sequence}/{step} is not retired")
         row.retired_at = None
-        row.retired_by = None
+        row.retired_by = f"restored (was {row.retired_by})"
         row.active_since = now
         session.add(row)
 
@@ -282,6 +328,8 @@ def reply_class_of(event: Event) -> str | None:
         default = "unsubscribe"
     elif event.kind == "stop" and event.reason == "replied":
         default = "neutral"
+    elif event.kind == "goal":  # a meeting or a webinar booked: the best answer there is
+        default = "positive"
     else:
         return None
     return str(event.data.get("class") or default)
@@ -293,7 +341,7 @@ def human_replies(session: Session) -> list[Reply]:
     out = []
     events = session.exec(
         select(Event)
-        .where(col(Event.kind).in_(("reply", "unsubscribe", "stop")))
+        .where(col(Event.kind).in_(("reply", "unsubscribe", "stop", "goal")))
         .order_by(col(Event.id))
     ).all()
     for event in events:
@@ -312,12 +360,16 @@ class Tally:
 Tallies = dict[tuple[str, int, str], dict[str, Tally]]
 
 
-def tallies(session: Session, metric: str) -> Tallies:
-    """Sends and wins per (sequence, step index, kind) and variant, under ``metric``."""
+def tallies(session: Session, metric: str, until: datetime | None = None) -> Tallies:
+    """Sends and wins per (sequence, step index, kind) and variant, under ``metric``.
+
+    ``until`` leaves out messages sent after it, and the replies credited to them: a send too
+    recent to have had its reply would count against its variant.
+    """
     out: Tallies = defaultdict(lambda: defaultdict(Tally))
     for kind in ("subject", "body"):
         column = _variant_column(kind)
-        rows = session.exec(
+        query = (
             select(Message.sequence, Message.step_index, column, func.count())
             .where(
                 column.is_not(None),
@@ -325,15 +377,24 @@ def tallies(session: Session, metric: str) -> Tallies:
                 col(Message.state).in_(DELIVERED),
             )
             .group_by(col(Message.sequence), col(Message.step_index), column)
-        ).all()
-        for sequence, step_index, variant, n in rows:
+        )
+        if until is not None:
+            query = query.where(col(Message.sent_at) <= until)
+        for sequence, step_index, variant, n in session.exec(query).all():
             out[(sequence, step_index, kind)][variant].sends = n
-    for (key, variant), n in _wins(session, metric).items():
+    for (key, variant), n in _wins(session, metric, until).items():
         out[key][variant].wins += n
     return out
 
 
-def _wins(session: Session, metric: str) -> dict[tuple[tuple[str, int, str], str], int]:
+def mature_until(ws: Workspace, now: datetime) -> datetime:
+    """Sends up to this moment have had ``[ab] mature_after_days`` to be answered."""
+    return now - timedelta(days=ws.config.settings.ab.mature_after_days)
+
+
+def _wins(
+    session: Session, metric: str, until: datetime | None = None
+) -> dict[tuple[tuple[str, int, str], str], int]:
     """Which variants each counted reply is credited to (one credit per prospect)."""
     replies = [r for r in human_replies(session) if counts(r.reply_class, metric)]
     if not replies:
@@ -363,13 +424,18 @@ def _wins(session: Session, metric: str) -> dict[tuple[tuple[str, int, str], str
         last = before[-1]
         answered = next((m for m in before if m.id == reply.message_id), last)
         root = by_message_id.get(answered.thread_root or "", answered)
-        if root.subject_variant:
+        # A message too recent to count as a send does not count a reply either.
+        if root.subject_variant and _counted(root, until):
             key = ((root.sequence, root.step_index, "subject"), root.subject_variant)
             credited[key].add(reply.prospect_id)
-        if last.body_variant:
+        if last.body_variant and _counted(last, until):
             key = ((last.sequence, last.step_index, "body"), last.body_variant)
             credited[key].add(reply.prospect_id)
     return {key: len(ids) for key, ids in credited.items()}
+
+
+def _counted(message: Message, until: datetime | None) -> bool:
+    return until is None or (message.sent_at is not None and message.sent_at <= until)
 
 
 # ------------------------------------------------------------------------------ the review
@@ -449,6 +515,42 @@ def _decision_json(d: abstats.Decision) -> dict[str, Any]:
     }
 
 
+def _fresh_trial(
+    session: Session,
+    factor: Factor,
+    decisions: list[abstats.Decision],
+    state: AssignmentState,
+    until: datetime,
+    settings: ABSettings,
+) -> list[abstats.Decision]:
+    """A variant put back with ``ab restore`` gets a real trial: it may be retired again only
+    after ``min_sends_per_variant`` sends since it came back (its earlier numbers still count
+    in the statistics)."""
+    out = []
+    for d in decisions:
+        since = state.restored.get((factor.sequence, factor.step, factor.kind, d.variant))
+        if d.action == "retire" and since is not None:
+            fresh = session.exec(
+                select(func.count()).where(
+                    Message.sequence == factor.sequence,
+                    Message.step_index == factor.step_index,
+                    _variant_column(factor.kind) == d.variant,
+                    col(Message.state).in_(DELIVERED),
+                    col(Message.sent_at) >= since,
+                    col(Message.sent_at) <= until,
+                )
+            ).one()
+            if fresh < settings.min_sends_per_variant:
+                d = replace(
+                    d,
+                    action="keep",
+                    reason=f"{d.reason}, but restored {since:%Y-%m-%d}: only {fresh} sends "
+                    f"since (< {settings.min_sends_per_variant}), kept",
+                )
+        out.append(d)
+    return out
+
+
 def wanted(ws: Workspace, kind: str) -> int:
     settings = ws.config.settings.ab
     return settings.min_active_subjects if kind == "subject" else settings.min_active_bodies
@@ -464,9 +566,10 @@ def review(
     from outreach import abstats
 
     settings = ws.config.settings.ab
+    until = mature_until(ws, now)
     with ws.store.session() as session:
         state = sync_variants(ws, session, now)
-        tally = tallies(session, settings.metric)
+        tally = tallies(session, settings.metric, until)
         results = []
         for factor in factors(ws):
             seen = tally.get(factor.key, {})
@@ -493,6 +596,7 @@ def review(
                 if arms
                 else []
             )
+            decisions = _fresh_trial(session, factor, decisions, state, until, settings)
             retired_before = [v.id for v in factor.variants if v not in active]
             results.append(FactorReview(factor, decisions, wanted(ws, factor.kind), retired_before))
         result = ReviewResult(now, settings.metric, dry_run, None, results)
@@ -556,7 +660,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
         rows = {
             (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow))
         }
-        tally = tallies(session, settings.metric)
+        tally = tallies(session, settings.metric, mature_until(ws, now))
         history: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
         for decision, ran_at in session.exec(
             select(Decision, Review.ran_at)
@@ -661,6 +765,8 @@ def _pct(x: float) -> str:
 
 def describe(d: abstats.Decision) -> str:
     """One decision's numbers as a person reads them."""
+    if not d.sends:
+        return f"not sent yet, P(best) {d.p_best:.3f}"
     return (
         f"{d.wins}/{d.sends} = {_pct(d.rate)} (95 % {_pct(d.low)}-{_pct(d.high)}), "
         f"P(best) {d.p_best:.3f}"
@@ -696,7 +802,9 @@ def digest(result: ReviewResult, timezone: str) -> str:
     lines += ["", "## Leading"]
     for f in result.factors:
         leader = f.leader
-        if leader is not None and len(f.decisions) > 1 and leader.sends:
+        others = [d.p_best for d in f.decisions if d is not leader]
+        clear = leader is not None and others and leader.p_best > max(others) + 0.01
+        if leader is not None and clear and leader.sends:
             lines.append(f"- {f.factor.label()}: '{leader.variant}' {describe(leader)}")
     return "\n".join(lines) + "\n"
 
@@ -714,29 +822,30 @@ def publish_digest(
     done = []
     if settings.ab.digest_file:
         path = ws.config.root / settings.ab.digest_file
-        path.write_text(text, encoding="utf-8")
-        done.append(f"digest written to {path}")
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            done.append(f"digest not written to {path}: {exc.strerror} ([ab] digest_file)")
+        else:
+            done.append(f"digest written to {path}")
     if settings.ab.digest_to and ws.config.mailboxes:
         box = ws.config.mailboxes[0]
         first_line = text.splitlines()[0].lstrip("# ")
-        message = build_message(
-            Outgoing(
-                from_name=box.name,
-                from_email=box.email,
-                to_email=settings.ab.digest_to,
-                to_name=None,
-                subject=first_line
-                + (
-                    f": {len(result.needs_copy)} step(s) need new copy" if result.needs_copy else ""
-                ),
-                text=text,
-                html=None,
-                message_id=make_message_id(box.email),
-                date=result.ran_at,
-            )
+        outgoing = Outgoing(
+            from_name=box.name,
+            from_email=box.email,
+            to_email=settings.ab.digest_to,
+            to_name=None,
+            subject=first_line
+            + (f": {len(result.needs_copy)} step(s) need new copy" if result.needs_copy else ""),
+            text=text,
+            html=None,
+            message_id=make_message_id(box.email),
+            date=result.ran_at,
         )
 
         async def send() -> Outcome:
+            message = build_message(outgoing)
             transport = (transport_for or SmtpTransport)(box)
             try:
                 transport.check()

@@ -72,8 +72,13 @@ def _section(step: dict[str, Any], now: str) -> str:
         out.append(
             f'<tr class="{escape(v["status"])}"><td><span class="swatch" '
             f'style="background:{COLORS[i % len(COLORS)]}"></span>{escape(v["variant"])}</td>'
-            f"<td>{v['sends']}</td><td>{v['replies']}</td><td>{100 * v['rate']:.1f} %</td>"
-            f"<td>{100 * low:.1f}–{100 * high:.1f} %</td><td>{p_best}</td>"
+            f"<td>{v['sends']}</td><td>{v['replies']}</td>"
+            + (
+                f"<td>{100 * v['rate']:.1f} %</td><td>{100 * low:.1f}–{100 * high:.1f} %</td>"
+                if v["sends"]
+                else "<td>–</td><td>–</td>"  # nothing sent: nothing known yet
+            )
+            + f"<td>{p_best}</td>"
             f"<td>{escape(status)}</td></tr>"
         )
     out.append("</table>")
@@ -86,6 +91,7 @@ def _points(variant: dict[str, Any], now: str) -> list[tuple[datetime, float, fl
     points = [
         (datetime.fromisoformat(h["at"]), h["rate"], h["interval"][0], h["interval"][1])
         for h in variant["history"]
+        if h["sends"]  # nothing sent yet: nothing known, nothing to draw
     ]
     if variant["status"] == "active" and variant["sends"]:
         low, high = variant["interval"]

@@ -404,7 +404,13 @@ def suppressions(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--limit", default=20, show_default=True, help="How many upcoming steps to show.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many upcoming steps to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
 def schedule(ctx: Context, limit: int, as_json: bool) -> None:
@@ -465,7 +471,7 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     report = daemon.send_once(
         ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
     )
-    failing = bool(report.errors or report.paused)
+    failing = bool(report.errors or report.paused or report.held)
     if as_json:
         _print_json(asdict(report))
         if failing:
@@ -484,6 +490,12 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
         )
     for note in report.notes + report.errors:
         click.echo(note, err=True)
+    for problem, count in report.held.items():
+        click.echo(
+            f"{count} message(s) held, not sent: {problem} "
+            "(their sequences wait; fix it and they go at a later run)",
+            err=True,
+        )
     if report.settled:
         click.echo(f"{report.settled} interrupted send(s) found in the Sent folder: marked sent")
     if report.unknown:
@@ -493,7 +505,7 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
             err=True,
         )
     if failing:
-        sys.exit(1)  # a paused or misconfigured mailbox: cron and CI must notice
+        sys.exit(1)  # a paused mailbox or a broken template: cron and CI must notice
 
 
 @cli.command()
@@ -591,12 +603,21 @@ def handoffs(click_ctx: click.Context, deliver: bool, as_json: bool) -> None:
         report = handoff.deliver_once(ctx.ws, clock.now())
         if as_json:
             _print_json(asdict(report))
+            if report.failed:
+                sys.exit(1)
             return
         for line in report.lines:
             click.echo(line)
         click.echo(
             f"{report.delivered} delivered, {report.retrying} to retry, {report.failed} failed"
         )
+        if report.failed:
+            click.echo(
+                f"{report.failed} hand-off(s) failed for good: see `outreach handoffs`, "
+                "then `outreach handoffs retry ID`",
+                err=True,
+            )
+            sys.exit(1)  # cron must notice a CRM that refuses what we send
         return
     doc = handoff.listing(ctx.ws)
     if as_json:
@@ -757,8 +778,15 @@ def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
     """Per sequence, step and variant: sends, replies, rate, interval, P(best), status."""
     data = ab_module.report(ctx.ws, clock.now())
     if html_path is not None:
-        html_path.write_text(abhtml.render(data), encoding="utf-8")
-        click.echo(f"HTML report written to {html_path}", err=True)
+        try:
+            html_path.write_text(abhtml.render(data), encoding="utf-8")
+        except OSError as exc:
+            raise OutreachError(
+                f"cannot write the HTML report: {exc.strerror}", file=html_path
+            ) from None
+        if not as_json:
+            click.echo(f"HTML report written to {html_path}")
+            return
     if as_json:
         _print_json(data)
         return
@@ -783,9 +811,14 @@ def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
             low, high = v["interval"]
             p_best = f"{v['p_best']:.3f}" if v["p_best"] is not None else "-"
             status = v["status"] + (f" ({v['retired']})" if v["retired"] else "")
+            rate, interval = (
+                (f"{100 * v['rate']:>6.1f}%", f"{100 * low:>5.1f}-{100 * high:<5.1f} %")
+                if v["sends"]
+                else (f"{'-':>7}", f"{'-':<13}")
+            )
             click.echo(
-                f"  {v['variant']:<24} {v['sends']:>6} {v['replies']:>7} {100 * v['rate']:>6.1f}%"
-                f"  {100 * low:>5.1f}-{100 * high:<5.1f} %   {p_best:>7}  {status}"
+                f"  {v['variant']:<24} {v['sends']:>6} {v['replies']:>7} {rate}"
+                f"  {interval}   {p_best:>7}  {status}"
             )
 
 
@@ -796,13 +829,26 @@ def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
 def ab_review(ctx: Context, dry_run: bool, as_json: bool) -> None:
     """The review the daemon runs on `[ab] review`: retire the variants that lose."""
     result = ab_module.review(ctx.ws, clock.now(), dry_run=dry_run)
+    problems = []
     if not dry_run:
-        ab_module.publish_digest(ctx.ws, result)
+        for line in ab_module.publish_digest(ctx.ws, result):
+            if line.startswith("digest not"):
+                problems.append(line)
+            elif not as_json:
+                click.echo(line, err=True)
     if as_json:
         _print_json(result.to_json())
-        return
+    else:
+        _print_review(result)
+    for problem in problems:  # the review itself is recorded; the marketer was not told
+        click.echo(f"review {result.review_id} recorded, but {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _print_review(result: ab_module.ReviewResult) -> None:
     click.echo(
-        ("dry run: nothing applied" if dry_run else f"review {result.review_id}")
+        ("dry run: nothing applied" if result.dry_run else f"review {result.review_id}")
         + f"; metric: {ab_module.METRICS[result.metric]}"
     )
     for f in result.factors:

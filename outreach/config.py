@@ -277,12 +277,26 @@ class ABSettings(_Strict):
     # What counts as a win: "positive_or_neutral" replies (not refusals, not "remove me"), or
     # "any_reply" (every human reply).
     metric: Literal["positive_or_neutral", "any_reply"] = "positive_or_neutral"
+    # A send counts (with its replies) once it has had this long to be answered.
+    mature_after_days: int = Field(default=3, ge=0)
     # "balanced": equal counts among the active variants; "thompson": draws from the posteriors.
     assignment: Literal["balanced", "thompson"] = "balanced"
     # After each review the marketer's digest is written here (relative to this file; "" for
     # none), and mailed to digest_to (from the first mailbox) when that is set.
     digest_file: str = "ab-digest.md"
     digest_to: str | None = None
+
+    @field_validator("digest_to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from outreach.prospects import normalize_email
+
+        try:
+            return normalize_email(value)
+        except ValueError as exc:
+            raise ValueError(f"not an email address: {exc}") from None
 
     @field_validator("review")
     @classmethod
@@ -370,8 +384,9 @@ class Config:
     def mailboxes(self) -> list[Mailbox]:
         return self.settings.mailboxes
 
-    def mailbox(self, email: str | None) -> Mailbox:
-        """The mailbox with ``email``, or the only one when ``email`` is None."""
+    def mailbox(self, email: str | None, field: str = "--sender") -> Mailbox:
+        """The mailbox with ``email``, or the only one when ``email`` is None; errors name
+        ``field``, the option or argument that gave it."""
         boxes = self.settings.mailboxes
         if email is None:
             if len(boxes) == 1:
@@ -380,7 +395,7 @@ class Config:
                 raise ConfigError("no [[mailboxes]] configured", file=self.path)
             raise ConfigError(
                 "several mailboxes are configured; choose one with --sender",
-                field="--sender",
+                field=field,
                 hint="known: " + ", ".join(b.email for b in boxes),
             )
         wanted = email.strip().lower()
@@ -389,7 +404,7 @@ class Config:
                 return box
         raise ConfigError(
             f"no mailbox with email {email} in {self.path.name}",
-            field="--sender",
+            field=field,
             hint="known: " + ", ".join(b.email for b in boxes) if boxes else None,
         )
 
@@ -468,7 +483,8 @@ def _refuse_secrets(raw: dict[str, Any], path: Path, text: str) -> None:
                         file=path,
                         line=_find_line(text, (*loc, key)),
                         field=_dotted((*loc, key)),
-                        hint="name an environment variable with password_env instead",
+                        hint="name an environment variable instead (password_env for a "
+                        "mailbox, secret_env for [crm], ..._env elsewhere)",
                     )
                 walk(item, (*loc, key))
         elif isinstance(value, list):

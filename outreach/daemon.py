@@ -132,6 +132,8 @@ class Daemon:
             )
         for note in report.notes + report.errors:
             log.warning("%s", note)
+        for problem, count in report.held.items():
+            log.error("%d message(s) held, not sent: %s", count, problem)
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 

@@ -89,6 +89,9 @@ class Report:
     paused: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # a mailbox that could not run at all
+    # Messages that could not be built (a template problem), by problem: held, not sent, and
+    # tried again after HOLD_FOR; their sequences go on once the template is fixed.
+    held: dict[str, int] = field(default_factory=dict)
 
 
 def _id(row: Prospect | Enrollment | Message) -> int:
@@ -97,6 +100,7 @@ def _id(row: Prospect | Enrollment | Message) -> int:
 
 
 TALLIES_TTL = timedelta(minutes=10)
+HOLD_FOR = timedelta(minutes=15)  # a message held for a template problem is tried again then
 
 
 class Dispatcher:
@@ -262,10 +266,12 @@ class Dispatcher:
         try:
             message, email = self._build(session, box, sequence, enrollment, prospect, now)
         except (TemplateError, InvalidHeader) as exc:
-            # Never send a message with a hole in it: hold the prospect, tell the operator.
-            end_enrollment(session, enrollment, "stopped", f"template: {exc.one_line()}", now)
-            report.failed += 1
-            report.notes.append(f"{prospect.email}: {exc.one_line()}")
+            # Never send a message with a hole in it, and never end a sequence for a problem
+            # in the copy: hold the prospect, tell the operator, try again later.
+            enrollment.due_at = now + HOLD_FOR
+            session.add(enrollment)
+            problem = exc.one_line()
+            report.held[problem] = report.held.get(problem, 0) + 1
             return None
         state.sent_on_day += 1
         state.last_sent_at = now
@@ -444,9 +450,7 @@ class Dispatcher:
         this prospect, the one given to the fewest since the active set last changed (or, with
         ``[ab] assignment = "thompson"``, a draw from the reply posteriors)."""
         variants = [
-            v.id
-            for v in template.eligible(kind, language, persona)
-            if not self._ab.is_retired(sequence, step, kind, v.id)
+            v.id for v in self._ab.eligible(template, sequence, step, kind, language, persona)
         ]
         if not variants:
             raise TemplateError(
@@ -480,7 +484,9 @@ class Dispatcher:
 
         if self._tallies is None:
             with self.ws.store.session() as session:
-                self._tallies = ab.tallies(session, self.settings.ab.metric)
+                self._tallies = ab.tallies(
+                    session, self.settings.ab.metric, ab.mature_until(self.ws, self.now())
+                )
             self._tallies_at = self.now()
         seen = self._tallies.get(key, {})
         arms = [

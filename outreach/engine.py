@@ -348,6 +348,8 @@ def mark_reply(store: Store, email: str, reply_class: str, now: datetime) -> Mar
         was = reply_class_of(reply) or "neutral"
         first = reply.data.get("classified_as", was)
         reply.data = {**reply.data, "class": reply_class, "classified_as": first}
+        if reply_class == "unsubscribe":  # they asked to be removed: as if the rules had seen it
+            suppress_in(session, suppression_value(prospect.email), "unsubscribed", now)
         if reply.kind == "reply":
             reply.reason = reply_class
         session.add(reply)

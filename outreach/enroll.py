@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from outreach import planner
+from outreach import ab, planner
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
 from outreach.models import Enrollment, Prospect, Suppression
@@ -107,6 +107,7 @@ class Preflight:
         self._verdicts: dict[tuple[Any, ...], str | None] = {}
         # Load every template now: a broken file stops the import before any row is read.
         self.steps = [(step, ws.templates.get(step.template)) for step in sequence.steps]
+        self.ab = ab.stored_state(ws)  # variants a review retired are not eligible either
         self.steering = sorted(
             {
                 name
@@ -143,12 +144,17 @@ class Preflight:
         self, language: str, persona: str | None, variables: dict[str, Any]
     ) -> str | None:
         renderer = self.ws.renderer
+        name = self.sequence.name
         for step, template in self.steps:
-            bodies = template.eligible("body", language, persona)
+            bodies = self.ab.eligible(template, name, step.name, "body", language, persona)
             if not bodies:
                 return f"step '{step.name}' has no active body in '{language}' ({template.path})"
             needs_subject = step.is_email and step.thread == "new"
-            subjects = template.eligible("subject", language, persona) if needs_subject else []
+            subjects = (
+                self.ab.eligible(template, name, step.name, "subject", language, persona)
+                if needs_subject
+                else []
+            )
             if needs_subject and not subjects:
                 return f"step '{step.name}' has no active subject in '{language}' ({template.path})"
             try:

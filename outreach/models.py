@@ -182,7 +182,7 @@ class Variant(SQLModel, table=True):
     )
     active_since: datetime
     retired_at: datetime | None = None
-    retired_by: str | None = None  # "review 12", or who restored it
+    retired_by: str | None = None  # "review 12"; once restored: "restored (was review 12)"
 
 
 class Review(SQLModel, table=True):

@@ -172,7 +172,7 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
 
 
 def resume_mailbox(ws: Workspace, email: str) -> str:
-    box = ws.config.mailbox(email)
+    box = ws.config.mailbox(email, field="MAILBOX")
     with ws.store.session() as session:
         state = session.get(MailboxState, box.email)
         if state is None or not state.paused_reason:

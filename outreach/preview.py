@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from outreach import ab
 from outreach.engine import find_prospect
 from outreach.errors import OutreachError
 from outreach.models import Enrollment
@@ -33,6 +34,7 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
     variables = ws.variables_for(prospect, mailbox)
     language = prospect.language or ws.config.settings.sending.language
     steps = []
+    state = ab.stored_state(ws)  # what a review retired is not eligible
     for index, step in enumerate(sequence.steps):
         template = ws.templates.get(step.template)
         root = sequence.thread_root(index)
@@ -55,9 +57,13 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
                         v, language, prospect.persona, variables, template.path
                     ),
                 }
-                for v in template.eligible("subject", language, prospect.persona)
+                for v in state.eligible(
+                    template, sequence.name, step.name, "subject", language, prospect.persona
+                )
             ]
-        for variant in template.eligible("body", language, prospect.persona):
+        for variant in state.eligible(
+            template, sequence.name, step.name, "body", language, prospect.persona
+        ):
             text, _ = ws.renderer.render_body(
                 variant, language, prospect.persona, variables, template.path
             )

@@ -10,6 +10,7 @@ from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
+from outreach.ab import reply_class_of
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.outbox import mailbox_report, unknown_messages
@@ -235,7 +236,10 @@ def replied(ws: Workspace) -> list[dict[str, Any]]:
         rows = session.exec(
             select(Event, Prospect)
             .join(Prospect, col(Prospect.id) == Event.prospect_id)
-            .where(col(Event.kind).in_(("reply", "goal")))
+            .where(
+                col(Event.kind).in_(("reply", "goal"))
+                | ((Event.kind == "stop") & (Event.reason == "replied"))  # a rep recorded it
+            )
             .order_by(col(Event.occurred_at), col(Event.id))
         ).all()
         out = []
@@ -257,9 +261,8 @@ def replied(ws: Workspace) -> list[dict[str, Any]]:
                     "subject_variant": last.subject_variant if last else None,
                     "body_variant": last.body_variant if last else None,
                     "replied_at": event.occurred_at.isoformat(),
-                    "sentiment": (event.data or {}).get("sentiment")
-                    if event.kind == "reply"
-                    else None,
+                    # The reply's class, a rep's correction (`prospect --mark`) first.
+                    "sentiment": reply_class_of(event) if event.kind == "reply" else None,
                     "reason": event.reason if event.kind == "goal" else "reply",
                     "reply_text": (event.data or {}).get("text", ""),
                 }

@@ -103,7 +103,20 @@ def validate(ws: Workspace) -> Report:
                         for v in template.active(kind)
                         if not retired.is_retired(sequence.name, step.name, kind, v.id)
                     ]
-                    if len(active) < ab.wanted(ws, kind):
+                    in_file = template.active(kind)
+                    if in_file and not active:  # the file has some, reviews retired them all
+                        report.problems.append(
+                            TemplateError(
+                                f"{where}: every active {kind} in the file was retired by an "
+                                f"A/B review ({', '.join(v.id for v in in_file)}); nothing "
+                                "can be sent",
+                                file=template.path,
+                                line=in_file[0].line,
+                                hint="add a new variant, or `outreach ab restore "
+                                f"{sequence.name} {step.name} {kind} ID`",
+                            )
+                        )
+                    elif len(active) < ab.wanted(ws, kind):
                         report.warnings.append(
                             f"{template.path}: {sequence.name}/{step.name} has "
                             f"{len(active)} active {ab.plural(kind, len(active))}, fewer than "
