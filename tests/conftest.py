@@ -8,6 +8,7 @@ fresh database of a throwaway PostgreSQL cluster (``tests/postgres.py``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +40,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def database(request: pytest.FixtureRequest) -> str:
-    """``sqlite`` or ``postgresql``: which store the test runs on (SQLite unless marked)."""
-    return str(getattr(request, "param", "sqlite"))
+    """``sqlite`` or ``postgresql``: which store the test runs on. SQLite unless the module is
+    marked, or ``$OUTREACH_TEST_DATABASE=postgresql`` runs every test on PostgreSQL."""
+    return str(getattr(request, "param", os.environ.get("OUTREACH_TEST_DATABASE", "sqlite")))
 
 
 @pytest.fixture
 def database_url(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of an empty database of that kind, for this test alone."""
+    """A URL of an empty database of that kind, for this test alone: the one the workspace
+    below uses (on SQLite, the file the starter config names)."""
     if database == "postgresql":
         return str(request.getfixturevalue("postgres_url"))
-    return f"sqlite:///{tmp_path / 'outreach.db'}"
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    return f"sqlite:///{tmp_path / 'ws' / 'outreach.db'}"
 
 
 @dataclass

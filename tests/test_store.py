@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
 from outreach.errors import ConfigError
 from outreach.models import Enrollment, Prospect
@@ -94,3 +94,14 @@ def test_store_refuses_a_schema_it_does_not_know(database_url: str) -> None:
         open_store(url)
     assert inspect(store.engine).get_table_names() == ["something_else"]  # nothing written
     store.dispose()
+
+
+def test_schema_behind_is_refused_with_the_command_to_run(run: Cli, database_url: str) -> None:
+    assert run("status").exit_code == 0  # creates the database
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    engine.dispose()
+    for command in (("status",), ("run",), ("send", "--once")):
+        result = run(*command)
+        assert result.exit_code == 1 and "outreach db upgrade" in result.stderr, command
