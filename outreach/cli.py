@@ -286,6 +286,14 @@ def status(ctx: Context, as_json: bool) -> None:
             "did it leave? Look for it in the Sent folder, then "
             f"`outreach resolve {message['id']} --sent|--not-sent`"
         )
+    for member in report["daemons"]:
+        held = ", ".join(member["mailboxes"]) or "no mailbox"
+        life = "alive" if member["alive"] else "NOT BEATING (dead? its work is taken over)"
+        click.echo(
+            f"daemon {member['host']} pid {member['pid']}: {life}, since "
+            f"{member['started_at']}, last beat {member['beat_at']}, holds {held}"
+        )
+    click.echo(f"backlog: {report['backlog']} due now")
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
 

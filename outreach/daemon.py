@@ -3,7 +3,9 @@
 One interval job dispatches due work every ``[daemon] dispatch_seconds``; nothing is
 scheduled per message. SIGTERM or SIGINT lets the message in flight finish and be recorded,
 then the process exits 0. A lock file stops two processes from dispatching from one SQLite
-database (PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` instead).
+database. On PostgreSQL several daemons share the work (``outreach/cluster.py``): each
+writes a heartbeat that renews what it holds, claims with ``FOR UPDATE SKIP LOCKED``, serves
+its share of the mailboxes, and the mailbox poll runs in one of them at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from types import TracebackType
 from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from outreach import clock, inbox, web
+from outreach import clock, cluster, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
@@ -41,6 +43,11 @@ class DispatchLock:
         if url.startswith("sqlite:///") and ":memory:" not in url:
             self.path = Path(url[len("sqlite:///") :] + ".lock")
         self._fd: int | None = None
+
+    @property
+    def exclusive(self) -> bool:
+        """Held on a SQLite file: no other process can be dispatching, alive or half-dead."""
+        return self._fd is not None
 
     def __enter__(self) -> DispatchLock:
         if self.path is None:
@@ -82,10 +89,10 @@ def send_once(
 
     SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
     """
-    with DispatchLock(ws):
+    with DispatchLock(ws) as lock:
         dispatcher = Dispatcher(ws, transport_for, now=now, on_event=on_event)
-        # We hold the lock: a message still "sending" belongs to a process that died.
-        dispatcher.recover(now(), everything=True)
+        if lock.exclusive:
+            recover_after_crash(ws, dispatcher)
 
         async def run() -> Report:
             loop = asyncio.get_running_loop()
@@ -99,6 +106,13 @@ def send_once(
         return asyncio.run(run())
 
 
+def recover_after_crash(ws: Workspace, dispatcher: Dispatcher) -> None:
+    """We hold the SQLite lock: whatever another process held, it died holding it. A message
+    still "sending" becomes unknown; claimed ones and the mailboxes are free again."""
+    dispatcher.recover(dispatcher.now(), everything=True)
+    cluster.let_go(ws.store, dispatcher.member, everything=True)
+
+
 class Daemon:
     """``outreach run``."""
 
@@ -106,14 +120,19 @@ class Daemon:
         self, ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport
     ) -> None:
         self.ws = ws
-        self.dispatcher = Dispatcher(ws, transport_for, on_event=lambda line: log.info("%s", line))
+        self.member = cluster.Member.for_settings(
+            ws.config.settings.daemon.claim_lease_seconds, daemon=True
+        )
+        self.dispatcher = Dispatcher(
+            ws, transport_for, on_event=lambda line: log.info("%s", line), member=self.member
+        )
         self._tick: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
         try:
-            report = await self.dispatcher.run_once(wait_for_gaps=False)
+            report = await self.dispatcher.run_once(wait_for_gaps=False, hold=True)
         except OutreachError as exc:
             log.error("dispatch: %s", exc.one_line())
             return
@@ -141,8 +160,21 @@ class Daemon:
             self.ws, settings.web.host, settings.web.port, secret=secret, goal_token=goal_token
         )
 
+    async def beat(self) -> None:
+        """The heartbeat: this daemon is alive, and keeps what it holds."""
+        try:
+            await asyncio.to_thread(cluster.beat, self.ws.store, self.member, clock.now())
+        except OutreachError as exc:
+            log.error("heartbeat: %s", exc.one_line())
+
     async def poll(self) -> None:
-        """The mailbox poll: replies stop sequences before the next dispatch can send."""
+        """The mailbox poll: replies stop sequences before the next dispatch can send. One
+        daemon of the cluster polls; the others skip while it is alive."""
+        held = await asyncio.to_thread(
+            cluster.hold_singleton, self.ws.store, "replies", self.member, clock.now()
+        )
+        if not held:
+            return
         report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
         for reply in report.replies:
             log.info("reply from %s (%s): sequences stopped", reply["from"], reply["sentiment"])
@@ -167,6 +199,15 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         settings = self.ws.config.settings
         scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
+        await self.beat()  # seen alive before the first claim: the others share with it
+        scheduler.add_job(
+            self.beat,
+            "interval",
+            seconds=self.member.beat_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="heartbeat",
+        )
         scheduler.add_job(
             self.tick,
             "interval",
@@ -200,12 +241,15 @@ class Daemon:
         if self._tick is not None and not self._tick.done():
             await asyncio.wait([self._tick])
         scheduler.shutdown(wait=False)
+        cluster.let_go(self.ws.store, self.member)
         log.info("stopped cleanly")
 
 
 def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
-    with DispatchLock(ws):
+    ws.store  # noqa: B018 - a schema that is behind stops the daemon here, with the command
+    with DispatchLock(ws) as lock:
         daemon = Daemon(ws, transport_for)
-        daemon.dispatcher.recover(clock.now(), everything=True)
+        if lock.exclusive:
+            recover_after_crash(ws, daemon.dispatcher)
         asyncio.run(daemon.main())
