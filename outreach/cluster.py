@@ -257,7 +257,8 @@ def beat(store: Store, member: Member, now: datetime) -> None:
 
 def let_go(store: Store, member: Member, *, everything: bool = False) -> None:
     """Give up the mailboxes and singletons ``member`` holds (``everything``: anyone's, for a
-    process that holds the SQLite lock and so knows the others are dead); a daemon's row goes.
+    process that holds the SQLite lock and so knows the others are dead); its daemon row goes
+    (``everything``: every row).
     Claimed messages are released by the dispatcher, which knows how to put them back."""
     with store.engine.begin() as conn:
         for table in (mailboxes_t, singletons_t):
@@ -265,7 +266,9 @@ def let_go(store: Store, member: Member, *, everything: bool = False) -> None:
             if not everything:
                 query = query.where(table.c.owner == member.id)
             conn.execute(query.values(owner=None, owner_until=None))
-        conn.execute(delete(daemons_t).where(daemons_t.c.id == member.id))
+        # A dead daemon's row would count it among the live ones (and halve this one's share).
+        gone = delete(daemons_t)
+        conn.execute(gone if everything else gone.where(daemons_t.c.id == member.id))
 
 
 def daemons(store: Store, now: datetime, lease: timedelta) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_databases: run the module's tests on SQLite and on PostgreSQL"
     )
+    config.addinivalue_line("markers", "sqlite_only: a test about the SQLite file itself")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -42,6 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def database(request: pytest.FixtureRequest) -> str:
     """``sqlite`` or ``postgresql``: which store the test runs on. SQLite unless the module is
     marked, or ``$OUTREACH_TEST_DATABASE=postgresql`` runs every test on PostgreSQL."""
+    if request.node.get_closest_marker("sqlite_only"):
+        return "sqlite"
     return str(getattr(request, "param", os.environ.get("OUTREACH_TEST_DATABASE", "sqlite")))
 
 

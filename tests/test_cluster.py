@@ -18,6 +18,7 @@ from freezegun import freeze_time
 from sqlmodel import select
 
 from outreach import clock, cluster
+from outreach.daemon import send_once
 from outreach.dispatch import Claimed, Dispatcher, Report
 from outreach.enroll import enroll_csv
 from outreach.models import MailboxState, Message
@@ -131,3 +132,13 @@ def test_status_shows_the_daemons_alive_and_what_they_hold(ws: Workspace) -> Non
         assert [d["alive"] for d in status(ws, clock.now())["daemons"]] == [False]
         cluster.let_go(ws.store, alive.member)  # a clean stop leaves no row behind
         assert status(ws, clock.now())["daemons"] == []
+
+
+def test_the_sqlite_lock_holder_forgets_a_dead_daemon_at_once(ws: Workspace, database: str) -> None:
+    """On SQLite the lock proves the last daemon dead: its row would otherwise count it as
+    live for a lease and halve the new process's share of the mailboxes."""
+    with freeze_time(MONDAY_10 + timedelta(days=1), real_asyncio=True):
+        cluster.beat(ws.store, daemon(ws).member, clock.now())  # then SIGKILL, say
+        assert len(send_once(ws).sent) == 5
+        left = status(ws, clock.now())["daemons"]
+    assert len(left) == (0 if database == "sqlite" else 1)  # PostgreSQL waits for the lease

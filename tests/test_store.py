@@ -119,3 +119,31 @@ def test_migrations_build_exactly_the_tables_of_the_models(database_url: str) ->
         diff = compare_metadata(context, SQLModel.metadata)
     store.dispose()
     assert diff == []
+
+
+def test_db_upgrade_migrates_a_database_with_rows_from_0003(run: Cli, database_url: str) -> None:
+    """A database made by the release before scale-out, with a large IMAP UIDVALIDITY in it,
+    goes to the current schema by `outreach db upgrade` and keeps its rows."""
+    from alembic import command
+
+    from outreach.store import _alembic_config
+
+    store = Store(database_url)
+    config = _alembic_config(database_url)
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO inbox_cursors (mailbox, folder, uidvalidity, last_uid)"
+                " VALUES ('a@b.example', 'INBOX', 2147483000, 7)"
+            )
+        )
+    store.dispose()
+    done = run("db", "upgrade")
+    assert done.exit_code == 0 and "(was 0003)" in done.stdout
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE inbox_cursors SET uidvalidity = 4294967295"))  # 2**32 - 1
+        assert conn.execute(text("SELECT last_uid FROM inbox_cursors")).scalar() == 7
+    store.dispose()
