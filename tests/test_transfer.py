@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from freezegun import freeze_time
 
 from outreach.daemon import send_once
@@ -14,6 +15,7 @@ from tests.smtp_servers import RecordingSMTP
 MONDAY_10 = "2027-01-04 08:00:00"
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_database_is_copied_into_postgresql_and_goes_on_there(
     run: Cli, workspace_dir: Path, postgres_url: str
 ) -> None:
