@@ -167,13 +167,17 @@ class Daemon:
         except OutreachError as exc:
             log.error("heartbeat: %s", exc.one_line())
 
+    async def once_per_cluster(self, job: str) -> bool:
+        """True in the one daemon of the cluster that runs ``job`` (the mailbox poll, a cron
+        job such as the A/B review) while it is alive; the others skip it."""
+        return await asyncio.to_thread(
+            cluster.hold_singleton, self.ws.store, job, self.member, clock.now()
+        )
+
     async def poll(self) -> None:
         """The mailbox poll: replies stop sequences before the next dispatch can send. One
         daemon of the cluster polls; the others skip while it is alive."""
-        held = await asyncio.to_thread(
-            cluster.hold_singleton, self.ws.store, "replies", self.member, clock.now()
-        )
-        if not held:
+        if not await self.once_per_cluster("replies"):
             return
         report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
         for reply in report.replies:

@@ -142,3 +142,13 @@ def test_the_sqlite_lock_holder_forgets_a_dead_daemon_at_once(ws: Workspace, dat
         assert len(send_once(ws).sent) == 5
         left = status(ws, clock.now())["daemons"]
     assert len(left) == (0 if database == "sqlite" else 1)  # PostgreSQL waits for the lease
+
+
+def test_two_daemons_one_poll(ws: Workspace) -> None:
+    from outreach.daemon import Daemon
+
+    first, second = Daemon(ws), Daemon(ws)
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        assert asyncio.run(first.once_per_cluster("replies"))
+        assert not asyncio.run(second.once_per_cluster("replies"))
+        assert asyncio.run(second.once_per_cluster("ab-review"))  # another job, another holder
