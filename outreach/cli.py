@@ -24,6 +24,7 @@ from outreach.preview import preview as render_preview
 from outreach.sink import Sink, summarize
 from outreach.starter import init_workspace
 from outreach.store import Store, database_errors
+from outreach.transfer import copy_database
 from outreach.validate import validate as validate_workspace
 from outreach.workspace import Workspace
 
@@ -287,6 +288,14 @@ def status(ctx: Context, as_json: bool) -> None:
             "did it leave? Look for it in the Sent folder, then "
             f"`outreach resolve {message['id']} --sent|--not-sent`"
         )
+    for member in report["daemons"]:
+        held = ", ".join(member["mailboxes"]) or "no mailbox"
+        life = "alive" if member["alive"] else "NOT BEATING (dead? its work is taken over)"
+        click.echo(
+            f"daemon {member['host']} pid {member['pid']}: {life}, since "
+            f"{member['started_at']}, last beat {member['beat_at']}, holds {held}"
+        )
+    click.echo(f"backlog: {report['backlog']} due now")
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
 
@@ -892,6 +901,29 @@ def db_upgrade(ctx: Context) -> None:
         before = store.current_revision()
         store.upgrade()
         click.echo(f"schema at {store.current_revision()} (was {before or 'empty'})")
+
+
+@db.command("copy")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL",
+    help="The empty database to copy into, e.g. postgresql+psycopg://user@host/outreach.",
+)
+@pass_ctx
+def db_copy(ctx: Context, target: str) -> None:
+    """Copy this workspace's database into another, empty one (SQLite to PostgreSQL); the
+    row counts of every table are checked after. Stop the daemon first."""
+    counts = copy_database(ctx.ws.store, target)
+    width = max(len(c.table) for c in counts)
+    for count in counts:
+        click.echo(f"  {count.table.ljust(width)}  {count.target:>9,}")
+    total = sum(c.target for c in counts)
+    click.echo(
+        f"copied {total:,} rows in {len(counts)} tables; counts checked, equal in both; "
+        f"next: set [database] url to the new database"
+    )
 
 
 def main() -> None:

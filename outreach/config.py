@@ -185,6 +185,9 @@ class Daemon(_Strict):
 
     dispatch_seconds: int = Field(default=30, ge=1)  # how often due work is looked for
     lease_seconds: int = Field(default=600, ge=30)  # a claim older than this was a crash
+    # Scale-out: what a daemon holds (claimed messages, a mailbox, the poll) lapses this long
+    # after its last heartbeat; a heartbeat is written every third of it.
+    claim_lease_seconds: int = Field(default=60, ge=2)
 
 
 class Replies(_Strict):

@@ -3,7 +3,9 @@
 One interval job dispatches due work every ``[daemon] dispatch_seconds``; nothing is
 scheduled per message. SIGTERM or SIGINT lets the message in flight finish and be recorded,
 then the process exits 0. A lock file stops two processes from dispatching from one SQLite
-database (PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` instead).
+database. On PostgreSQL several daemons share the work (``outreach/cluster.py``): each
+writes a heartbeat that renews what it holds, claims with ``FOR UPDATE SKIP LOCKED``, serves
+its share of the mailboxes, and the mailbox poll runs in one of them at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from outreach import ab, clock, handoff, inbox, web
+from outreach import ab, clock, cluster, handoff, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
 from outreach.errors import OutreachError
@@ -44,6 +46,11 @@ class DispatchLock:
         if url.startswith("sqlite:///") and ":memory:" not in url:
             self.path = Path(url[len("sqlite:///") :] + ".lock")
         self._fd: int | None = None
+
+    @property
+    def exclusive(self) -> bool:
+        """Held on a SQLite file: no other process can be dispatching, alive or half-dead."""
+        return self._fd is not None
 
     def __enter__(self) -> DispatchLock:
         if self.path is None:
@@ -85,10 +92,10 @@ def send_once(
 
     SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
     """
-    with DispatchLock(ws):
+    with DispatchLock(ws) as lock:
         dispatcher = Dispatcher(ws, transport_for, now=now, on_event=on_event)
-        # We hold the lock: a message still "sending" belongs to a process that died.
-        dispatcher.recover(now(), everything=True)
+        if lock.exclusive:
+            recover_after_crash(ws, dispatcher)
 
         async def run() -> Report:
             loop = asyncio.get_running_loop()
@@ -102,6 +109,13 @@ def send_once(
         return asyncio.run(run())
 
 
+def recover_after_crash(ws: Workspace, dispatcher: Dispatcher) -> None:
+    """We hold the SQLite lock: whatever another process held, it died holding it. A message
+    still "sending" becomes unknown; claimed ones and the mailboxes are free again."""
+    dispatcher.recover(dispatcher.now(), everything=True)
+    cluster.let_go(ws.store, dispatcher.member, everything=True)
+
+
 class Daemon:
     """``outreach run``."""
 
@@ -109,7 +123,12 @@ class Daemon:
         self, ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport
     ) -> None:
         self.ws = ws
-        self.dispatcher = Dispatcher(ws, transport_for, on_event=lambda line: log.info("%s", line))
+        self.member = cluster.Member.for_settings(
+            ws.config.settings.daemon.claim_lease_seconds, daemon=True
+        )
+        self.dispatcher = Dispatcher(
+            ws, transport_for, on_event=lambda line: log.info("%s", line), member=self.member
+        )
         self._tick: asyncio.Task[None] | None = None
         self._handoffs: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -122,7 +141,7 @@ class Daemon:
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
         try:
-            report = await self.dispatcher.run_once(wait_for_gaps=False)
+            report = await self.dispatcher.run_once(wait_for_gaps=False, hold=True)
         except OutreachError as exc:
             log.error("dispatch: %s", exc.one_line())
             return
@@ -152,8 +171,25 @@ class Daemon:
             self.ws, settings.web.host, settings.web.port, secret=secret, goal_token=goal_token
         )
 
+    async def beat(self) -> None:
+        """The heartbeat: this daemon is alive, and keeps what it holds."""
+        try:
+            await asyncio.to_thread(cluster.beat, self.ws.store, self.member, clock.now())
+        except OutreachError as exc:
+            log.error("heartbeat: %s", exc.one_line())
+
+    async def once_per_cluster(self, job: str) -> bool:
+        """True in the one daemon of the cluster that runs ``job`` (the mailbox poll, a cron
+        job such as the A/B review) while it is alive; the others skip it."""
+        return await asyncio.to_thread(
+            cluster.hold_singleton, self.ws.store, job, self.member, clock.now()
+        )
+
     async def poll(self) -> None:
-        """The mailbox poll: replies stop sequences before the next dispatch can send."""
+        """The mailbox poll: replies stop sequences before the next dispatch can send. One
+        daemon of the cluster polls; the others skip while it is alive."""
+        if not await self.once_per_cluster("replies"):
+            return
         async with self._poll_lock:
             report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
         for reply in report.replies:
@@ -219,7 +255,10 @@ class Daemon:
             thread.join(timeout=10)
 
     async def review(self) -> None:
-        """The A/B review on its cron; the next dispatch sees what it retired."""
+        """The A/B review on its cron, by one daemon of the cluster; the next dispatch sees
+        what it retired."""
+        if not await self.once_per_cluster("ab-review"):
+            return
         try:
             result = await asyncio.to_thread(ab.review, self.ws, clock.now(), trigger="cron")
             notes = await asyncio.to_thread(ab.publish_digest, self.ws, result)
@@ -261,6 +300,15 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         settings = self.ws.config.settings
         scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
+        await self.beat()  # seen alive before the first claim: the others share with it
+        scheduler.add_job(
+            self.beat,
+            "interval",
+            seconds=self.member.beat_seconds,
+            max_instances=1,
+            coalesce=True,
+            id="heartbeat",
+        )
         scheduler.add_job(
             self.tick,
             "interval",
@@ -321,6 +369,7 @@ class Daemon:
         if in_flight:
             await asyncio.wait(in_flight)
         scheduler.shutdown(wait=False)
+        cluster.let_go(self.ws.store, self.member)
         log.info("stopped cleanly")
 
 
@@ -332,7 +381,9 @@ def review_trigger(ws: Workspace) -> CronTrigger:
 
 def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
-    with DispatchLock(ws):
+    ws.store  # noqa: B018 - a schema that is behind stops the daemon here, with the command
+    with DispatchLock(ws) as lock:
         daemon = Daemon(ws, transport_for)
-        daemon.dispatcher.recover(clock.now(), everything=True)
+        if lock.exclusive:
+            recover_after_crash(ws, daemon.dispatcher)
         asyncio.run(daemon.main())

@@ -15,6 +15,11 @@ The order of events for one email is the guarantee:
 A process that dies between 1 and 4 leaves the message ``sending``; when the next run starts
 (or the claim's lease runs out) it becomes ``unknown`` and is never sent again by itself:
 ``outreach resolve`` settles it.
+
+Several daemons (PostgreSQL): the claim takes a small batch at once, as ``claimed`` rows
+leased to the daemon (``outreach/cluster.py``), and each becomes ``sending`` only by its
+lease holder, in the transaction of the last look. A daemon that dies leaves its ``claimed``
+rows to go back to the queue after the lease, and its ``sending`` row to become ``unknown``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from email.message import EmailMessage
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, or_, select
 
-from outreach import ab, clock
+from outreach import ab, clock, cluster
 from outreach.config import Mailbox
 from outreach.engine import end_enrollment, step_done, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
@@ -51,6 +56,7 @@ from outreach.unsubscribe import make_link, secret_from_env
 from outreach.workspace import Workspace
 
 BATCH = 20
+CLAIM_BATCH = 10  # messages claimed per transaction when the mailbox has no gap to keep
 MAX_RETRY_DELAY = timedelta(hours=6)
 
 
@@ -114,8 +120,12 @@ class Dispatcher:
         rng: random.Random | None = None,
         now: Callable[[], datetime] = clock.now,
         on_event: Callable[[str], None] | None = None,
+        member: cluster.Member | None = None,
     ) -> None:
         self.ws = ws
+        self.member = member or cluster.Member.for_settings(
+            ws.config.settings.daemon.claim_lease_seconds
+        )
         self.transport_for = transport_for
         self.rng = rng or random.Random()
         self.now = now
@@ -133,8 +143,24 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- the run
 
-    async def run_once(self, *, wait_for_gaps: bool = True) -> Report:
-        """Send everything due now, within windows and limits; then return."""
+    async def run_once(self, *, wait_for_gaps: bool = True, hold: bool = False) -> Report:
+        """Send everything due now, within windows and limits; then return. The mailboxes
+        served are given up at the end, unless ``hold`` (the daemon keeps them between ticks)."""
+        beating = asyncio.create_task(self._beat_while_running())
+        try:
+            return await self._run_once(wait_for_gaps)
+        finally:
+            beating.cancel()
+            if not hold:
+                cluster.let_go(self.ws.store, self.member)
+
+    async def _beat_while_running(self) -> None:
+        """Renew this process's leases while it sends (waiting out gaps can take long)."""
+        while True:
+            await asyncio.sleep(self.member.beat_seconds)
+            await asyncio.to_thread(cluster.beat, self.ws.store, self.member, self.now())
+
+    async def _run_once(self, wait_for_gaps: bool) -> Report:
         report = Report()
         now = self.now()
         self.prepare_ab(now)
@@ -162,13 +188,14 @@ class Dispatcher:
         transport = self.transport_for(box)
         transport.check()  # a missing password stops this mailbox before anything is claimed
         sent_folder: SentFolder | None = None
+        batch: list[Claimed] = []
         try:
             while not self.stopping.is_set():
-                claim = self.claim(box, self.now(), report)
-                if claim is None:
+                claimed = self.claim_batch(box, self.now(), report)
+                if claimed is None:
                     return
-                if isinstance(claim, Wait):
-                    delay = (claim.until - self.now()).total_seconds()
+                if isinstance(claimed, Wait):
+                    delay = (claimed.until - self.now()).total_seconds()
                     if not wait_for_gaps or delay > self.settings.sending.max_gap_seconds + 1:
                         return
                     try:
@@ -176,18 +203,25 @@ class Dispatcher:
                     except TimeoutError:
                         pass
                     continue
-                if not self.still_active(claim):
-                    self.cancel(claim, report)
-                    continue
-                outcome = await transport.send(claim.email, claim.mail_from, claim.rcpt)
-                self.record(claim, outcome, self.now(), report)
-                if outcome.kind in ("auth", "unreachable", "retry"):
-                    # The server is in trouble: one try per mailbox per run, not one per message.
-                    return
-                if outcome.kind == "sent" and box.save_to_sent:
-                    sent_folder = sent_folder or SentFolder(box)
-                    await asyncio.to_thread(sent_folder.append, claim.email, report)
+                batch = claimed
+                while batch and not self.stopping.is_set():
+                    claim = batch.pop(0)
+                    if not self.still_active(claim):
+                        self.cancel(claim, report)
+                        continue
+                    if not self.take(claim):
+                        continue  # its lease lapsed and another daemon has it now
+                    outcome = await transport.send(claim.email, claim.mail_from, claim.rcpt)
+                    self.record(claim, outcome, self.now(), report)
+                    if outcome.kind in ("auth", "unreachable", "retry"):
+                        # The server is in trouble: one try per mailbox per run, not per message.
+                        return
+                    if outcome.kind == "sent" and box.save_to_sent:
+                        sent_folder = sent_folder or SentFolder(box)
+                        await asyncio.to_thread(sent_folder.append, claim.email, report)
         finally:
+            if batch:  # stopping, or the server in trouble: the rest goes back to the queue
+                self.release([c.message_row for c in batch])
             await transport.close()
             if sent_folder is not None:
                 await asyncio.to_thread(sent_folder.close)
@@ -195,9 +229,28 @@ class Dispatcher:
     # ---------------------------------------------------------------- the claim
 
     def claim(self, box: Mailbox, now: datetime, report: Report) -> Claimed | Wait | None:
-        """Claim the mailbox's next due email (creating due tasks on the way), or say why not."""
+        """Claim the mailbox's next due email and take it for sending at once (creating due
+        tasks on the way), or say why not."""
+        claimed = self.claim_batch(box, now, report, limit=1)
+        if isinstance(claimed, list):
+            [claim] = claimed
+            taken = self.take(claim)
+            assert taken
+            return claim
+        return claimed
+
+    def claim_batch(
+        self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
+    ) -> list[Claimed] | Wait | None:
+        """Claim the mailbox's next due emails, up to a small batch (creating due tasks on the
+        way), leased to this process; or say why not. The mailbox's state row is locked for
+        the transaction and leased to this process: one daemon per mailbox at a time."""
+        size = limit or (CLAIM_BATCH if self.settings.sending.max_gap_seconds <= 0 else 1)
         with self.ws.store.session() as session:
-            state = session.get(MailboxState, box.email) or MailboxState(email=box.email)
+            mailboxes = [b.email for b in self.ws.config.mailboxes]
+            state = cluster.lock_mailbox(session, box.email, self.member, mailboxes, now)
+            if state is None:
+                return None  # another daemon serves this mailbox
             if state.paused_reason:
                 report.paused[box.email] = state.paused_reason
                 return None
@@ -206,10 +259,12 @@ class Dispatcher:
             today = now.astimezone(ZoneInfo(box.timezone or self.settings.sending.timezone))
             if state.day != today.date().isoformat():
                 state.day, state.sent_on_day = today.date().isoformat(), 0
-            if state.sent_on_day >= self.ws.config.daily_limit(box):
+            room = min(size, self.ws.config.daily_limit(box) - state.sent_on_day)
+            if room <= 0:
                 return None  # the rest waits for tomorrow, in due order
             session.add(state)
-            while True:
+            batch: list[Claimed] = []
+            while len(batch) < room:
                 # Every candidate not claimed leaves the due set (rescheduled to its window,
                 # turned into a task, or ended), so this loop ends, and prospects whose
                 # window is closed never hold back those whose window is open.
@@ -225,15 +280,36 @@ class Dispatcher:
                     .with_for_update(skip_locked=True)
                 ).all()
                 if not candidates:
-                    return None
+                    break
                 for enrollment_id in candidates:
-                    # Loaded one at a time: usually the first one is claimed.
+                    # Loaded one at a time: usually the first ones are claimed.
                     enrollment = session.get(Enrollment, enrollment_id)
                     assert enrollment is not None
                     claimed = self._claim_one(session, box, state, enrollment, now, report)
                     if claimed is not None:
-                        return claimed
+                        self._lease(session, claimed, now)
+                        batch.append(claimed)
+                        if len(batch) == room:
+                            break
                 session.flush()
+            return batch or None
+
+    def _lease(self, session: Session, claim: Claimed, now: datetime) -> None:
+        """The claimed row waits for its turn under this process's lease, not yet sending."""
+        message = session.get(Message, claim.message_row)
+        assert message is not None
+        message.state = "claimed"
+        message.lease_owner, message.lease_until = self.member.id, now + self.member.lease
+        session.add(message)
+
+    def take(self, claim: Claimed) -> bool:
+        """Claimed becomes sending, only for the lease holder: False if the lease lapsed and
+        the message went back to the queue (or to another daemon) meanwhile."""
+        return cluster.take(self.ws.store, claim.message_row, self.member, self.now())
+
+    def release(self, message_rows: list[int]) -> None:
+        """Claimed messages this process will not send go back to the queue now."""
+        cluster.release_claims(self.ws.store, self.now(), ids=message_rows, owner=self.member)
 
     def _claim_one(
         self,
@@ -552,8 +628,13 @@ class Dispatcher:
 
     def cancel(self, claim: Claimed, report: Report) -> None:
         with self.ws.store.session() as session:
-            message = session.get(Message, claim.message_row)
+            message = session.get(Message, claim.message_row, with_for_update=True)
             assert message is not None
+            if message.state not in ("claimed", "sending") or message.lease_owner not in (
+                None,
+                self.member.id,
+            ):
+                return  # the lease lapsed: no longer ours to cancel
             message.state = "skipped"
             message.error = "the enrollment ended before the message left"
             session.add(message)
@@ -652,11 +733,17 @@ class Dispatcher:
     def recover(self, now: datetime, *, everything: bool = False) -> int:
         """Claims that never got an answer become ``unknown``: never resent by themselves."""
         lease = timedelta(seconds=self.settings.daemon.lease_seconds)
+        # Claimed, never handed to SMTP: back to the queue (everything: the lock holder knows
+        # every other process is dead).
+        cluster.release_claims(self.ws.store, now, expired=not everything)
         with self.ws.store.session() as session:
             query = select(Message).where(Message.state == "sending")
             if not everything:
-                query = query.where(col(Message.claimed_at) < now - lease)
-            stale = session.exec(query).all()
+                # Unanswered too long, or its daemon stopped beating (died mid-SMTP).
+                query = query.where(
+                    or_(col(Message.claimed_at) < now - lease, col(Message.lease_until) < now)
+                )
+            stale = session.exec(query.with_for_update(skip_locked=True)).all()
             for message in stale:
                 message.state = "unknown"
                 message.error = "the process ended between claim and answer; see outreach resolve"
@@ -785,7 +872,7 @@ def _suppressed(session: Session, email: str) -> bool:
 
 def _uncount(session: Session, mailbox: str) -> MailboxState | None:
     """The claim counted a send against today's limit; it did not happen after all."""
-    state = session.get(MailboxState, mailbox)
+    state = session.get(MailboxState, mailbox, with_for_update=True, populate_existing=True)
     if state is not None:
         state.sent_on_day = max(state.sent_on_day - 1, 0)
         state.next_send_at = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -98,6 +98,11 @@ class Message(SQLModel, table=True):
     sent_at: datetime | None = None
     smtp_response: str | None = None
     error: str | None = None
+    # Scale-out: the daemon that claimed it ("claimed", then "sending") and until when that
+    # holds unless its heartbeat renews it. A lapsed "claimed" row goes back to the queue; a
+    # lapsed "sending" row becomes "unknown".
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
 
 
 class Event(SQLModel, table=True):
@@ -144,6 +149,9 @@ class MailboxState(SQLModel, table=True):
     paused_at: datetime | None = None
     # The last time no SMTP session could be opened, and why; it waits until next_send_at.
     unreachable: str | None = None
+    # Scale-out: the one daemon serving this mailbox, until its lease lapses.
+    owner: str | None = None
+    owner_until: datetime | None = None
 
 
 class InboxCursor(SQLModel, table=True):
@@ -157,8 +165,9 @@ class InboxCursor(SQLModel, table=True):
 
     mailbox: str = Field(primary_key=True)
     folder: str = Field(primary_key=True)
-    uidvalidity: int | None = None
-    last_uid: int = 0
+    # IMAP's UIDVALIDITY and UIDs are unsigned 32-bit: past PostgreSQL's integer.
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger))
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     polled_at: datetime | None = None
 
 
@@ -242,3 +251,26 @@ class Handoff(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime
     delivered_at: datetime | None = None
+
+
+class DaemonBeat(SQLModel, table=True):
+    """An ``outreach run`` process and its heartbeat: alive while ``beat_at`` is recent."""
+
+    __tablename__ = "daemons"
+
+    id: str = Field(primary_key=True)  # host:pid:random, the owner name on what it holds
+    host: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    mailboxes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Singleton(SQLModel, table=True):
+    """A job that runs once per cluster (the mailbox poll, a cron job): who holds it, until."""
+
+    __tablename__ = "singletons"
+
+    name: str = Field(primary_key=True)
+    owner: str | None = None
+    owner_until: datetime | None = None

@@ -163,6 +163,9 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
                     "retrying": retrying,
                     "paused": state.paused_reason if state else None,
                     "unreachable": state.unreachable if state else None,
+                    "served_by": state.owner
+                    if state and state.owner_until and state.owner_until > now
+                    else None,
                     "last_sent_at": state.last_sent_at.isoformat()
                     if state and state.last_sent_at
                     else None,

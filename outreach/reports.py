@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,6 +10,7 @@ from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
+from outreach import cluster
 from outreach.ab import reply_class_of
 from outreach.engine import find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
@@ -87,7 +88,11 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
                 steps[step_index]["sent"] += count
         report["sequences"].append({"name": name, "enrollments": totals, "steps": steps})
     report["mailboxes"] = mailbox_report(ws, now)
+    report["backlog"] = sum(box["due_now"] for box in report["mailboxes"])
     report["unknown"] = unknown_messages(ws)
+    report["daemons"] = cluster.daemons(
+        ws.store, now, timedelta(seconds=ws.config.settings.daemon.claim_lease_seconds)
+    )
     return report
 
 

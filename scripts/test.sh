@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Dovecot: the real IMAP server of the Sent-folder and reply tests (Debian/Ubuntu package).
-if ! command -v dovecot >/dev/null 2>&1; then
+# Dovecot (the real IMAP server of the Sent-folder and reply tests) and PostgreSQL (the store
+# and dispatch tests run on SQLite and on a throwaway PostgreSQL cluster): Debian/Ubuntu packages.
+missing=()
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dovecot-imapd >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python3 -m venv .venv

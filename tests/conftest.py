@@ -1,8 +1,14 @@
-"""Shared fixtures: a real workspace on disk, a real SQLite file, the real CLI."""
+"""Shared fixtures: a real workspace on disk, a real database, the real CLI.
+
+The database is the starter's SQLite file, unless a test module is marked
+``pytestmark = pytest.mark.both_databases``: its tests then run twice, on SQLite and on a
+fresh database of a throwaway PostgreSQL cluster (``tests/postgres.py``).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +20,42 @@ from click.testing import CliRunner, Result
 from outreach.cli import cli
 from outreach.starter import init_workspace
 from outreach.workspace import Workspace
+
+pytest_plugins = ["postgres"]
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_databases: run the module's tests on SQLite and on PostgreSQL"
+    )
+    config.addinivalue_line("markers", "sqlite_only: a test about the SQLite file itself")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_databases"
+    ):
+        metafunc.parametrize("database", DATABASES, indirect=True)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``: which store the test runs on. SQLite unless the module is
+    marked, or ``$OUTREACH_TEST_DATABASE=postgresql`` runs every test on PostgreSQL."""
+    if request.node.get_closest_marker("sqlite_only"):
+        return "sqlite"
+    return str(getattr(request, "param", os.environ.get("OUTREACH_TEST_DATABASE", "sqlite")))
+
+
+@pytest.fixture
+def database_url(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database of that kind, for this test alone: the one the workspace
+    below uses (on SQLite, the file the starter config names)."""
+    if database == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    return f"sqlite:///{tmp_path / 'ws' / 'outreach.db'}"
 
 
 @dataclass
@@ -35,10 +77,13 @@ class Cli:
 
 
 @pytest.fixture
-def workspace_dir(tmp_path: Path) -> Path:
-    """A fresh starter workspace, exactly as `outreach init` writes it."""
+def workspace_dir(tmp_path: Path, database: str, request: pytest.FixtureRequest) -> Path:
+    """A fresh starter workspace, exactly as `outreach init` writes it (on PostgreSQL, with
+    its ``[database] url`` pointed at a fresh database)."""
     directory = tmp_path / "ws"
     init_workspace(directory)
+    if database == "postgresql":
+        edit_config(directory / "outreach.toml", url=request.getfixturevalue("database_url"))
     return directory
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from freezegun import freeze_time
-from sqlalchemy import create_engine, text
 
 from tests.conftest import Cli
 
@@ -120,15 +119,6 @@ def test_broken_config_is_one_line(tmp_path: Path) -> None:
     result = Cli(config)("status")
     assert result.exit_code == 1
     assert result.stderr.strip().startswith(f"{config}:2: sending.timezone: unknown time zone")
-
-
-def test_schema_behind_is_refused_with_the_command_to_run(run: Cli, workspace_dir: Path) -> None:
-    assert run("status").exit_code == 0  # creates the database
-    engine = create_engine(f"sqlite:///{workspace_dir / 'outreach.db'}")
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
-    result = run("status")
-    assert result.exit_code == 1 and "outreach db upgrade" in result.stderr
 
 
 def test_python_dash_m_and_config_from_environment(workspace_dir: Path) -> None:

@@ -34,6 +34,7 @@ def error_of(tmp_path: Path, text: str) -> ConfigError:
     return info.value
 
 
+@pytest.mark.sqlite_only
 def test_starter_config_loads(workspace_dir: Path) -> None:
     config = load_config(workspace_dir / "outreach.toml")
     assert config.mailboxes[0].email == "sanna.lehto@northwind.example"

@@ -89,6 +89,8 @@ def status(config: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(out)
 
 
+# On PostgreSQL the restart waits out the dead process's lease: test_scale_out.py.
+@pytest.mark.sqlite_only
 def test_sigkill_mid_send_never_leads_to_a_second_copy(
     workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
 ) -> None:
@@ -136,6 +138,7 @@ def test_sigterm_finishes_the_message_in_flight_and_exits_0(
     assert cold["steps"][0]["sent"] == 1 and len(handler.kept) == 1
 
 
+@pytest.mark.sqlite_only
 def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
     workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
 ) -> None:

@@ -19,6 +19,7 @@ from outreach.workspace import Workspace
 # Monday 2027-01-04 10:00 Helsinki (08:00 UTC): inside the 08-17 window on a working day.
 MONDAY_MORNING = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
 HEADER = "email,first_name,last_name,company,persona,language\n"
+pytestmark = pytest.mark.both_databases
 
 
 def count(ws: Workspace, model: type) -> int:

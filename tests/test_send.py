@@ -28,6 +28,7 @@ from tests.smtp_servers import RecordingSMTP
 
 HELSINKI_MONDAY_10 = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)  # Mon 4 Jan 2027 10:00 EET
 HEADER = "email,first_name,last_name,company,persona,language\n"
+pytestmark = pytest.mark.both_databases
 
 
 @pytest.fixture
