@@ -16,10 +16,11 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -301,33 +302,22 @@ class Daemon:
         settings = self.ws.config.settings
         scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
         await self.beat()  # seen alive before the first claim: the others share with it
-        scheduler.add_job(
-            self.beat,
-            "interval",
-            seconds=self.member.beat_seconds,
-            max_instances=1,
-            coalesce=True,
-            id="heartbeat",
-        )
-        scheduler.add_job(
-            self.tick,
-            "interval",
-            seconds=settings.daemon.dispatch_seconds,
-            next_run_time=clock.now(),
-            max_instances=1,
-            coalesce=True,
-            id="dispatch",
-        )
-        if any(box.imap_host for box in self.ws.config.mailboxes):
+
+        def every(
+            seconds: float, job: Callable[[], Awaitable[None]], name: str, **now: Any
+        ) -> None:
+            """An interval job that never overlaps itself and runs once after a pause."""
             scheduler.add_job(
-                self.poll,
-                "interval",
-                seconds=settings.replies.poll_seconds,
-                next_run_time=clock.now(),
-                max_instances=1,
-                coalesce=True,
-                id="replies",
+                job, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name, **now
             )
+
+        at_once = {"next_run_time": clock.now()}
+        every(self.member.beat_seconds, self.beat, "heartbeat")
+        every(settings.daemon.dispatch_seconds, self.tick, "dispatch", **at_once)
+        if any(box.imap_host for box in self.ws.config.mailboxes):
+            every(settings.replies.poll_seconds, self.poll, "replies", **at_once)
+        if settings.crm.webhook_url:
+            every(settings.crm.deliver_seconds, self.deliver_handoffs, "handoffs", **at_once)
         scheduler.add_job(
             self.review,
             review_trigger(self.ws),
@@ -336,17 +326,6 @@ class Daemon:
             misfire_grace_time=3600,
             id="ab-review",
         )
-
-        if settings.crm.webhook_url:
-            scheduler.add_job(
-                self.deliver_handoffs,
-                "interval",
-                seconds=settings.crm.deliver_seconds,
-                next_run_time=clock.now(),
-                max_instances=1,
-                coalesce=True,
-                id="handoffs",
-            )
         scheduler.start()
         log.info(
             "outreach running: %d mailbox(es), dispatch every %ss",
