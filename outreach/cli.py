@@ -915,7 +915,9 @@ def db_upgrade(ctx: Context) -> None:
 def db_copy(ctx: Context, target: str) -> None:
     """Copy this workspace's database into another, empty one (SQLite to PostgreSQL); the
     row counts of every table are checked after. Stop the daemon first."""
-    counts = copy_database(ctx.ws.store, target)
+    # The source's lock: no daemon may send (or claim) while its database is copied.
+    with daemon.DispatchLock(ctx.ws):
+        counts = copy_database(ctx.ws.store, target)
     width = max(len(c.table) for c in counts)
     for count in counts:
         click.echo(f"  {count.table.ljust(width)}  {count.target:>9,}")

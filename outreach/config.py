@@ -263,6 +263,11 @@ class Database(_Strict):
                 "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (the only stores "
                 "outreach supports)"
             )
+        if re.match(r"postgresql\+psycopg://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "a password in the URL would sit in the file; leave it out and give it to "
+                "PostgreSQL through PGPASSWORD or ~/.pgpass (secrets never sit in the file)"
+            )
         return value
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.exc import SQLAlchemyError
 
 from outreach import ab, clock, cluster, handoff, inbox, web
 from outreach.config import Mailbox
@@ -308,7 +309,13 @@ class Daemon:
         ) -> None:
             """An interval job that never overlaps itself and runs once after a pause."""
             scheduler.add_job(
-                job, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name, **now
+                guarded(name, job),
+                "interval",
+                seconds=seconds,
+                max_instances=1,
+                coalesce=True,
+                id=name,
+                **now,
             )
 
         at_once = {"next_run_time": clock.now()}
@@ -319,7 +326,7 @@ class Daemon:
         if settings.crm.webhook_url:
             every(settings.crm.deliver_seconds, self.deliver_handoffs, "handoffs", **at_once)
         scheduler.add_job(
-            self.review,
+            guarded("ab-review", self.review),
             review_trigger(self.ws),
             max_instances=1,
             coalesce=True,
@@ -350,6 +357,20 @@ class Daemon:
         scheduler.shutdown(wait=False)
         cluster.let_go(self.ws.store, self.member)
         log.info("stopped cleanly")
+
+
+def guarded(name: str, job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """The job, with a database that is away (PostgreSQL restarting, a network cut) logged as
+    one line per run instead of a traceback; the next run tries again."""
+
+    async def run() -> None:
+        try:
+            await job()
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            log.error("%s: the database is not answering (%s); trying again next run", name, reason)
+
+    return run
 
 
 def review_trigger(ws: Workspace) -> CronTrigger:

@@ -374,14 +374,15 @@ def resume(ws: Workspace, email_address: str, now: datetime) -> list[str]:
             enrollment.updated_at = now
             session.add(enrollment)
             resumed.append(enrollment.sequence)
-        session.add(
-            Event(
-                prospect_id=_pid(prospect),
-                kind="resumed",
-                data={"sequences": resumed},
-                occurred_at=now,
+        if resumed:  # nothing was paused: nothing happened, nothing to record
+            session.add(
+                Event(
+                    prospect_id=_pid(prospect),
+                    kind="resumed",
+                    data={"sequences": resumed},
+                    occurred_at=now,
+                )
             )
-        )
         return resumed
 
 

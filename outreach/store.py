@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -39,7 +39,8 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A host that accepts the connection and never answers must not hang a command.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
 MAX_PARAMETERS = 30_000  # under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters
@@ -146,6 +147,10 @@ class Store:
         """Create or migrate the schema to the newest revision."""
         cfg = _alembic_config(self.url)
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Several daemons started at once on an empty database: one migrates, the
+                # others wait here and then find the schema at head.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7100815)"))
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
@@ -168,9 +173,10 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
-    """The store at ``url``, its schema checked; any database failure is one ConfigError."""
-    with database_errors(url):
+def open_store(url: str, *, migrate: bool = True, field: str = "[database] url") -> Store:
+    """The store at ``url``, its schema checked; any database failure is one ConfigError that
+    names ``field``."""
+    with database_errors(url, field):
         store = Store(url)
         if migrate:
             store.ensure_schema()
@@ -178,15 +184,14 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 
 
 @contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """Turn "cannot open", "not a database", a missing driver and the like into one line."""
+def database_errors(url: str, field: str = "[database] url") -> Iterator[None]:
+    """Turn "cannot open", "not a database", a missing driver and the like into one line that
+    names ``field``, where the URL came from."""
     try:
         yield
     except (SQLAlchemyError, ModuleNotFoundError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise ConfigError(
-            f"cannot use the database {_safe(url)}: {reason}", field="[database] url"
-        ) from None
+        raise ConfigError(f"cannot use the database {_safe(url)}: {reason}", field=field) from None
 
 
 def _safe(url: str) -> str:

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 
 import outreach.models  # noqa: F401 - registers the tables on SQLModel.metadata
 from outreach.errors import OutreachError
-from outreach.store import Store, _safe, database_errors, open_store
+from outreach.store import Store, _safe, open_store
 
 CHUNK = 5_000
 
@@ -28,8 +28,13 @@ class TableCount:
     target: int
 
 
+# Who was alive and what it held describe the source's processes, not the data: a daemon on
+# the new database starts with none of them.
+OPERATIONAL = ("daemons", "singletons")
+
+
 def _tables() -> list:  # type: ignore[type-arg]
-    return list(SQLModel.metadata.sorted_tables)
+    return [t for t in SQLModel.metadata.sorted_tables if t.name not in OPERATIONAL]
 
 
 def _count(conn: Connection, table) -> int:  # type: ignore[no-untyped-def]
@@ -41,8 +46,13 @@ def copy_database(
 ) -> list[TableCount]:
     """Copy every row of ``source`` into the empty database at ``target_url``; the counts of
     both sides per table. Raises OutreachError (nothing written) when the target has rows."""
-    with database_errors(target_url):
-        target = open_store(target_url)
+    if not target_url.startswith(("sqlite:///", "postgresql+psycopg://")):
+        raise OutreachError(
+            f"not a database URL outreach can use: {_safe(target_url)}",
+            field="--to",
+            hint="postgresql+psycopg://USER@HOST/DB (or sqlite:///FILE)",
+        )
+    target = open_store(target_url, field="--to")
     try:
         with source.engine.connect() as src, target.engine.begin() as dst:
             for table in _tables():

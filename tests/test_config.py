@@ -133,3 +133,15 @@ def test_a_number_in_quotes_and_a_bad_cron_are_refused(tmp_path: Path) -> None:
 def test_sender_cannot_be_shadowed_by_workspace_variables(tmp_path: Path) -> None:
     error = error_of(tmp_path, BASE + '\n[variables]\nsender = "x"\n')
     assert error.field == "variables" and "reserved" in error.message
+
+
+def test_a_password_in_the_database_url_is_refused(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://outreach:hunter22@db.internal/o"
+    error = error_of(tmp_path, BASE.replace("sqlite:///outreach.db", url, 1))
+    assert error.field == "database.url" and "PGPASSWORD" in error.message
+    assert "hunter22" not in error.one_line()
+
+
+def test_a_digest_address_is_checked_at_load(tmp_path: Path) -> None:
+    error = error_of(tmp_path, BASE + '\n[ab]\ndigest_to = "marketing at example"\n')
+    assert error.field == "ab.digest_to" and error.line == BASE.count("\n") + 3

@@ -201,3 +201,25 @@ def test_the_daemon_serves_one_click_unsubscribe(
     assert code == 0, err
     cold = next(s for s in status(config)["sequences"] if s["name"] == "cold")
     assert cold["enrollments"]["unsubscribed"] == 1
+
+
+def test_a_database_that_is_away_is_one_log_line_per_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from outreach.daemon import guarded
+
+    async def job() -> None:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    with caplog.at_level(logging.ERROR, logger="outreach"):
+        asyncio.run(guarded("dispatch", job)())
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "dispatch: the database is not answering (server closed the connection); "
+        "trying again next run"
+    )

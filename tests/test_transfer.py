@@ -53,3 +53,61 @@ def test_sqlite_database_is_copied_into_postgresql_and_goes_on_there(
         again = run("db", "copy", "--to", postgres_url)
     assert again.exit_code == 1
     assert again.stderr.count("\n") == 1 and "is not empty" in again.stderr
+
+
+@pytest.mark.sqlite_only
+def test_no_copy_while_a_daemon_holds_the_database(
+    run: Cli, workspace_dir: Path, postgres_url: str
+) -> None:
+    """A daemon sending during the copy would leave its claims in both databases."""
+    from outreach.daemon import DispatchLock
+
+    ws = Workspace.load(workspace_dir / "outreach.toml")
+    ws.store  # noqa: B018 - the SQLite file exists
+    with DispatchLock(ws):
+        refused = run("db", "copy", "--to", postgres_url)
+    ws.close()
+    assert refused.exit_code == 1
+    assert "another outreach process" in refused.stderr and refused.stderr.count("\n") == 1
+    assert run("db", "copy", "--to", postgres_url).exit_code == 0  # the lock is free again
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "target, says",
+    [
+        ("not a url", "--to: not a database URL outreach can use"),
+        ("mysql://x@y/z", "--to: not a database URL outreach can use"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", "--to: cannot use the database"),
+    ],
+)
+def test_a_bad_copy_target_is_named_as_the_to_option(run: Cli, target: str, says: str) -> None:
+    result = run("db", "copy", "--to", target)
+    assert result.exit_code == 1 and says in result.stderr
+    assert "[database] url" not in result.stderr
+
+
+def test_daemons_starting_together_on_an_empty_database_create_the_schema_once(
+    postgres_url: str,
+) -> None:
+    import threading
+
+    from outreach.store import open_store
+
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_store(postgres_url).dispose()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    store = open_store(postgres_url)
+    assert store.current_revision() == store.head_revision()
+    store.dispose()
