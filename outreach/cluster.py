@@ -171,12 +171,19 @@ def release_claims(
                 .where(m.id.in_([r.id for r in rows]), still)
                 .values(state=state, attempts=m.attempts - 1, lease_owner=None, lease_until=None)
             )
+        # Due again from when they were claimed, not from now: they keep their place ahead of
+        # what fell due since, instead of waiting behind the whole backlog.
+        claimed = (
+            select(func.min(m.claimed_at))
+            .where(m.enrollment_id == e.id, m.id.in_([r.id for r in rows]))
+            .scalar_subquery()
+        )
         conn.execute(
             update(enrollments_t)
             .where(
                 e.id.in_([r.enrollment_id for r in rows]), e.state == "active", e.due_at.is_(None)
             )
-            .values(due_at=now, updated_at=now)
+            .values(due_at=func.coalesce(claimed, now), updated_at=now)
         )
         per_mailbox: dict[str, int] = {}
         for row in rows:

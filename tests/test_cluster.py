@@ -152,3 +152,20 @@ def test_two_daemons_one_poll(ws: Workspace) -> None:
         assert asyncio.run(first.once_per_cluster("replies"))
         assert not asyncio.run(second.once_per_cluster("replies"))
         assert asyncio.run(second.once_per_cluster("ab-review"))  # another job, another holder
+
+
+def test_released_claims_keep_their_place_in_the_queue(ws: Workspace) -> None:
+    """A dead daemon's claims are due again from when they were claimed, not from the moment
+    they are released: they go ahead of what fell due since."""
+    from outreach.models import Enrollment
+
+    box = ws.config.mailboxes[0]
+    claimed_at = MONDAY_10 + timedelta(days=1)
+    with freeze_time(claimed_at, real_asyncio=True) as frozen:
+        batch = daemon(ws).claim_batch(box, clock.now(), Report())
+        assert isinstance(batch, list) and len(batch) == 5
+        frozen.tick(timedelta(seconds=LEASE + 3600))
+        assert cluster.release_claims(ws.store, clock.now()) == 5
+    with ws.store.session() as session:
+        due = [e.due_at for e in session.exec(select(Enrollment))]
+    assert due == [claimed_at] * 5
