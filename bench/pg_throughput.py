@@ -17,72 +17,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.postgres
 
-from outreach.enroll import enroll_csv  # noqa: E402
+from send_bench import Counter, workspace  # noqa: E402 - this script's folder is on sys.path
+
 from outreach.sink import LoopbackController  # noqa: E402
-from outreach.starter import init_workspace  # noqa: E402
-from outreach.workspace import Workspace  # noqa: E402
 from tests.postgres import PostgresCluster  # noqa: E402
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def] # noqa: N802
-        self.count += 1
-        return "250 2.0.0 Ok"
-
-
-def workspace(tmp: Path, url: str, port: int, mailboxes: int, messages: int) -> Path:
-    init_workspace(tmp, demo=True)
-    config = tmp / "outreach.toml"
-    text_ = config.read_text()
-    text_ = text_.replace('url = "sqlite:///outreach.db"', f'url = "{url}"')
-    text_ = text_.replace("daily_limit = 50", "daily_limit = 1000000")
-    text_ = text_.replace("max_gap_seconds = 1", "max_gap_seconds = 0")
-    text_ = text_.replace('holidays = "FI"', 'holidays = ""')
-    text_ = text_.replace("dispatch_seconds = 30", "dispatch_seconds = 1")
-    start = text_.index("[[mailboxes]]")
-    end = text_.index("[daemon]")
-    boxes = "".join(
-        f'[[mailboxes]]\nname = "Sender {i}"\nemail = "sender{i}@northwind.example"\n'
-        f'smtp_host = "127.0.0.1"\nsmtp_port = {port}\nsmtp_security = "none"\n\n'
-        for i in range(mailboxes)
-    )
-    config.write_text(text_[:start] + boxes + text_[end:])
-    ws = Workspace.load(config)
-    per_box = messages // mailboxes
-    for i in range(mailboxes):
-        csv = tmp / f"list{i}.csv"
-        rows = "".join(
-            f"p{i}x{n}@company{n % 97}.example,P{n},Company {n % 97},en\n" for n in range(per_box)
-        )
-        csv.write_text("email,first_name,company,language\n" + rows)
-        result = enroll_csv(
-            ws,
-            csv,
-            "cold",
-            now=datetime.now(UTC),
-            sender=f"sender{i}@northwind.example",
-            rng=random.Random(i),
-        )
-        assert result.enrolled == per_box, result.rejected[:2]
-    ws.close()
-    return config
 
 
 def run(
@@ -94,7 +44,9 @@ def run(
     url = cluster.new_database()
     total = args.messages // args.mailboxes * args.mailboxes
     with tempfile.TemporaryDirectory() as tmp:
-        config = workspace(Path(tmp), url, port, args.mailboxes, args.messages)
+        ws = workspace(Path(tmp), port, args.mailboxes, args.messages, url=url, dispatch_seconds=1)
+        config = ws.config.path
+        ws.close()
         engine = create_engine(url)
         logs = [open(Path(tmp) / f"d{n}.log", "w") for n in range(daemons)]  # noqa: SIM115
         processes = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -42,10 +43,25 @@ class Counter:
         return "250 2.0.0 Ok"
 
 
-def workspace(tmp: Path, port: int, mailboxes: int, messages: int) -> Workspace:
+def workspace(
+    tmp: Path,
+    port: int,
+    mailboxes: int,
+    messages: int,
+    *,
+    url: str | None = None,
+    dispatch_seconds: int | None = None,
+) -> Workspace:
+    """The demo workspace with ``mailboxes`` senders on the loopback server at ``port``, limits
+    and gaps lifted, and ``messages`` prospects enrolled over them (also `pg_throughput.py`'s,
+    with its database ``url`` and a daemon's ``dispatch_seconds``)."""
     init_workspace(tmp, demo=True)
     config = tmp / "outreach.toml"
     text = config.read_text()
+    if url is not None:
+        text = text.replace('url = "sqlite:///outreach.db"', f'url = "{url}"')
+    if dispatch_seconds is not None:
+        text = text.replace("dispatch_seconds = 30", f"dispatch_seconds = {dispatch_seconds}")
     text = text.replace("daily_limit = 50", "daily_limit = 1000000")
     text = text.replace("max_gap_seconds = 1", "max_gap_seconds = 0")
     text = text.replace('holidays = "FI"', 'holidays = ""')
@@ -66,7 +82,12 @@ def workspace(tmp: Path, port: int, mailboxes: int, messages: int) -> Workspace:
         )
         csv.write_text("email,first_name,company,language\n" + rows)
         result = enroll_csv(
-            ws, csv, "cold", now=datetime.now(UTC), sender=f"sender{i}@northwind.example"
+            ws,
+            csv,
+            "cold",
+            now=datetime.now(UTC),
+            sender=f"sender{i}@northwind.example",
+            rng=random.Random(i),
         )
         assert result.enrolled == per_box, result.rejected[:2]
     return ws
