@@ -76,7 +76,7 @@ class Factor:
     sequence: str
     step: str
     step_index: int
-    kind: str  # subject | body
+    kind: Kind  # subject | body
     template: StepTemplate
 
     @property
@@ -107,7 +107,7 @@ def factors(ws: Workspace) -> Iterator[Factor]:
             if not step.is_email:
                 continue
             template = ws.templates.get(step.template)
-            kinds = ("subject", "body") if step.thread == "new" else ("body",)
+            kinds: tuple[Kind, ...] = ("subject", "body") if step.thread == "new" else ("body",)
             for kind in kinds:
                 yield Factor(name, step.name, index, kind, template)
 
@@ -132,6 +132,10 @@ class AssignmentState:
     def is_retired(self, sequence: str, step: str, kind: str, variant: str) -> bool:
         return (sequence, step, kind, variant) in self.retired
 
+    def active(self, template: StepTemplate, sequence: str, step: str, kind: Kind) -> list[Variant]:
+        """The variants in the test: active in the file and not retired by a review."""
+        return [v for v in template.active(kind) if not self.is_retired(sequence, step, kind, v.id)]
+
     def eligible(
         self,
         template: StepTemplate,
@@ -141,12 +145,11 @@ class AssignmentState:
         language: str,
         persona: str | None,
     ) -> list[Variant]:
-        """The variants a prospect can get: active in the file, not retired by a review, with
-        a text in their language."""
+        """The variants a prospect can get: in the test, with a text in their language."""
         return [
             v
-            for v in template.eligible(kind, language, persona)
-            if not self.is_retired(sequence, step, kind, v.id)
+            for v in self.active(template, sequence, step, kind)
+            if v.text_for(language, persona) is not None
         ]
 
 
@@ -210,8 +213,7 @@ def sync_variants(ws: Workspace, session: Session, now: datetime) -> AssignmentS
 def check_variants(ws: Workspace) -> tuple[AssignmentState, list[OutreachError]]:
     """What ``validate`` needs, changing nothing: the retired variants, and the texts edited
     after they were sent. A database that does not exist yet has neither."""
-    url = ws.config.database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+    if not _database_exists(ws):
         return AssignmentState(), []
     with ws.store.session() as session:
         try:
@@ -224,11 +226,16 @@ def check_variants(ws: Workspace) -> tuple[AssignmentState, list[OutreachError]]
 
 def stored_state(ws: Workspace) -> AssignmentState:
     """The reviews' retirements as stored, read only (none before the database exists)."""
-    url = ws.config.database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+    if not _database_exists(ws):
         return AssignmentState()
     with ws.store.session() as session:
         return assignment_state(session.exec(select(VariantRow)).all())
+
+
+def _database_exists(ws: Workspace) -> bool:
+    """False for a SQLite file not yet made: asking would create it (validate must not)."""
+    url = ws.config.database_url
+    return not url.startswith("sqlite:///") or Path(url[len("sqlite:///") :]).exists()
 
 
 def assignment_state(rows: Iterable[VariantRow]) -> AssignmentState:
@@ -385,6 +392,17 @@ def tallies(session: Session, metric: str, until: datetime | None = None) -> Tal
     for (key, variant), n in _wins(session, metric, until).items():
         out[key][variant].wins += n
     return out
+
+
+def arms_of(tally: Tallies, key: tuple[str, int, str], variants: list[str]) -> list[abstats.Arm]:
+    """The statistics' view of ``variants`` of one factor (none sent yet: 0 of 0)."""
+    from outreach import abstats
+
+    seen = tally.get(key, {})
+    return [
+        abstats.Arm(v, seen[v].sends if v in seen else 0, seen[v].wins if v in seen else 0)
+        for v in variants
+    ]
 
 
 def mature_until(ws: Workspace, now: datetime) -> datetime:
@@ -572,21 +590,8 @@ def review(
         tally = tallies(session, settings.metric, until)
         results = []
         for factor in factors(ws):
-            seen = tally.get(factor.key, {})
-            active = [
-                v
-                for v in factor.variants
-                if not v.retired
-                and not state.is_retired(factor.sequence, factor.step, factor.kind, v.id)
-            ]
-            arms = [
-                abstats.Arm(
-                    v.id,
-                    seen[v.id].sends if v.id in seen else 0,
-                    seen[v.id].wins if v.id in seen else 0,
-                )
-                for v in active
-            ]
+            active = state.active(factor.template, factor.sequence, factor.step, factor.kind)
+            arms = arms_of(tally, factor.key, [v.id for v in active])
             decisions = (
                 abstats.review(
                     arms,

@@ -136,9 +136,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._poll_lock = asyncio.Lock()  # one poll at a time; a wake-up during one waits
         self._wake = asyncio.Event()  # set from an IDLE thread when mail arrives
-        self._watching = threading.Event()  # cleared to stop the IDLE threads
+        self._unwatch = threading.Event()  # set to stop the IDLE threads
         self._watchers: list[threading.Thread] = []
-        self._stoppers: list[threading.Event] = []
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
@@ -210,7 +209,6 @@ class Daemon:
         """One IMAP IDLE connection per mailbox folder, each in a thread of its own: new mail
         wakes the poll at once instead of at its next interval."""
         loop = asyncio.get_running_loop()
-        self._watching.set()
 
         def wake() -> None:
             loop.call_soon_threadsafe(self._wake.set)
@@ -229,19 +227,17 @@ class Daemon:
                 self._watchers.append(thread)
 
     def _watch(self, box: Mailbox, folder: str, wake: Callable[[], None]) -> None:
-        stop = threading.Event()
-        self._stoppers.append(stop)
-        while self._watching.is_set():
+        while not self._unwatch.is_set():
             try:
                 with MailboxImap.for_mailbox(box) as imap:
                     if not imap.supports_idle():
                         log.info("%s: the IMAP server offers no IDLE; polling only", box.email)
                         return
                     log.info("%s: waiting for new mail in %s (IMAP IDLE)", box.email, folder)
-                    imap.watch(folder, stop, wake)
+                    imap.watch(folder, self._unwatch, wake)
             except ImapError as exc:
                 log.warning("%s: IDLE: %s; trying again in a minute", box.email, exc.one_line())
-                stop.wait(60)
+                self._unwatch.wait(60)
 
     async def _polls_on_wake(self) -> None:
         while True:
@@ -250,9 +246,7 @@ class Daemon:
             await self.poll()
 
     def _stop_watching(self) -> None:
-        self._watching.clear()
-        for stop in self._stoppers:
-            stop.set()
+        self._unwatch.set()
         for thread in self._watchers:
             thread.join(timeout=10)
 

@@ -564,12 +564,7 @@ class Dispatcher:
                     session, self.settings.ab.metric, ab.mature_until(self.ws, self.now())
                 )
             self._tallies_at = self.now()
-        seen = self._tallies.get(key, {})
-        arms = [
-            abstats.Arm(v, seen[v].sends if v in seen else 0, seen[v].wins if v in seen else 0)
-            for v in variants
-        ]
-        return abstats.thompson_choice(arms, self.rng)
+        return abstats.thompson_choice(ab.arms_of(self._tallies, key, variants), self.rng)
 
     def _create_task(
         self,

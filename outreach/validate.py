@@ -98,11 +98,7 @@ def validate(ws: Workspace) -> Report:
                 )
             if step.is_email:
                 for kind in ("subject", "body") if starts_thread else ("body",):
-                    active = [
-                        v
-                        for v in template.active(kind)
-                        if not retired.is_retired(sequence.name, step.name, kind, v.id)
-                    ]
+                    active = retired.active(template, sequence.name, step.name, kind)
                     in_file = template.active(kind)
                     if in_file and not active:  # the file has some, reviews retired them all
                         report.problems.append(
