@@ -16,12 +16,13 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select
 
+from outreach import clock
 from outreach.config import ABSettings, Mailbox
 from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail import Outgoing, build_message, make_message_id
@@ -217,7 +218,7 @@ def check_variants(ws: Workspace) -> tuple[AssignmentState, list[OutreachError]]
         return AssignmentState(), []
     with ws.store.session() as session:
         try:
-            return sync_variants(ws, session, datetime.now(UTC)), []
+            return sync_variants(ws, session, clock.now()), []
         except Problems as exc:
             return assignment_state(session.exec(select(VariantRow)).all()), exc.problems
         finally:
