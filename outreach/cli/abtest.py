@@ -1,0 +1,135 @@
+"""The A/B test: report, review, restore."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from outreach import ab as ab_module
+from outreach import abhtml, clock
+from outreach.cli.base import (
+    Context,
+    cli,
+    pass_ctx,
+    print_json,
+)
+from outreach.errors import OutreachError
+
+
+@cli.group()
+def ab() -> None:
+    """The A/B test of subjects and bodies: its report and its twice-weekly review."""
+
+
+@ab.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write a one-file HTML report with charts to this path.",
+)
+@pass_ctx
+def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
+    """Per sequence, step and variant: sends, replies, rate, interval, P(best), status."""
+    data = ab_module.report(ctx.ws, clock.now())
+    if html_path is not None:
+        try:
+            html_path.write_text(abhtml.render(data), encoding="utf-8")
+        except OSError as exc:
+            raise OutreachError(
+                f"cannot write the HTML report: {exc.strerror}", file=html_path
+            ) from None
+        if not as_json:
+            click.echo(f"HTML report written to {html_path}")
+            return
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"metric: {data['metric_means']}")
+    click.echo(f"attribution: {data['attribution']}")
+    last = data["last_review"]
+    click.echo(
+        f"last review: {last['at']} ({last['trigger']})" if last else "last review: none yet"
+    )
+    for step in data["steps"]:
+        short = step["active"] < step["wanted"]
+        click.echo(
+            f"\n{step['sequence']}/{step['step']} {ab_module.plural(step['kind'])}"
+            f"  ({step['template']})"
+            + (f"  ! {step['active']} active, {step['wanted']} wanted" if short else "")
+        )
+        click.echo(
+            f"  {'variant':<24} {'sends':>6} {'replies':>7} {'rate':>7}  {'95 % interval':<15} "
+            f"{'P(best)':>7}  status"
+        )
+        for v in step["variants"]:
+            low, high = v["interval"]
+            p_best = f"{v['p_best']:.3f}" if v["p_best"] is not None else "-"
+            status = v["status"] + (f" ({v['retired']})" if v["retired"] else "")
+            rate, interval = (
+                (f"{100 * v['rate']:>6.1f}%", f"{100 * low:>5.1f}-{100 * high:<5.1f} %")
+                if v["sends"]
+                else (f"{'-':>7}", f"{'-':<13}")
+            )
+            click.echo(
+                f"  {v['variant']:<24} {v['sends']:>6} {v['replies']:>7} {rate}"
+                f"  {interval}   {p_best:>7}  {status}"
+            )
+
+
+@ab.command("review")
+@click.option("--dry-run", is_flag=True, help="Decide, print, and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def ab_review(ctx: Context, dry_run: bool, as_json: bool) -> None:
+    """The review the daemon runs on `[ab] review`: retire the variants that lose."""
+    result = ab_module.review(ctx.ws, clock.now(), dry_run=dry_run)
+    problems = []
+    if not dry_run:
+        for line in ab_module.publish_digest(ctx.ws, result):
+            if line.startswith("digest not"):
+                problems.append(line)
+            elif not as_json:
+                click.echo(line, err=True)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_review(result)
+    for problem in problems:  # the review itself is recorded; the marketer was not told
+        click.echo(f"review {result.review_id} recorded, but {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _print_review(result: ab_module.ReviewResult) -> None:
+    click.echo(
+        ("dry run: nothing applied" if result.dry_run else f"review {result.review_id}")
+        + f"; metric: {ab_module.METRICS[result.metric]}"
+    )
+    for f in result.factors:
+        click.echo(f"\n{f.factor.label()}  ({f.factor.template.path})")
+        for d in f.decisions:
+            verb = "RETIRE" if d.action == "retire" else "keep  "
+            click.echo(f"  {verb} {d.variant:<24} {ab_module.describe(d)}: {d.reason}")
+        for variant in f.retired_before:
+            click.echo(f"  (retired before) {variant}")
+        if f.missing:
+            click.echo(
+                f"  ! {f.active_after} active, {f.wanted} wanted: "
+                f"write {f.missing} more {ab_module.plural(f.factor.kind, f.missing)}"
+            )
+
+
+@ab.command("restore")
+@click.argument("sequence")
+@click.argument("step")
+@click.argument("kind", type=click.Choice(["subject", "body"]))
+@click.argument("variant")
+@pass_ctx
+def ab_restore(ctx: Context, sequence: str, step: str, kind: str, variant: str) -> None:
+    """Put a variant a review retired back in the test (with an equal share from now on)."""
+    ab_module.restore(ctx.ws, sequence, step, kind, variant, clock.now())
+    click.echo(f"{sequence}/{step} {kind} '{variant}' is active again")

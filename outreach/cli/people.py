@@ -1,0 +1,347 @@
+"""The prospects: enroll, status, one prospect, stop, suppress, preview, export."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from outreach import clock, engine, reports
+from outreach.cli.base import (
+    Context,
+    cli,
+    fail,
+    mailbox_state,
+    pass_ctx,
+    print_json,
+    table,
+)
+from outreach.enroll import enroll_csv, format_rejection
+from outreach.preview import preview as render_preview
+
+
+@contextmanager
+def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
+    size = path.stat().st_size if path.is_file() else 0
+    if not sys.stderr.isatty() or size < 1_000_000:
+        yield None
+        return
+    with click.progressbar(length=size, label=f"importing {path.name}", file=sys.stderr) as bar:
+        done = [0]
+
+        def update(bytes_read: int) -> None:
+            bar.update(bytes_read - done[0])
+            done[0] = bytes_read
+
+        yield update
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sequence", required=True, help="The sequence to enroll into (e.g. cold).")
+@click.option("--sender", help="Mailbox email the messages go out from (default: the only one).")
+@click.option("--dry-run", is_flag=True, help="Check and count everything, write nothing.")
+@click.option(
+    "--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected."
+)
+@click.option(
+    "--include-ended",
+    is_flag=True,
+    help="Also enroll prospects whose earlier sequence ended in a reply or a stop.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def enroll(
+    ctx: Context,
+    file: Path,
+    sequence: str,
+    sender: str | None,
+    dry_run: bool,
+    skip_invalid: bool,
+    include_ended: bool,
+    as_json: bool,
+) -> None:
+    """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
+    with _progress(file) as on_progress:
+        result = enroll_csv(
+            ctx.ws,
+            file,
+            sequence,
+            now=clock.now(),
+            sender=sender,
+            dry_run=dry_run,
+            skip_invalid=skip_invalid,
+            include_ended=include_ended,
+            on_progress=on_progress,
+        )
+    if as_json:
+        print_json(result.as_json())
+    else:
+        would = "" if result.applied else "would be "
+        click.echo(f"{file} -> sequence {result.sequence}, sender {result.sender}")
+        click.echo(f"  {would}enrolled  {result.enrolled}")
+        click.echo(
+            f"  prospects {result.created} new, {result.updated} updated"
+            + ("" if result.applied else " (not written)")
+        )
+        click.echo(f"  skipped   {len(result.skipped)}")
+        for skip in result.skipped[:50]:
+            click.echo(f"    line {skip.line}: {skip.email}: {skip.reason}")
+        if len(result.skipped) > 50:
+            click.echo(f"    ... and {len(result.skipped) - 50} more (--json lists all)")
+        click.echo(f"  rejected  {len(result.rejected)}")
+        if result.first_due and result.applied:
+            click.echo(
+                f"first step due {result.first_due:%Y-%m-%d %H:%M} UTC "
+                "(`outreach schedule` shows what comes next)"
+            )
+        if dry_run:
+            click.echo("dry run: nothing was written")
+    if result.rejected:
+        lines = [format_rejection(file, r) for r in result.rejected[:50]]
+        if len(result.rejected) > 50:
+            lines.append(f"... and {len(result.rejected) - 50} more rejected rows")
+        if not skip_invalid:
+            lines.append(
+                f"nothing imported: {len(result.rejected)} row(s) rejected "
+                "(fix them, or pass --skip-invalid to import the good rows)"
+            )
+            if not as_json:
+                fail(lines)
+            sys.exit(1)
+        if not as_json:
+            for line in lines:
+                click.echo(line, err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Per sequence and step: active, waiting, sent, replied, bounced, unsubscribed, finished."""
+
+    report = reports.status(ctx.ws, clock.now())
+    if as_json:
+        print_json(report)
+        return
+    for seq in report["sequences"]:
+        totals = ", ".join(f"{k} {v}" for k, v in seq["enrollments"].items() if v) or "empty"
+        click.echo(f"{seq['name']}: {totals}")
+        table(
+            [
+                [
+                    f"{s['index'] + 1}. {s['name']} ({s['channel']})",
+                    *(s[k] for k in reports.STEP_COUNTS),
+                ]
+                for s in seq["steps"]
+            ],
+            ["  step", *reports.STEP_COUNTS],
+        )
+        click.echo()
+    for box in report["mailboxes"]:
+        state = mailbox_state(box)
+        click.echo(
+            f"mailbox {box['email']}: {box['sent_today']}/{box['daily_limit']} sent today, "
+            f"{box['due_now']} due now (backlog), {box['retrying']} retrying, {state}"
+        )
+    for message in report["unknown"]:
+        if message["state"] == "sending":
+            click.echo(
+                f"SENDING #{message['id']} to {message['to']} ({message['sequence']}/"
+                f"{message['step']}, claimed {message['claimed_at']}): in flight, or its "
+                "process died; the next send or run will tell"
+            )
+            continue
+        click.echo(
+            f"UNKNOWN #{message['id']} to {message['to']} {message['message_id']} "
+            f"({message['sequence']}/{message['step']}, claimed {message['claimed_at']}): "
+            "did it leave? Look for it in the Sent folder, then "
+            f"`outreach resolve {message['id']} --sent|--not-sent`"
+        )
+    for member in report["daemons"]:
+        held = ", ".join(member["mailboxes"]) or "no mailbox"
+        life = "alive" if member["alive"] else "NOT BEATING (dead? its work is taken over)"
+        click.echo(
+            f"daemon {member['host']} pid {member['pid']}: {life}, since "
+            f"{member['started_at']}, last beat {member['beat_at']}, holds {held}"
+        )
+    click.echo(f"backlog: {report['backlog']} due now")
+    click.echo(f"suppressed addresses and domains: {report['suppressed']}")
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--mark",
+    "mark",
+    metavar="CLASS",
+    help="Correct the class of the latest reply: positive, neutral, negative or unsubscribe "
+    "(the next A/B review counts it so).",
+)
+@pass_ctx
+def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
+    """One prospect's enrollments, every message sent and every event."""
+    if mark is not None:
+        result = engine.mark_reply(ctx.ws.store, email, mark, clock.now())
+        if not as_json:
+            click.echo(
+                f"{result.email}: the reply of {result.at:%Y-%m-%d %H:%M} UTC is now "
+                f"{result.reply_class} (was {result.was})"
+            )
+            return
+    view = reports.prospect_view(ctx.ws, email)
+    if as_json:
+        print_json(view)
+        return
+    p = view["prospect"]
+    name = " ".join(x for x in (p["first_name"], p["last_name"]) if x)
+    click.echo(f"{p['email']}  {name}  {p['company'] or ''}  {p['title'] or ''}".rstrip())
+    click.echo(
+        f"  persona {p['persona'] or '-'}, language {p['language'] or '-'}, address "
+        + ("ok" if p["status"] == "active" else f"{p['status']} (a hard bounce)")
+    )
+    for key, value in p["fields"].items():
+        click.echo(f"  {key}: {value}")
+    click.echo("enrollments:")
+    for e in view["enrollments"] or []:
+        tail = (
+            f"next {e['next_step']} due {e['due_at']}"
+            if e["next_step"]
+            else f"ended {e['ended_at']} ({e['end_reason']})"
+            if e["ended_at"]
+            else ""
+        )
+        click.echo(f"  {e['sequence']}: {e['state']}, from {e['sender']}, {tail}".rstrip(", "))
+    click.echo("messages:" if view["messages"] else "messages: none yet")
+    for m in view["messages"]:
+        click.echo(
+            f"  {m['sent_at'] or '-'}  {m['sequence']}/{m['step']}  {m['state']}  "
+            f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
+            f"{m['message_id'] or ''}".rstrip()
+        )
+    click.echo("events:" if view["events"] else "events: none")
+    for ev in view["events"]:
+        click.echo(f"  {ev['at']}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
+
+
+@cli.command()
+@click.argument("email")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(["replied", "meeting", "webinar", "not-interested", "other"]),
+)
+@pass_ctx
+def stop(ctx: Context, email: str, reason: str) -> None:
+    """Stop every active enrollment of a prospect now."""
+    result = engine.stop(ctx.ws.store, email, reason, clock.now(), ctx.ws.config.settings.crm)
+    if result.stopped:
+        click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
+    elif result.already is not None:
+        click.echo(
+            f"{result.email} had no active enrollment and {reason} was already recorded "
+            f"({result.already:%Y-%m-%d %H:%M} UTC); nothing new recorded"
+        )
+    else:
+        click.echo(f"{result.email} had no active enrollment; recorded {reason}")
+    if result.handoff is not None:
+        click.echo(f"hand-off #{result.handoff} queued for the CRM (`outreach handoffs`)")
+
+
+@cli.command()
+@click.argument("value", metavar="ADDRESS_OR_@DOMAIN")
+@click.option(
+    "--reason",
+    default="manual",
+    show_default=True,
+    help="Why (e.g. unsubscribed, customer, competitor).",
+)
+@pass_ctx
+def suppress(ctx: Context, value: str, reason: str) -> None:
+    """Never write to an address, or to a whole @domain, again, in any sequence."""
+    result = engine.suppress(ctx.ws.store, value, clock.now(), reason)
+    state = "added" if result.added else "already suppressed"
+    click.echo(f"{result.value}: {state}; {result.stopped} active enrollment(s) stopped")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def suppressions(ctx: Context, as_json: bool) -> None:
+    """List the suppressed addresses and domains."""
+    rows = [
+        {"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
+        for s in engine.suppressions(ctx.ws.store)
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['value']}  {row['reason'] or ''}  {row['since']}")
+    click.echo(f"{len(rows)} suppressed")
+
+
+@cli.command()
+@click.argument("email")
+@click.option("--sequence", help="Preview this sequence (default: the prospect's latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> None:
+    """Render every step a prospect will get, with every subject and body variant."""
+    doc = render_preview(ctx.ws, email, sequence)
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(
+        f"{doc['prospect']} in {doc['sequence']}, from {doc['sender']}, "
+        f"{doc['language']}/{doc['persona'] or 'default'}"
+    )
+    for n, step in enumerate(doc["steps"], 1):
+        click.echo(
+            f"\n== {n}. {step['step']} ({step['channel']}, after {step['wait']}) {step['template']}"
+        )
+        if step.get("subject_from"):
+            click.echo(f"subject: Re: <the subject sent at step {step['subject_from']}>")
+        for subject in step["subjects"]:
+            click.echo(f"subject [{subject['id']}]: {subject['text']}")
+        for body in step["bodies"]:
+            click.echo(f"--- body [{body['id']}]")
+            click.echo(body["text"].rstrip("\n"))
+
+
+@cli.command()
+@click.option(
+    "--replied",
+    is_flag=True,
+    required=True,
+    help="Prospects who replied or reached a goal (meeting, webinar).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the CSV here (default: standard output).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+@pass_ctx
+def export(ctx: Context, replied: bool, output: Path | None, as_json: bool) -> None:
+    """Export for the CRM: every reply and goal, with the prospect and what was sent."""
+    rows = reports.replied(ctx.ws)
+    if as_json:
+        print_json(rows)
+        return
+    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        writer = csv.DictWriter(target, fieldnames=reports.EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if output:
+            target.close()
+    if output:
+        click.echo(f"{len(rows)} row(s) written to {output}", err=True)
