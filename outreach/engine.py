@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from outreach import handoff, planner
+from outreach import handoff, lifecycle, planner
 from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Crm, Mailbox
 from outreach.errors import NotFound, OutreachError
@@ -62,14 +62,7 @@ def end_enrollment(
     enrollment.due_at = None
     session.add(enrollment)
     # A message waiting for a retry, or an open task, is never sent or shown now.
-    for message in session.exec(
-        select(Message).where(
-            Message.enrollment_id == enrollment.id, col(Message.state).in_(("retry", "task"))
-        )
-    ):
-        message.state = "skipped"
-        message.error = f"enrollment {state}: {reason}"
-        session.add(message)
+    lifecycle.drop_open(session, _id(enrollment), f"enrollment {state}: {reason}")
 
 
 @dataclass

@@ -341,3 +341,17 @@ def build_message(o: Outgoing) -> EmailMessage:
         # Fixed here, not at each flattening; "=_" never occurs in quoted-printable text.
         msg.set_boundary("=_" + hashlib.sha256(o.message_id.encode()).hexdigest()[:32])
     return msg
+
+
+def check_recipient(email: str, name: str | None) -> None:
+    """Raise :class:`InvalidHeader` unless ``email`` and ``name`` can go into a ``To`` header
+    as :func:`build_message` writes it (a plain ASCII local part: no SMTPUTF8)."""
+    _addr_spec(email, "to_email")
+    if name is not None:
+        _header_text(name, "to_name")
+
+
+def check_header_value(value: str, field: str) -> None:
+    """Raise :class:`InvalidHeader` unless ``value`` may be printed into a header's text
+    (no line break or control character, no RFC 2047 syntax)."""
+    _header_text(value, field)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlmodel import col, func, select
 
+from outreach import lifecycle
 from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, MailboxState, Message, Prospect
@@ -57,10 +58,8 @@ def complete_task(
                 field="ID",
                 hint="`outreach tasks` lists the open ones",
             )
-        if task.state != "task":
+        if not lifecycle.task_done(session, task_id, now):
             raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
-        task.state, task.sent_at = "done", now
-        session.add(task)
         step_done(ws, session, task, now, rng or random.Random())
         return f"task {task_id} done ({task.sequence}/{task.step_name})"
 
@@ -87,22 +86,18 @@ def resolve(
     with ws.store.session() as session:
         message = session.get(Message, found.id)
         assert message is not None
-        if message.state not in ("unknown", "sending"):
+        assert message.id is not None
+        if not lifecycle.resolve(session, message.id, sent, now):
             raise OutreachError(
                 f"message {message.id} is {message.state}, not unknown", field="MESSAGE"
             )
         enrollment = session.get(Enrollment, message.enrollment_id)
         assert enrollment is not None
         if sent:
-            message.state, message.sent_at = "sent", message.claimed_at or now
-            message.error = "resolved by the operator: it was sent"
             step_done(ws, session, message, now, rng or random.Random())
-        else:
-            message.state, message.error = "retry", "resolved by the operator: not sent"
-            if enrollment.state == "active":
-                enrollment.due_at = now
-                session.add(enrollment)
-        session.add(message)
+        elif enrollment.state == "active":
+            enrollment.due_at = now
+            session.add(enrollment)
         return f"message {message.id} {message.message_id}: {message.state}"
 
 

@@ -94,7 +94,8 @@ def test_an_interrupted_send_found_in_the_sent_folder_is_settled_not_resent(
             dispatcher = Dispatcher(ws, SmtpTransport)
             claim = dispatcher.claim(ws.config.mailboxes[0], clock.now(), Report())
             assert isinstance(claim, Claimed)
-            dovecot_server.append(user, "Sent", claim.email.as_bytes())
+            assert claim.composed is not None
+            dovecot_server.append(user, "Sent", claim.composed.email.as_bytes())
             report = send_once(ws)
         assert report.settled == 1 and report.unknown == 0 and report.sent == []
         assert smtp.received == []  # never sent a second time
