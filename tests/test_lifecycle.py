@@ -216,3 +216,34 @@ def test_no_interleaving_sends_twice_or_after_a_stop(
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+def test_only_the_lifecycle_module_writes_a_message_state() -> None:
+    """Every write of ``Message.state`` is a transition of ``outreach/lifecycle.py``."""
+    import ast
+
+    package = Path(__file__).parent.parent / "outreach"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("lifecycle.py", "models.py") or "migrations" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            for target in targets:
+                for leaf in ast.walk(target):
+                    if (
+                        isinstance(leaf, ast.Attribute)
+                        and leaf.attr == "state"
+                        and isinstance(leaf.value, ast.Name)
+                        and leaf.value.id in ("message", "task", "target", "m", "row")
+                    ):
+                        offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Call) and any(k.arg == "state" for k in node.keywords):
+                called = ast.unparse(node.func)
+                if called == "Message" or "messages" in called:
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
