@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from outreach import cluster, lifecycle
@@ -26,9 +28,13 @@ from outreach.errors import TemplateError
 from outreach.mail import make_message_id
 from outreach.models import Enrollment, Message, MessageState, Prospect, Suppression
 from outreach.pacing import Pacing, Paused, Wait
+from outreach.prospects import PROSPECT_FIELDS
 from outreach.sequences import Sequence
 from outreach.workspace import Workspace
 
+enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
+prospects_t = Prospect.__table__  # type: ignore[attr-defined]
+suppressions_t = Suppression.__table__  # type: ignore[attr-defined]
 BATCH = 20  # due enrollments read per query
 CLAIM_BATCH = 10  # messages claimed per transaction when the mailbox has no gap to keep
 HOLD_FOR = timedelta(minutes=15)  # a message held for a template problem is tried again then
@@ -111,156 +117,239 @@ class Claimer:
                 return result
             if room is None:
                 return result
+            conn = session.connection()
             while len(result.claimed) < room.count:
                 # Every candidate not claimed leaves the due set (rescheduled to its window,
                 # turned into a task, held, or ended), so this loop ends, and prospects whose
                 # window is closed never hold back those whose window is open.
-                candidates = session.exec(
-                    select(Enrollment.id)
-                    .where(
-                        Enrollment.sender == box.email,
-                        Enrollment.state == "active",
-                        col(Enrollment.due_at) <= now,
-                    )
-                    .order_by(col(Enrollment.due_at), col(Enrollment.id))
-                    .limit(BATCH)
-                    .with_for_update(skip_locked=True)
-                ).all()
-                if not candidates:
+                due = _due(conn, box.email, now)
+                if not due:
                     break
-                for enrollment_id in candidates:
-                    enrollment = session.get(Enrollment, enrollment_id)
-                    assert enrollment is not None
-                    claimed = self._claim_one(session, box, enrollment, now, result)
-                    if claimed is not None:
-                        self.pacing.count_send(session, room.state, now)
+                dead = _suppressed_among(conn, [row.email for row in due])
+                waiting = _messages_of(conn, due)
+                fresh: list[tuple[Any, Sequence, Recipient]] = []
+                for row in due:
+                    if len(result.claimed) + len(fresh) == room.count:
+                        break
+                    verdict = self._triage(session, box, row, dead, now, result)
+                    if verdict is None:
+                        continue
+                    sequence, who = verdict
+                    existing = waiting.get(row.id)
+                    if existing is None:
+                        fresh.append((row, sequence, who))
+                    elif claimed := self._claim_again(session, box, row, sequence, who, now):
                         result.claimed.append(claimed)
-                        if len(result.claimed) == room.count:
-                            break
+                    else:
+                        _hold_row(conn, row.id, now, "its message is not waiting", result)
+                result.claimed.extend(self._claim_new(session, box, fresh, now, result))
                 session.flush()
+            self.pacing.count_sends(session, room.state, now, len(result.claimed))
+            in_flight = [c.enrollment_id for c in result.claimed]
+            if in_flight:  # no second claim while in flight
+                conn.execute(
+                    update(enrollments_t)
+                    .where(enrollments_t.c.id.in_(in_flight))
+                    .values(due_at=None, updated_at=now)
+                )
         return result
 
-    def _claim_one(
+    def _triage(
         self,
         session: Session,
         box: Mailbox,
-        enrollment: Enrollment,
+        row: Any,
+        dead: set[str],
         now: datetime,
         result: ClaimResult,
-    ) -> Claimed | None:
-        prospect = session.get(Prospect, enrollment.prospect_id)
-        assert prospect is not None
-        sequence = self.ws.sequences.get(enrollment.sequence)
-        if sequence is None or enrollment.step_index >= len(sequence.steps):
-            end_enrollment(session, enrollment, "stopped", "sequence or step no longer exists", now)
+    ) -> tuple[Sequence, Recipient] | None:
+        """What becomes of a due enrollment: its sequence and recipient when an email is to
+        be claimed for it; None when it ended, waits for its window, or became a task."""
+        sequence = self.ws.sequences.get(row.sequence)
+        if sequence is None or row.step_index >= len(sequence.steps):
+            _end(session, row.id, "sequence or step no longer exists", now)
             return None
-        if prospect.status != "active" or _suppressed(session, prospect.email):
-            end_enrollment(session, enrollment, "stopped", "suppressed", now)
+        domain = "@" + row.email.rpartition("@")[2]
+        if row.status != "active" or row.email in dead or domain in dead:
+            _end(session, row.id, "suppressed", now)
             return None
-        cal = self.ws.config.calendar(box, prospect.timezone)
+        cal = self.ws.config.calendar(box, row.timezone)
         if not cal.is_open(now):
-            enrollment.due_at = cal.next_open(now)
-            session.add(enrollment)
+            session.connection().execute(
+                update(enrollments_t)
+                .where(enrollments_t.c.id == row.id)
+                .values(due_at=cal.next_open(now))
+            )
             return None
-        index = enrollment.step_index
-        step = sequence.steps[index]
-        who = self.recipient_of(prospect, box)
-        try:
-            if not step.is_email:
-                self._new_task(session, box, sequence, enrollment, prospect, who, now, result)
-                return None
-            message = self._claim_row(session, box, sequence, enrollment, prospect, who, now)
-        except TemplateError as exc:
-            _hold(session, enrollment, now, exc.one_line(), result)
+        who = self.recipient_of(row, box)  # type: ignore[arg-type]
+        step = sequence.steps[row.step_index]
+        if not step.is_email:
+            try:
+                self._new_task(session, box, sequence, row, who, now, result)
+            except TemplateError as exc:
+                _hold_row(session.connection(), row.id, now, exc.one_line(), result)
             return None
-        if message is None:
-            _hold(session, enrollment, now, "its message is not waiting to be sent", result)
-            return None
-        enrollment.due_at = None  # in flight: no second claim
-        enrollment.updated_at = now
-        session.add(enrollment)
-        assert message.id is not None and enrollment.id is not None
+        return sequence, who
+
+    def _claimed(
+        self,
+        box: Mailbox,
+        row: Any,
+        sequence: Sequence,
+        who: Recipient,
+        message: Any,
+        thread: list[Earlier],
+    ) -> Claimed:
         return Claimed(
             message_row=message.id,
-            enrollment_id=enrollment.id,
+            enrollment_id=row.id,
             mail_from=box.email,
-            rcpt=prospect.email,
+            rcpt=row.email,
             attempts=message.attempts,
             sequence=sequence.name,
-            step=step.name,
-            step_index=index,
+            step=sequence.steps[row.step_index].name,
+            step_index=row.step_index,
             message_id=message.message_id or "",
             subject_variant=message.subject_variant,
             body_variant=message.body_variant or "",
             recipient=who,
-            thread=[] if starts_thread(step) else _thread(session, sequence, enrollment, index),
+            thread=thread,
         )
 
-    def _claim_row(
+    def _thread_of(self, session: Session, sequence: Sequence, row: Any) -> list[Earlier]:
+        if starts_thread(sequence.steps[row.step_index]):
+            return []
+        return _thread(session, sequence, row.id, row.step_index)
+
+    def _claim_again(
         self,
         session: Session,
         box: Mailbox,
+        row: Any,
         sequence: Sequence,
-        enrollment: Enrollment,
-        prospect: Prospect,
         who: Recipient,
         now: datetime,
-    ) -> Message | None:
-        """The step's outbox row, claimed: made on the first attempt (its variants assigned
-        once, for good), claimed again after a retry. None if it is not waiting."""
-        index = enrollment.step_index
-        lease_until = now + self.member.lease
+    ) -> Claimed | None:
+        """A step whose row waits for another attempt (after a retry, a hold, a release)."""
         message = session.exec(
             select(Message).where(
-                Message.enrollment_id == enrollment.id, Message.step_index == index
+                Message.enrollment_id == row.id, Message.step_index == row.step_index
             )
-        ).first()
-        if message is not None:
-            if not lifecycle.claim(session, _id(message), self.member.id, now, lease_until):
-                return None
-            session.refresh(message)
-            return message
-        step = sequence.steps[index]
-        template = self.ws.templates.get(step.template)
-        message = _outbox_row(box, sequence, enrollment, prospect, who.language, now)
-        message.message_id = make_message_id(box.email)
-        if starts_thread(step):
-            message.subject_variant = self.assigner.assign(
-                sequence.name, index, step.name, "subject", template, who.language, who.persona
-            )
-        message.body_variant = self.assigner.assign(
-            sequence.name, index, step.name, "body", template, who.language, who.persona
+        ).one()
+        assert message.id is not None
+        lease_until = now + self.member.lease
+        if not lifecycle.claim(session, message.id, self.member.id, now, lease_until):
+            return None
+        session.refresh(message)
+        return self._claimed(
+            box, row, sequence, who, message, self._thread_of(session, sequence, row)
         )
-        lifecycle.new_email(session, message, self.member.id, lease_until)
-        session.flush()
-        return message
+
+    def _claim_new(
+        self,
+        session: Session,
+        box: Mailbox,
+        fresh: list[tuple[Any, Sequence, Recipient]],
+        now: datetime,
+        result: ClaimResult,
+    ) -> list[Claimed]:
+        """First attempts: their rows made at once, born claimed, their variants assigned
+        once and for good."""
+        rows: list[dict[str, Any]] = []
+        kept: list[tuple[Any, Sequence, Recipient]] = []
+        for row, sequence, who in fresh:
+            index = row.step_index
+            step = sequence.steps[index]
+            template = self.ws.templates.get(step.template)
+            try:
+                subject = (
+                    self.assigner.assign(
+                        sequence.name,
+                        index,
+                        step.name,
+                        "subject",
+                        template,
+                        who.language,
+                        who.persona,
+                    )
+                    if starts_thread(step)
+                    else None
+                )
+                body = self.assigner.assign(
+                    sequence.name, index, step.name, "body", template, who.language, who.persona
+                )
+            except TemplateError as exc:
+                _hold_row(session.connection(), row.id, now, exc.one_line(), result)
+                continue
+            rows.append(
+                {
+                    "enrollment_id": row.id,
+                    "prospect_id": row.prospect_id,
+                    "sequence": sequence.name,
+                    "step_index": index,
+                    "step_name": step.name,
+                    "channel": step.channel,
+                    "sender": box.email,
+                    "language": who.language,
+                    "persona": who.persona,
+                    "subject_variant": subject,
+                    "body_variant": body,
+                    "message_id": make_message_id(box.email),
+                }
+            )
+            kept.append((row, sequence, who))
+        made = lifecycle.new_emails(
+            session.connection(), rows, self.member.id, now, now + self.member.lease
+        )
+        out = []
+        for (row, sequence, who), values in zip(kept, rows, strict=True):
+            message = _Row(id=made[row.id], attempts=1, **values)
+            out.append(
+                self._claimed(
+                    box, row, sequence, who, message, self._thread_of(session, sequence, row)
+                )
+            )
+        return out
 
     def _new_task(
         self,
         session: Session,
         box: Mailbox,
         sequence: Sequence,
-        enrollment: Enrollment,
-        prospect: Prospect,
+        row: Any,
         who: Recipient,
         now: datetime,
         result: ClaimResult,
     ) -> None:
-        index = enrollment.step_index
+        index = row.step_index
         step = sequence.steps[index]
         template = self.ws.templates.get(step.template)
         variant = self.assigner.assign(
             sequence.name, index, step.name, "body", template, who.language, who.persona
         )
         skip_at = now + timedelta(days=self.ws.config.settings.tasks.skip_after_days)
-        row = _outbox_row(box, sequence, enrollment, prospect, who.language, now)
-        row.body_variant = variant
-        lifecycle.new_task(session, row, skip_at)
+        task = Message(
+            enrollment_id=row.id,
+            prospect_id=row.prospect_id,
+            sequence=sequence.name,
+            step_index=index,
+            step_name=step.name,
+            channel=step.channel,
+            sender=box.email,
+            language=who.language,
+            persona=who.persona,
+            body_variant=variant,
+            created_at=now,
+        )
+        lifecycle.new_task(session, task, skip_at)
         session.flush()
-        result.tasks.append(NewTask(_id(row), box, sequence, index, variant, who))
-        enrollment.due_at = None  # the sequence waits for the rep (or the skip time)
-        enrollment.updated_at = now
-        session.add(enrollment)
+        result.tasks.append(NewTask(_id(task), box, sequence, index, variant, who))
+        # The sequence waits for the rep (or the skip time).
+        session.connection().execute(
+            update(enrollments_t)
+            .where(enrollments_t.c.id == row.id)
+            .values(due_at=None, updated_at=now)
+        )
 
 
 def hold(ws: Workspace, claim: Claimed, member: cluster.Member, now: datetime) -> None:
@@ -277,46 +366,91 @@ def hold(ws: Workspace, claim: Claimed, member: cluster.Member, now: datetime) -
         )
 
 
-def _hold(
-    session: Session, enrollment: Enrollment, now: datetime, problem: str, result: ClaimResult
+@dataclass
+class _Row:
+    """The columns of a message row just inserted, as a claim needs them."""
+
+    id: int
+    attempts: int
+    message_id: str | None
+    subject_variant: str | None
+    body_variant: str | None
+    enrollment_id: int = 0
+    prospect_id: int = 0
+    sequence: str = ""
+    step_index: int = 0
+    step_name: str = ""
+    channel: str = ""
+    sender: str = ""
+    language: str | None = None
+    persona: str | None = None
+
+
+def _due(conn: Connection, sender: str, now: datetime) -> list[Any]:
+    """The mailbox's due enrollments, oldest first, with their prospects, locked (skipping
+    those another transaction holds)."""
+    e, p = enrollments_t.c, prospects_t.c
+    return list(
+        conn.execute(
+            core_select(
+                e.id,
+                e.prospect_id,
+                e.sequence,
+                e.step_index,
+                p.email,
+                p.status,
+                p.fields,
+                *(p[name] for name in PROSPECT_FIELDS),
+            )
+            .join(prospects_t, p.id == e.prospect_id)
+            .where(e.sender == sender, e.state == "active", e.due_at <= now)
+            .order_by(e.due_at, e.id)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True, of=enrollments_t)
+        ).all()
+    )
+
+
+def _suppressed_among(conn: Connection, emails: list[str]) -> set[str]:
+    """Which of these addresses, or their ``@domain``, are on the suppression list."""
+    values = set(emails) | {"@" + email.rpartition("@")[2] for email in emails}
+    s = suppressions_t.c
+    return set(conn.execute(core_select(s.value).where(s.value.in_(values))).scalars())
+
+
+def _messages_of(conn: Connection, due: list[Any]) -> dict[int, int]:
+    """The existing row of each due enrollment's current step, by enrollment."""
+    m = lifecycle.messages_t.c
+    steps = {row.id: row.step_index for row in due}
+    found = conn.execute(
+        core_select(m.id, m.enrollment_id, m.step_index).where(m.enrollment_id.in_(list(steps)))
+    ).all()
+    return {r.enrollment_id: r.id for r in found if steps[r.enrollment_id] == r.step_index}
+
+
+def _end(session: Session, enrollment_id: int, reason: str, now: datetime) -> None:
+    enrollment = session.get(Enrollment, enrollment_id)
+    assert enrollment is not None
+    end_enrollment(session, enrollment, "stopped", reason, now)
+
+
+def _hold_row(
+    conn: Connection, enrollment_id: int, now: datetime, problem: str, result: ClaimResult
 ) -> None:
-    enrollment.due_at = now + HOLD_FOR
-    session.add(enrollment)
+    conn.execute(
+        update(enrollments_t)
+        .where(enrollments_t.c.id == enrollment_id)
+        .values(due_at=now + HOLD_FOR)
+    )
     result.held[problem] = result.held.get(problem, 0) + 1
 
 
-def _id(row: Prospect | Enrollment | Message) -> int:
+def _id(row: Message) -> int:
     assert row.id is not None
     return row.id
 
 
-def _outbox_row(
-    box: Mailbox,
-    sequence: Sequence,
-    enrollment: Enrollment,
-    prospect: Prospect,
-    language: str,
-    now: datetime,
-) -> Message:
-    """A new outbox row for the enrollment's current step."""
-    step = sequence.steps[enrollment.step_index]
-    return Message(
-        enrollment_id=_id(enrollment),
-        prospect_id=_id(prospect),
-        sequence=sequence.name,
-        step_index=enrollment.step_index,
-        step_name=step.name,
-        channel=step.channel,
-        sender=box.email,
-        language=language,
-        persona=prospect.persona,
-        created_at=now,
-    )
-
-
-def _thread(
-    session: Session, sequence: Sequence, enrollment: Enrollment, index: int
-) -> list[Earlier]:
+def _thread(session: Session, sequence: Sequence, enrollment_id: int, index: int) -> list[Earlier]:
     """The sent messages of the thread step ``index`` replies in, oldest first."""
     root = sequence.thread_root(index)
     steps = [
@@ -327,7 +461,7 @@ def _thread(
     rows = session.exec(
         select(Message)
         .where(
-            Message.enrollment_id == enrollment.id,
+            Message.enrollment_id == enrollment_id,
             col(Message.step_index).in_(steps),
             Message.state == MessageState.SENT,
         )
@@ -337,13 +471,3 @@ def _thread(
         Earlier(m.message_id or "", m.subject or "", m.body or "", m.sent_at or m.created_at)
         for m in rows
     ]
-
-
-def _suppressed(session: Session, email: str) -> bool:
-    domain = "@" + email.rpartition("@")[2]
-    return (
-        session.exec(
-            select(Suppression.id).where(col(Suppression.value).in_((email, domain)))
-        ).first()
-        is not None
-    )

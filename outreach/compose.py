@@ -10,6 +10,7 @@ never wait on it.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,12 +109,18 @@ class Composed:
 class Composer:
     """Renders and builds steps for prospects, with the workspace's settings."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, rehearsal: bool = False) -> None:
+        """``rehearsal``: compose only to check (enroll's pre-flight); unsubscribe links are
+        signed with a throwaway key, so no secret is needed and none is ever sent."""
         self.ws = ws
         self.settings = ws.config.settings
         self._secret: str | None = None
         if self.settings.sending.unsubscribe_url:
-            self._secret = secret_from_env(self.settings.sending.unsubscribe_secret_env)
+            self._secret = (
+                secrets.token_urlsafe(32)
+                if rehearsal
+                else secret_from_env(self.settings.sending.unsubscribe_secret_env)
+            )
 
     def recipient(self, prospect: Any, box: Mailbox) -> Recipient:
         """A stored prospect (or anything with its fields) as a recipient from ``box``."""

@@ -239,13 +239,26 @@ def step_done(
 ) -> None:
     """The message's step is done (sent, task done or skipped): if its enrollment is still
     active at that step, plan the next one. A reply or stop meanwhile leaves it ended."""
-    enrollment = session.get(Enrollment, message.enrollment_id)
-    if (
-        enrollment is not None
-        and enrollment.state == "active"
-        and enrollment.step_index == message.step_index
-    ):
-        advance(ws, session, enrollment, now, rng)
+    steps_done(ws, session, [(message.enrollment_id, message.step_index)], now, rng)
+
+
+def steps_done(
+    ws: Workspace,
+    session: Session,
+    done: list[tuple[int, int]],
+    now: datetime,
+    rng: random.Random,
+) -> None:
+    """Several (enrollment, step) done at once: each enrollment still active at that step
+    plans its next one."""
+    for enrollment_id, step_index in done:
+        enrollment = session.get(Enrollment, enrollment_id)
+        if (
+            enrollment is not None
+            and enrollment.state == "active"
+            and enrollment.step_index == step_index
+        ):
+            advance(ws, session, enrollment, now, rng)
 
 
 def advance(

@@ -107,7 +107,7 @@ class Preflight:
         self.ws = ws
         self.sequence = sequence
         self.mailbox = mailbox
-        self.composer = Composer(ws)
+        self.composer = Composer(ws, rehearsal=True)
         self.sender = ws.sender_variables(mailbox)
         self.default_language = ws.config.settings.sending.language
         self._verdicts: dict[tuple[Any, ...], str | None] = {}

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, case, func, insert, or_, select, update
 from sqlmodel import Session
 
 from outreach.models import Enrollment, MailboxState, Message, MessageState
@@ -77,27 +77,47 @@ def _move(
         db.flush()  # what the session changed before comes first
         moved = db.connection().execute(statement).rowcount
         # Loaded rows now disagree with the database: their attributes are read again on use.
-        wanted = set(rows)
-        for obj in list(db.identity_map.values()):
-            if isinstance(obj, Message) and obj.id in wanted:
-                db.expire(obj)
+        _expire(db, set(rows), values)
     else:
         moved = db.execute(statement).rowcount
     return int(moved)
 
 
+def _expire(session: Session, rows: set[int], values: dict[str, Any]) -> None:
+    """Loaded rows now disagree with the database in these columns: read them again on use."""
+    keys = ["state", *values]
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, Message) and obj.id in rows:
+            session.expire(obj, keys)
+
+
 # ------------------------------------------------------------------ new rows
 
 
-def new_email(session: Session, message: Message, owner: str, lease_until: datetime) -> Message:
-    """A step's first attempt: the row is born ``claimed`` under the claimer's lease, with its
-    variants assigned once and for good."""
-    message.state = MessageState.CLAIMED
-    message.attempts = 1
-    message.claimed_at = message.created_at
-    message.lease_owner, message.lease_until = owner, lease_until
-    session.add(message)
-    return message
+def new_emails(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    owner: str,
+    now: datetime,
+    lease_until: datetime,
+) -> dict[int, int]:
+    """Steps' first attempts: their rows are born ``claimed`` under the claimer's lease (with
+    their variants assigned once and for good). Returns the new row ids by enrollment."""
+    if not rows:
+        return {}
+    born = {
+        "state": MessageState.CLAIMED.value,
+        "attempts": 1,
+        "created_at": now,
+        "claimed_at": now,
+        "lease_owner": owner,
+        "lease_until": lease_until,
+    }
+    made = conn.execute(
+        insert(messages_t).returning(messages_t.c.id, messages_t.c.enrollment_id),
+        [{**row, **born} for row in rows],
+    ).all()
+    return {r.enrollment_id: r.id for r in made}
 
 
 def new_task(session: Session, message: Message, skip_at: datetime) -> Message:
@@ -198,6 +218,33 @@ def record_sent(db: Session | Connection, message_row: int, response: str, now: 
         )
         == 1
     )
+
+
+def record_sent_many(
+    db: Session | Connection, answers: list[tuple[int, str]], now: datetime
+) -> set[int]:
+    """Several messages the server accepted, in one statement; the rows that moved."""
+    if not answers:
+        return set()
+    m = messages_t.c
+    responses = dict(answers)
+    statement = (
+        update(messages_t)
+        .where(m.id.in_(list(responses)), m.state == MessageState.SENDING.value)
+        .values(
+            state=MessageState.SENT.value,
+            sent_at=now,
+            smtp_response=case(responses, value=m.id),
+            error=None,
+            lease_owner=None,
+            lease_until=None,
+        )
+        .returning(m.id)
+    )
+    moved = set(_conn(db).execute(statement).scalars())
+    if isinstance(db, Session):
+        _expire(db, moved, {"sent_at": now, "smtp_response": "", "error": None})
+    return moved
 
 
 def record_retry(

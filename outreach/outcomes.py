@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from outreach import lifecycle
 from outreach.claims import Claimed
-from outreach.engine import end_enrollment, step_done, stop_for_bounce
-from outreach.models import Enrollment, MailboxState, Message
+from outreach.engine import end_enrollment, steps_done, stop_for_bounce
+from outreach.models import Enrollment, MailboxState, Message, Prospect
 from outreach.sender import Outcome
 from outreach.workspace import Workspace
 
@@ -62,28 +62,47 @@ class Recorder:
         if not done:
             return
         with self.ws.store.session() as session:
+            # What the sequences' next steps need, read at once rather than row by row.
+            enrollments = [claim.enrollment_id for claim, _ in done]
+            for enrollment in session.exec(
+                select(Enrollment).where(col(Enrollment.id).in_(enrollments))
+            ):
+                session.get(Prospect, enrollment.prospect_id)
+            sent = [(claim, outcome) for claim, outcome in done if outcome.kind == "sent"]
+            self._sent(session, sent, now, report)
             for claim, outcome in done:
-                handler = getattr(self, f"_{outcome.kind}")
-                handler(session, claim, outcome, now, report)
+                if outcome.kind != "sent":
+                    handler = getattr(self, f"_{outcome.kind}")
+                    handler(session, claim, outcome, now, report)
 
     def _sent(
-        self, session: Session, claim: Claimed, outcome: Outcome, now: datetime, report: Report
+        self,
+        session: Session,
+        sent: list[tuple[Claimed, Outcome]],
+        now: datetime,
+        report: Report,
     ) -> None:
-        if not lifecycle.record_sent(session, claim.message_row, str(outcome), now):
-            return
-        report.sent.append(claim.summary)
-        state = session.get(MailboxState, claim.mail_from)
-        if state is not None and state.unreachable:
-            state.unreachable = None
-            session.add(state)
-        s = claim.summary
-        self.event(
-            f"sent {s['sequence']}/{s['step']} to {s['to']}: {s['subject']}  {s['message_id']}"
-            + (f"  in reply to {s['in_reply_to']}" if s["in_reply_to"] else "")
+        moved = lifecycle.record_sent_many(
+            session, [(claim.message_row, str(outcome)) for claim, outcome in sent], now
         )
-        message = session.get(Message, claim.message_row)
-        assert message is not None
-        step_done(self.ws, session, message, now, self.rng)
+        if not moved:
+            return
+        for box in {claim.mail_from for claim, _ in sent}:
+            state = session.get(MailboxState, box)
+            if state is not None and state.unreachable:
+                state.unreachable = None
+                session.add(state)
+        accepted = [claim for claim, _ in sent if claim.message_row in moved]
+        for claim in accepted:
+            report.sent.append(claim.summary)
+            s = claim.summary
+            self.event(
+                f"sent {s['sequence']}/{s['step']} to {s['to']}: {s['subject']}  "
+                f"{s['message_id']}"
+                + (f"  in reply to {s['in_reply_to']}" if s["in_reply_to"] else "")
+            )
+        done = [(claim.enrollment_id, claim.step_index) for claim in accepted]
+        steps_done(self.ws, session, done, now, self.rng)
 
     def _unreachable(
         self, session: Session, claim: Claimed, outcome: Outcome, now: datetime, report: Report

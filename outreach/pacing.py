@@ -78,10 +78,12 @@ class Pacing:
         count = min(wanted, self.daily_limit(box, state, now) - state.sent_on_day)
         return Room(state, count) if count > 0 else None
 
-    def count_send(self, session: Session, state: MailboxState, now: datetime) -> None:
-        """One more message claimed for today; the next may go after a random gap."""
+    def count_sends(self, session: Session, state: MailboxState, now: datetime, n: int) -> None:
+        """``n`` more messages claimed for today; the next may go after a random gap."""
+        if n == 0:
+            return
         sending = self.config.settings.sending
-        state.sent_on_day += 1
+        state.sent_on_day += n
         state.last_sent_at = now
         gap = self.rng.uniform(sending.min_gap_seconds, sending.max_gap_seconds)
         state.next_send_at = now + timedelta(seconds=gap)

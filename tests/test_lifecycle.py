@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import freezegun
 import pytest
 from freezegun import freeze_time
 from hypothesis import HealthCheck, settings
@@ -45,6 +46,8 @@ from outreach.workspace import Workspace
 from tests.conftest import edit_config
 
 pytestmark = pytest.mark.both_databases
+# Hypothesis times itself (and its garbage-collection hook) with the real clock.
+freezegun.configure(extend_ignore_list=["hypothesis"])
 MONDAY_10 = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
 LEASE = 30
 PEOPLE = [f"p{i}@acme{i}.example" for i in range(3)]
