@@ -63,17 +63,18 @@ class Recorder:
             return
         with self.ws.store.session() as session:
             # What the sequences' next steps need, read at once rather than row by row.
-            enrollments = [claim.enrollment_id for claim, _ in done]
-            for enrollment in session.exec(
-                select(Enrollment).where(col(Enrollment.id).in_(enrollments))
-            ):
-                session.get(Prospect, enrollment.prospect_id)
+            # Held in a list: the session's identity map only keeps objects someone holds.
+            ids = [claim.enrollment_id for claim, _ in done]
+            enrollments = list(session.exec(select(Enrollment).where(col(Enrollment.id).in_(ids))))
+            people = [e.prospect_id for e in enrollments]
+            prospects = list(session.exec(select(Prospect).where(col(Prospect.id).in_(people))))
             sent = [(claim, outcome) for claim, outcome in done if outcome.kind == "sent"]
             self._sent(session, sent, now, report)
             for claim, outcome in done:
                 if outcome.kind != "sent":
                     handler = getattr(self, f"_{outcome.kind}")
                     handler(session, claim, outcome, now, report)
+            del enrollments, prospects
 
     def _sent(
         self,

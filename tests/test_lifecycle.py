@@ -206,6 +206,7 @@ def _workspace_factory(tmp_path: Path, database: str, request: pytest.FixtureReq
     return make
 
 
+@pytest.mark.timeout(900)  # a few hundred real transactions per example
 def test_no_interleaving_sends_twice_or_after_a_stop(
     tmp_path: Path, database: str, request: pytest.FixtureRequest
 ) -> None:
@@ -213,8 +214,8 @@ def test_no_interleaving_sends_twice_or_after_a_stop(
     run_state_machine_as_test(
         lambda: Lifecycle(make),
         settings=settings(
-            max_examples=40 if database == "sqlite" else 15,
-            stateful_step_count=30,
+            max_examples=30 if database == "sqlite" else 10,
+            stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
