@@ -1,11 +1,13 @@
 """The long-running loop and ``send --once``: APScheduler is the clock, the database the truth.
 
-One interval job dispatches due work every ``[daemon] dispatch_seconds``; nothing is
-scheduled per message. SIGTERM or SIGINT lets the message in flight finish and be recorded,
-then the process exits 0. A lock file stops two processes from dispatching from one SQLite
-database. On PostgreSQL several daemons share the work (``outreach/cluster.py``): each
-writes a heartbeat that renews what it holds, claims with ``FOR UPDATE SKIP LOCKED``, serves
-its share of the mailboxes, and the mailbox poll runs in one of them at a time.
+One interval job dispatches due work every ``[daemon] dispatch_seconds``; within a run each
+mailbox sends its due messages one after another at its random gap, so the pace is the gap,
+not the interval; nothing is scheduled per message. SIGTERM or SIGINT lets the message in
+flight finish and be recorded, then the process exits 0. A lock file stops two processes from
+dispatching from one SQLite database. On PostgreSQL several daemons share the work
+(``outreach/cluster.py``): each writes a heartbeat that renews what it holds, claims with
+``FOR UPDATE SKIP LOCKED``, serves its share of the mailboxes, and the mailbox poll runs in
+one of them at a time.
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ class Daemon:
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
         try:
-            report = await self.dispatcher.run_once(wait_for_gaps=False, hold=True)
+            # A mailbox keeps sending at its gap within one tick (precise pacing); a backlog
+            # that outlasts the tick interval holds the tick, and the next one waits.
+            report = await self.dispatcher.run_once(wait_for_gaps=True, hold=True)
         except OutreachError as exc:
             log.error("dispatch: %s", exc.one_line())
             return

@@ -81,6 +81,7 @@ class Dispatcher:
         )
         self.recorder = Recorder(ws, self.rng, on_event)
         self._sent_folders_checked = False
+        self._prepared_at: datetime | None = None
 
     # ----------------------------------------------------------------- the run
 
@@ -101,11 +102,21 @@ class Dispatcher:
             await asyncio.sleep(self.member.beat_seconds)
             await asyncio.to_thread(cluster.beat, self.ws.store, self.member, self.now())
 
+    def _refresh_if_stale(self) -> None:
+        """A run that sends a backlog at its gaps can last long: what a review retired and
+        what a marketer edited are read again every ``[daemon] dispatch_seconds``."""
+        now = self.now()
+        interval = self.ws.config.settings.daemon.dispatch_seconds
+        if self._prepared_at is None or (now - self._prepared_at).total_seconds() >= interval:
+            if self.assigner.prepare(now):
+                self.recorder.event("template files changed: read again")
+            self._prepared_at = now
+
     async def _run_once(self, wait_for_gaps: bool) -> Report:
         report = Report()
         now = self.now()
-        if self.assigner.prepare(now):
-            self.recorder.event("template files changed: read again")
+        self._prepared_at = None
+        self._refresh_if_stale()
         # The Sent folders are searched when a message has just become unknown (and once per
         # process), not on every tick: an unknown one not found there waits for the operator.
         if self.recover(now) or not self._sent_folders_checked:
@@ -133,6 +144,7 @@ class Dispatcher:
         batch: list[Claimed] = []
         try:
             while not self.stopping.is_set():
+                self._refresh_if_stale()
                 claimed = self.claim_batch(box, self.now(), report)
                 if claimed is None:
                     return
