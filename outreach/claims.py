@@ -143,15 +143,15 @@ class Claimer:
                     else:
                         _hold_row(conn, row.id, now, "its message is not waiting", result)
                 result.claimed.extend(self._claim_new(session, box, fresh, now, result))
+                in_flight = [c.enrollment_id for c in result.claimed]
+                if in_flight:  # no second claim while in flight (nor in this loop)
+                    conn.execute(
+                        update(enrollments_t)
+                        .where(enrollments_t.c.id.in_(in_flight), enrollments_t.c.due_at <= now)
+                        .values(due_at=None, updated_at=now, held_reason=None, held_at=None)
+                    )
                 session.flush()
             self.pacing.count_sends(session, room.state, now, len(result.claimed))
-            in_flight = [c.enrollment_id for c in result.claimed]
-            if in_flight:  # no second claim while in flight
-                conn.execute(
-                    update(enrollments_t)
-                    .where(enrollments_t.c.id.in_(in_flight))
-                    .values(due_at=None, updated_at=now)
-                )
         return result
 
     def _triage(
@@ -352,17 +352,22 @@ class Claimer:
         )
 
 
-def hold(ws: Workspace, claim: Claimed, member: cluster.Member, now: datetime) -> None:
+def hold(
+    ws: Workspace, claim: Claimed, member: cluster.Member, now: datetime, problem: str
+) -> None:
     """A claimed message that cannot be composed goes back, its attempt not counted; the
     prospect waits HOLD_FOR, then it is tried again (the copy may be fixed by then). Never
     a message with a hole in it, never a sequence ended for a problem in the copy."""
     with ws.store.engine.begin() as conn:
-        lifecycle.release(conn, now, ids=[claim.message_row], owner=member.id)
+        if lifecycle.discard(conn, claim.message_row, member.id):
+            lifecycle.uncount(conn, claim.mail_from)
+        else:
+            lifecycle.release(conn, now, ids=[claim.message_row], owner=member.id)
         e = lifecycle.enrollments_t.c
         conn.execute(
             update(lifecycle.enrollments_t)
             .where(e.id == claim.enrollment_id, e.state == "active")
-            .values(due_at=now + HOLD_FOR, updated_at=now)
+            .values(due_at=now + HOLD_FOR, updated_at=now, held_reason=problem, held_at=now)
         )
 
 
@@ -440,7 +445,7 @@ def _hold_row(
     conn.execute(
         update(enrollments_t)
         .where(enrollments_t.c.id == enrollment_id)
-        .values(due_at=now + HOLD_FOR)
+        .values(due_at=now + HOLD_FOR, held_reason=problem, held_at=now)
     )
     result.held[problem] = result.held.get(problem, 0) + 1
 

@@ -140,6 +140,7 @@ class Daemon:
         self._wake = asyncio.Event()  # set from an IDLE thread when mail arrives
         self._unwatch = threading.Event()  # set to stop the IDLE threads
         self._watchers: list[threading.Thread] = []
+        self._held_logged: set[str] = set()
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
@@ -156,8 +157,10 @@ class Daemon:
             )
         for note in report.notes + report.errors:
             log.warning("%s", note)
-        for problem, count in report.held.items():
-            log.error("%d message(s) held, not sent: %s", count, problem)
+        # A held step is logged once, not on every try (`outreach status` lists what is held).
+        for problem in sorted(report.held.keys() - self._held_logged):
+            log.error("held, not sent until fixed (see outreach status): %s", problem)
+        self._held_logged |= set(report.held)
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 

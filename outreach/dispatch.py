@@ -246,8 +246,8 @@ class Dispatcher:
         except (TemplateError, InvalidHeader) as exc:
             # Never send a message with a hole in it, and never end a sequence for a problem
             # in the copy: hold the prospect, tell the operator, try again later.
-            hold(self.ws, claim, self.member, now)
             problem = exc.one_line()
+            hold(self.ws, claim, self.member, now, problem)
             report.held[problem] = report.held.get(problem, 0) + 1
             return False
         claim.composed = composed

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, func, insert, or_, select, update
+from sqlalchemy import Connection, case, delete, func, insert, or_, select, update
 from sqlmodel import Session
 
 from outreach.models import Enrollment, MailboxState, Message, MessageState
@@ -182,6 +182,22 @@ def take(
         )
         == 1
     )
+
+
+def discard(conn: Connection, message_row: int, owner: str) -> bool:
+    """A first attempt that could not even be composed (a template problem) is forgotten, so
+    the next attempt assigns its variants afresh from the file as it is then. Only a claimed
+    row of the holder's that was never tried before: nothing of it ever left."""
+    m = messages_t.c
+    gone = conn.execute(
+        delete(messages_t).where(
+            m.id == message_row,
+            m.state == MessageState.CLAIMED.value,
+            m.lease_owner == owner,
+            m.attempts == 1,
+        )
+    ).rowcount
+    return gone == 1
 
 
 def cancel(db: Session | Connection, message_row: int, owner: str) -> bool:

@@ -60,6 +60,10 @@ class Enrollment(SQLModel, table=True):
     ended_at: datetime | None = None
     end_reason: str | None = None
     previous_id: int | None = Field(default=None, foreign_key="enrollments.id")
+    # Why the current step cannot be sent (a template problem at file:line, a header that
+    # cannot be built), since when; cleared once its message is claimed.
+    held_reason: str | None = Field(default=None, sa_column=Column(Text))
+    held_at: datetime | None = None
 
 
 class MessageState(StrEnum):

@@ -8,8 +8,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import freezegun
 import pytest
 from sqlmodel import select
 
@@ -94,3 +96,41 @@ def test_a_stop_takes_effect_while_a_slow_template_renders(
         [enrollment] = session.exec(select(Enrollment)).all()
         states = [m.state for m in session.exec(select(Message))]
     assert enrollment.state == "stopped" and states in ([], ["skipped"]), states
+
+
+def test_a_broken_template_holds_its_step_and_status_and_prospect_say_why(
+    run: Cli, write_csv: object, workspace_dir: Path
+) -> None:
+    """A template broken after enrollment: the step is held with its file:line, shown by
+    `status` and `prospect`; once fixed, the message goes and the hold is gone."""
+    with RecordingSMTP() as smtp:
+        config = workspace_dir / "outreach.toml"
+        edit_config(
+            config,
+            smtp_port=smtp.port,
+            min_gap_seconds=0,
+            max_gap_seconds=0,
+            window="00:00-24:00",
+            days="mon-sun",
+            holidays="",
+        )
+        path = write_csv(HEADER + "ann@acme.example,Ann,,Acme,CEO,en\n")  # type: ignore[operator]
+        assert run("enroll", str(path), "--sequence", "cold").exit_code == 0
+        template = workspace_dir / "templates" / "cold" / "1-intro.yaml"
+        good = template.read_text(encoding="utf-8")
+        template.write_text(
+            'subjects:\n  - id: s\n    en: "Hi"\nbodies:\n  - id: b\n    en: "{{ nope }}"\n',
+            encoding="utf-8",
+        )
+        sent = run("send", "--once", "--no-wait")
+        assert sent.exit_code == 1 and smtp.received == []
+        status = run("status")
+        assert "HELD 1 prospect(s) in cold" in status.stdout and "1-intro.yaml:6" in status.stdout
+        shown = run("prospect", "ann@acme.example")
+        assert "HELD since" in shown.stdout and "'nope' is undefined" in shown.stdout
+        template.write_text(good, encoding="utf-8")
+        with freezegun.freeze_time(timedelta(minutes=16), tick=True, real_asyncio=True):
+            again = run("send", "--once", "--no-wait")
+            assert again.exit_code == 0, again.output + again.stderr
+        assert len(smtp.received) == 1
+        assert "HELD" not in run("status").stdout
