@@ -76,6 +76,9 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
+# More than one bare address: a list, a display name, a quoted part, a comment, white space
+# (``\s`` is exactly ``str.isspace``).
+_NOT_BARE = re.compile(r'[,;<>"()\[\]\\\s]')
 _MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")  # printable ASCII, no < > @ inside the parts
 _HTTPS_URL = re.compile(r"https://[!#-;=?-~]+")  # printable ASCII but " < >
 _MAX_NAME, _MAX_TOKEN = 256, 900  # keep every serialized line well under 998 octets
@@ -125,7 +128,7 @@ def _ascii_domain(domain: str, field: str) -> str:
 def _addr_spec(value: str, field: str) -> tuple[str, str]:
     """Split a bare ``local@domain`` into (local part, ASCII domain); nothing else is accepted."""
     _no_controls(value, field)
-    if any(c in value for c in ',;<>"()[]\\') or any(c.isspace() for c in value):
+    if _NOT_BARE.search(value):
         raise HeaderInjection(f"must be one bare address, got {value!r}", field=field)
     local, at, domain = value.rpartition("@")
     if not at or not _DOT_ATOM.fullmatch(local):
@@ -297,12 +300,33 @@ def _list_unsubscribe(o: Outgoing) -> str | None:
     return ", ".join(links) or None
 
 
-def build_message(o: Outgoing) -> EmailMessage:
-    """The complete message: headers, plain text (plus the HTML alternative), quote."""
+@dataclass(frozen=True)
+class Prepared:
+    """An :class:`Outgoing` checked and normalised: what every serialiser of it writes.
+
+    :func:`build_message` (the email package) and :func:`outreach.wire.render_message` (bytes
+    written directly) both start from here, so they refuse exactly the same input.
+    """
+
+    from_name: str
+    from_addr: tuple[str, str]  # local part, ASCII domain
+    to_name: str  # "" when there is none
+    to_addr: tuple[str, str]
+    subject: str
+    date: str  # RFC 5322 date-time
+    verbatim: tuple[tuple[str, str], ...]  # Message-ID, threading, unsubscribe: never re-encoded
+    text: str  # the plain text, quote included
+    html: str | None  # the HTML alternative, quote included
+    boundary: str  # the multipart boundary, when there is HTML
+
+
+def prepare(o: Outgoing) -> Prepared:
+    """Check every header value of ``o`` (raising :class:`InvalidHeader` or
+    :class:`HeaderInjection`) and add the quoted earlier message to the bodies."""
     if o.date.tzinfo is None or o.date.utcoffset() is None:
         raise ValueError("Outgoing.date must be timezone-aware")
-    from_local, from_domain = _addr_spec(o.from_email, "from_email")
-    to_local, to_domain = _addr_spec(o.to_email, "to_email")
+    from_addr = _addr_spec(o.from_email, "from_email")
+    to_addr = _addr_spec(o.to_email, "to_email")
     from_name = _header_text(o.from_name, "from_name")
     to_name = _header_text(o.to_name, "to_name") if o.to_name is not None else ""
     subject = _header_text(o.subject, "subject")
@@ -316,28 +340,46 @@ def build_message(o: Outgoing) -> EmailMessage:
         verbatim.append(("List-Unsubscribe", unsubscribe))
         if o.unsubscribe_url is not None:  # RFC 8058 one-click needs the https URL
             verbatim.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-
-    msg = EmailMessage(policy=email_policy.SMTP)
-    sender = Address(display_name=from_name, username=from_local, domain=from_domain)
-    recipient = Address(display_name=to_name, username=to_local, domain=to_domain)
-    msg["From"] = _MailboxHeader("From", sender)
-    msg["To"] = _MailboxHeader("To", recipient)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(o.date)
-    for name, value in verbatim:
-        msg[name] = _VerbatimHeader(name, value)
-
     text, html = o.text, o.html
     if o.quote is not None:
         text = text.rstrip("\r\n") + "\n\n" + quote_text(o.quote, o.language)
         if html is not None:
             html = _html_with_quote(html, o.quote, o.language)
+    return Prepared(
+        from_name=from_name,
+        from_addr=from_addr,
+        to_name=to_name,
+        to_addr=to_addr,
+        subject=subject,
+        date=format_datetime(o.date),
+        verbatim=tuple(verbatim),
+        text=text,
+        html=html,
+        # Fixed here, not at each flattening; "=_" never occurs in quoted-printable text.
+        boundary="=_" + hashlib.sha256(o.message_id.encode()).hexdigest()[:32],
+    )
+
+
+def build_message(o: Outgoing) -> EmailMessage:
+    """The complete message as an ``EmailMessage``: headers, plain text (plus the HTML
+    alternative), quote. The send path uses :func:`outreach.wire.render_message`, which writes
+    the same message as bytes several times faster; this one is the reference it is tested
+    against, and what callers that want an ``EmailMessage`` use."""
+    p = prepare(o)
+    msg = EmailMessage(policy=email_policy.SMTP)
+    sender = Address(display_name=p.from_name, username=p.from_addr[0], domain=p.from_addr[1])
+    recipient = Address(display_name=p.to_name, username=p.to_addr[0], domain=p.to_addr[1])
+    msg["From"] = _MailboxHeader("From", sender)
+    msg["To"] = _MailboxHeader("To", recipient)
+    msg["Subject"] = p.subject
+    msg["Date"] = p.date
+    for name, value in p.verbatim:
+        msg[name] = _VerbatimHeader(name, value)
     # Quoted-printable keeps every line short and 7-bit clean on any relay, whatever the body.
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    if html is not None:
-        msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    msg.set_content(p.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    if p.html is not None:
+        msg.add_alternative(p.html, subtype="html", charset="utf-8", cte="quoted-printable")
         for part in msg.iter_parts():  # set_content on a new part adds one; the top one is enough
             del part["MIME-Version"]
-        # Fixed here, not at each flattening; "=_" never occurs in quoted-printable text.
-        msg.set_boundary("=_" + hashlib.sha256(o.message_id.encode()).hexdigest()[:32])
+        msg.set_boundary(p.boundary)
     return msg
