@@ -1,12 +1,13 @@
 """The outgoing message as the bytes SMTP sends, written directly rather than by ``EmailMessage``.
 
 :func:`render_message` takes the same :class:`~outreach.mail.Outgoing` as
-:func:`~outreach.mail.build_message` and starts from the same checks (:func:`~outreach.mail.prepare`),
-so it refuses exactly the same input: a line break, NUL or an ``=?...?=`` in any header value
-raises :class:`~outreach.mail.HeaderInjection` / :class:`~outreach.mail.InvalidHeader`. What it
-skips is the email package's header registry (parsing every value back into a tree to fold it)
-and ``set_content``'s policy machinery; a property test (``tests/test_wire.py``) holds it to the
-same decoded headers, parts and bodies as ``build_message``.
+:func:`~outreach.mail.build_message` and starts from the same checks
+(:func:`~outreach.mail.prepare`), so it refuses exactly the same input: a line break, NUL or an
+``=?...?=`` in any header value raises :class:`~outreach.mail.HeaderInjection` or
+:class:`~outreach.mail.InvalidHeader`. What it skips is the email package's header registry
+(parsing every value back into a tree to fold it) and ``set_content``'s policy machinery; a
+property test (``tests/test_wire.py``) holds it to the same decoded headers, parts and bodies as
+``build_message``.
 
 The bytes are 7-bit ASCII with CRLF line ends, every header line folded at 78 (a single token
 that cannot be folded, such as a long Message-ID, may run to its own length, never past 998),
