@@ -95,6 +95,15 @@ def _no_controls(value: str, field: str) -> None:
         )
 
 
+def _no_encoded_word(value: str, field: str) -> None:
+    # Readers decode encoded words even where RFC 2047 forbids them (inside an address, a
+    # URL): "=?utf-8?q?=0D=0ABcc:...?=" would come out as a line break and a header.
+    if _ENCODED_WORD.search(value):
+        raise InvalidHeader(
+            "contains RFC 2047 '=?...?=' syntax, which mail clients would decode", field=field
+        )
+
+
 def _header_text(value: str, field: str) -> str:
     """Subject or display name on one line, trimmed, with runs of blanks made one space.
 
@@ -104,10 +113,7 @@ def _header_text(value: str, field: str) -> str:
     _no_controls(value, field)
     is_name = field.endswith("name")
     text = " ".join(value.split()) if is_name else re.sub(r"[ \t]+", " ", value).strip()
-    if _ENCODED_WORD.search(text):
-        raise InvalidHeader(
-            "contains RFC 2047 '=?...?=' syntax, which mail clients would decode", field=field
-        )
+    _no_encoded_word(text, field)
     if is_name and len(text) > _MAX_NAME:
         raise InvalidHeader(f"is longer than {_MAX_NAME} characters", field=field)
     return text
@@ -130,6 +136,7 @@ def _addr_spec(value: str, field: str) -> tuple[str, str]:
     _no_controls(value, field)
     if _NOT_BARE.search(value):
         raise HeaderInjection(f"must be one bare address, got {value!r}", field=field)
+    _no_encoded_word(value, field)
     local, at, domain = value.rpartition("@")
     if not at or not _DOT_ATOM.fullmatch(local):
         raise InvalidHeader(
@@ -142,6 +149,7 @@ def _addr_spec(value: str, field: str) -> tuple[str, str]:
 
 def _msg_id(value: str, field: str) -> str:
     _no_controls(value, field)
+    _no_encoded_word(value, field)
     if len(value) > _MAX_TOKEN or not _MSG_ID.fullmatch(value):
         raise InvalidHeader(f"{value!r} is not a message id like <token@domain>", field=field)
     return value
@@ -161,8 +169,8 @@ def _fold(name: str, words: list[str], policy: Policy) -> str:
 _Q_LITERAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 
 
-def _encoded_words(text: str) -> list[str]:
-    """RFC 2047 Q encoded words (at most 75 characters each) that decode to exactly ``text``.
+def _encoded_words(text: str, limit: int = 75) -> list[str]:
+    """RFC 2047 Q encoded words (at most ``limit`` characters each) that decode to ``text``.
 
     Every character, spaces included, sits inside a word, and words split only between
     characters, so a reader that drops the white space between adjacent words gets ``text``.
@@ -172,7 +180,7 @@ def _encoded_words(text: str) -> list[str]:
         encoded = "_" if char == " " else char
         if char not in _Q_LITERAL and char != " ":
             encoded = "".join(f"={b:02X}" for b in char.encode("utf-8"))
-        if chunk and len(chunk) + len(encoded) > 75 - len("=?utf-8?q??="):
+        if chunk and len(chunk) + len(encoded) > limit - len("=?utf-8?q??="):
             words.append(f"=?utf-8?q?{chunk}?=")
             chunk = ""
         chunk += encoded
@@ -195,14 +203,15 @@ class _VerbatimHeader(UnstructuredHeader, BaseHeader):
         return _fold(self.name, str(self).split(" "), policy)
 
 
-def _display_name_words(name: str) -> list[str]:
-    """The display name as a phrase: plain atoms, one quoted string, or encoded words."""
+def _display_name_words(name: str, limit: int = 75) -> list[str]:
+    """The display name as a phrase: plain atoms, one quoted string, or encoded words (at
+    most ``limit`` characters each)."""
     if _PHRASE.fullmatch(name):
         return name.split(" ")
     quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if name.isascii() and len(quoted) <= 60:
         return [quoted]
-    return _encoded_words(name)  # no long quoted string: it could only be folded inside
+    return _encoded_words(name, limit)  # no long quoted string: it could only be folded inside
 
 
 class _MailboxHeader(UniqueAddressHeader, BaseHeader):  # type: ignore[misc]  # typeshed
@@ -294,6 +303,7 @@ def _list_unsubscribe(o: Outgoing) -> str | None:
     if o.unsubscribe_url is not None:
         url, field = o.unsubscribe_url, "unsubscribe_url"
         _no_controls(url, field)
+        _no_encoded_word(url, field)
         if len(url) > _MAX_TOKEN or not _HTTPS_URL.fullmatch(url):
             raise InvalidHeader(f"{url!r} is not a percent-encoded https:// URL", field=field)
         links.append(f"<{url}>")

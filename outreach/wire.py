@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from outreach.mail import Outgoing, Prepared, _display_name_words, _encoded_words, prepare
 
 _LIMIT = 78  # RFC 5322's recommended line length, as policy.SMTP folds
-_SUBJECT_WORD = _LIMIT - len("Subject: ")  # a longer word could not sit on the first line
+# The longest word that fits on any line of any header, the first ("Subject: ...") included;
+# encoded words are made no longer, so that only a token that cannot be split (a long
+# Message-ID or URL) ever runs past 78.
+_WORD = _LIMIT - len("Subject: ")
 _CONTENT_HEADERS = (
     'Content-Type: text/{subtype}; charset="utf-8"\r\n'
     "Content-Transfer-Encoding: quoted-printable\r\n"
@@ -59,7 +62,7 @@ def _mailbox(name: str, display_name: str, addr: tuple[str, str]) -> str:
     addr_spec = f"{addr[0]}@{addr[1]}"
     if not display_name:
         return _fold(name, [addr_spec])
-    return _fold(name, [*_display_name_words(display_name), f"<{addr_spec}>"])
+    return _fold(name, [*_display_name_words(display_name, _WORD), f"<{addr_spec}>"])
 
 
 def _subject_words(subject: str) -> list[str]:
@@ -72,15 +75,15 @@ def _subject_words(subject: str) -> list[str]:
     words: list[str] = []
     run: list[str] = []
     for word in subject.split(" ") if subject else ():
-        if word.isascii() and len(word) <= _SUBJECT_WORD:
+        if word.isascii() and len(word) <= _WORD:
             if run:
-                words += _encoded_words(" ".join(run))
+                words += _encoded_words(" ".join(run), _WORD)
                 run = []
             words.append(word)
         else:
             run.append(word)
     if run:
-        words += _encoded_words(" ".join(run))
+        words += _encoded_words(" ".join(run), _WORD)
     return words
 
 

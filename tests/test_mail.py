@@ -519,3 +519,23 @@ def test_any_single_line_subject_and_name_round_trip(subject: str, name: str, bu
     assert raw.split(b"\r\n\r\n", 1)[0].isascii()
     assert parse(raw)["Subject"] == collapsed(subject)
     assert display_name(raw, "From") == name_as_sent(name)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("to_email", "=?utf-8?q?x=0D=0ABcc:_victim@evil.example?=aino@rakennus.example"),
+        ("from_email", "sanna=?utf-8?b?DQpCY2M6IHg=?=@northwind.example"),
+        ("message_id", "<=?utf-8?q?=0D=0ABcc:_x?=@northwind.example>"),
+        ("in_reply_to", "<a=?utf-8?q?=0A?=@northwind.example>"),
+        ("unsubscribe_url", "https://northwind.example/u?t==?utf-8?q?=0D=0ABcc:_x?="),
+        ("unsubscribe_mailto", "=?utf-8?q?=0A?=@northwind.example"),
+    ],
+)
+def test_encoded_word_in_an_address_id_or_url_is_refused(
+    field: str, value: str, build: Build
+) -> None:
+    # Legal characters there, but readers decode them anyway (CPython's parser turns the
+    # first into an address with a line break in it).
+    with pytest.raises(ValueError, match=field):
+        build(outgoing(**{field: value}))
