@@ -30,7 +30,10 @@ from outreach.config import Mailbox
 from outreach.mail import InvalidHeader, Outgoing, Quote, build_message, make_message_id
 from outreach.sender import SmtpTransport
 from outreach.wire import WireMessage, render_message
+from tests.dovecot import Dovecot
 from tests.smtp_servers import RecordingSMTP
+
+pytest_plugins = ["dovecot"]
 
 SANNA = "sanna.lehto@northwind.example"
 # What a message of ours may carry, and nothing else (a smuggled Bcc: would show up here).
@@ -429,3 +432,59 @@ def test_the_smtp_transport_sends_the_wire_bytes_unchanged(smtp: RecordingSMTP) 
     assert first.data == second.data == wire.data
     assert (first.mail_from, first.rcpt_tos) == (SANNA, ["aino@rakennus.example"])
     assert third.data == email_message.as_bytes()  # the EmailMessage path as before
+
+
+# --- a real mail store reads them: Dovecot threads and searches the wire bytes ------------------
+
+
+def test_dovecot_threads_the_sequence_and_decodes_names_and_subjects(
+    dovecot_server: Dovecot,
+) -> None:
+    user = dovecot_server.new_user()
+    first, second, third = (f"<step{n}.{n}@northwind.example>" for n in (1, 2, 3))
+    subject = "Työmaiden aikataulut, " + "ä" * 40 + " säästä viikko"
+
+    def step(message_id: str, subject: str, chain: tuple[str, ...], to: str) -> bytes:
+        o = Outgoing(
+            from_name="Sanna Mäkelä",
+            from_email=SANNA,
+            to_email=to,
+            to_name="Äinö Köngäs",
+            subject=subject,
+            text="Hei!\n",
+            html="<p>Hei!</p>" if not chain else None,
+            message_id=message_id,
+            date=datetime(2027, 1, 5 + 4 * len(chain), 9, 30, tzinfo=UTC),
+            in_reply_to=chain[-1] if chain else None,
+            references=chain,
+        )
+        return render_message(o).data
+
+    dovecot_server.append(user, "INBOX", step(first, subject, (), "aino@rakennus.example"))
+    other = step("<other.9@northwind.example>", "Quick question", (), "bob@acme.example")
+    dovecot_server.append(user, "INBOX", other)
+    reply = "Re: " + subject
+    dovecot_server.append(user, "INBOX", step(second, reply, (first,), "aino@rakennus.example"))
+    chain = (first, second)
+    dovecot_server.append(user, "INBOX", step(third, reply, chain, "aino@rakennus.example"))
+
+    client = dovecot_server.connect(user)
+    try:
+        client.select("INBOX", readonly=True)
+        typ, data = client.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+        assert typ == "OK", data
+        assert sorted(re.findall(rb"\(([\d ]+)\)", data[0] or b"")) == [b"1 3 4", b"2"]
+
+        def search(key: str, text: str) -> list[bytes]:
+            client.literal = text.encode()  # type: ignore[attr-defined]
+            typ, data = client.uid("SEARCH", "CHARSET", "UTF-8", key)
+            assert typ == "OK", data
+            return (data[0] or b"").split()
+
+        assert search("SUBJECT", "Työmaiden aikataulut, ää") == [b"1", b"3", b"4"]
+        assert search("SUBJECT", "ä säästä viikko") == [b"1", b"3", b"4"]
+        assert search("FROM", "Sanna Mäkelä") == [b"1", b"2", b"3", b"4"]
+        assert search("TO", "Äinö Köngäs <aino@") == [b"1", b"3", b"4"]
+        assert search("SUBJECT", "Työmaiden aikataulut,ää") == []  # the space is real
+    finally:
+        client.logout()
