@@ -16,6 +16,8 @@ import asyncio
 import email
 import email.policy
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -488,3 +490,41 @@ def test_dovecot_threads_the_sequence_and_decodes_names_and_subjects(
         assert search("SUBJECT", "Työmaiden aikataulut,ää") == []  # the space is real
     finally:
         client.logout()
+
+
+# --- and a spam filter scores them alike ---------------------------------------------------------
+
+
+def spam_rules(raw: bytes) -> set[str]:
+    """The SpamAssassin rules (local tests only, no network) that the message hits."""
+    result = subprocess.run(
+        ["spamassassin", "--test-mode", "--local"],
+        input=raw,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    status = email.message_from_bytes(result.stdout, policy=email.policy.compat32)
+    tests = re.search(r"tests=(\S*)", re.sub(r"\s+", " ", status["X-Spam-Status"] or ""))
+    assert tests is not None, result.stdout[:500]
+    return {rule for rule in tests.group(1).split(",") if rule and rule != "none"}
+
+
+@pytest.mark.skipif(shutil.which("spamassassin") is None, reason="needs Debian's spamassassin")
+def test_spamassassin_finds_nothing_new_in_the_wire_bytes() -> None:
+    o = Outgoing(
+        from_name="Sanna Mäkelä",
+        from_email=SANNA,
+        to_email="aino@rakennus.example",
+        to_name="Äinö Köngäs",
+        subject="Työmaiden aikataulut: " + "säästä viikko jokaisessa kohteessa " * 3,
+        text=("Hei Äinö, tässä pitkä rivi ääkkösiä ja välilyöntejä lopussa   \n" * 20),
+        html="<html><body><p>Hei Äinö,</p><p>" + "ehtisitkö jutella? " * 30 + "</p></body></html>",
+        message_id=make_message_id(SANNA),
+        date=datetime(2027, 1, 5, 9, 30, tzinfo=UTC),
+        unsubscribe_mailto="unsubscribe@northwind.example",
+        unsubscribe_url="https://northwind.example/u?t=" + "k" * 64,
+    )
+    ours = spam_rules(render_message(o).data)
+    assert "HTML_MESSAGE" in ours  # the filter did read the message
+    assert ours <= spam_rules(build_message(o).as_bytes())
