@@ -528,3 +528,34 @@ def test_spamassassin_finds_nothing_new_in_the_wire_bytes() -> None:
     ours = spam_rules(render_message(o).data)
     assert "HTML_MESSAGE" in ours  # the filter did read the message
     assert ours <= spam_rules(build_message(o).as_bytes())
+
+
+def test_a_non_ascii_envelope_goes_out_alike_on_both_paths(smtp: RecordingSMTP) -> None:
+    # An IDN prospect address is kept in Unicode in the envelope (with SMTPUTF8, which the
+    # server offers) and written in ASCII in the To header, on either path.
+    box = Mailbox(name="Sanna", email=SANNA, smtp_port=smtp.port, smtp_security="none")
+    o = Outgoing(
+        from_name="Sanna",
+        from_email=SANNA,
+        to_email="aino@pörssi.example",
+        to_name=None,
+        subject="Hei",
+        text="Hei!\n",
+        html=None,
+        message_id=make_message_id(SANNA),
+        date=datetime(2027, 1, 5, 9, 30, tzinfo=UTC),
+    )
+
+    async def send(message: WireMessage | EmailMessage) -> tuple[str, str]:
+        transport = SmtpTransport(box)
+        try:
+            outcome = await transport.send(message, SANNA, "aino@pörssi.example")
+        finally:
+            await transport.close()
+        return outcome.kind, outcome.text
+
+    wire_outcome = asyncio.run(send(render_message(o)))
+    assert wire_outcome[0] == asyncio.run(send(build_message(o)))[0] == "sent"
+    ours, theirs = smtp.received
+    assert ours.rcpt_tos == theirs.rcpt_tos == ["aino@pörssi.example"]
+    assert parse(ours.data)["To"].addresses[0].addr_spec == "aino@xn--prssi-jua.example"
