@@ -1,8 +1,10 @@
 """Build the outgoing email: headers, threading, unsubscribe links, the quoted earlier message.
 
 Pure: everything, the ``Date`` included, comes in through :class:`Outgoing`; the sender module
-only puts the result on the wire. Header text is checked before it reaches a header, so a line
-break in a name or subject raises :class:`HeaderInjection` instead of being folded in.
+only puts the result on the wire. Header text is checked before it reaches a header
+(:func:`prepare`), so a line break in a name or subject raises :class:`HeaderInjection` instead
+of being folded in. :func:`build_message` writes the message with the email package; the send
+path's :func:`outreach.wire.render_message` writes the same message as bytes, faster.
 """
 
 from __future__ import annotations
