@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
 from typing import Any
 
 from jinja2 import Environment, TemplateSyntaxError, meta
@@ -25,7 +24,6 @@ from outreach.mail import (
     InvalidHeader,
     Outgoing,
     Quote,
-    build_message,
     check_header_value,
     check_recipient,
     make_message_id,
@@ -34,6 +32,7 @@ from outreach.mail import (
 from outreach.sequences import Sequence, Step
 from outreach.templates import Kind, StepTemplate, Variant
 from outreach.unsubscribe import make_link, secret_from_env
+from outreach.wire import WireMessage, render_message
 from outreach.workspace import Workspace
 
 
@@ -89,7 +88,7 @@ class Composed:
     subject: str
     body: str  # the plain text as sent (with the quoted earlier message, if any)
     html: str | None
-    email: EmailMessage
+    email: WireMessage  # the bytes SMTP sends and the Sent folder keeps
     message_id: str
     in_reply_to: str | None
     references: tuple[str, ...]
@@ -231,13 +230,12 @@ class Composer:
             quote=quote,
             language=who.language,
         )
-        email = build_message(outgoing)
-        plain = email.get_body(("plain",))
+        wire = render_message(outgoing)
         return Composed(
             subject=subject,
-            body=plain.get_content() if plain is not None else text,
+            body=wire.text,
             html=html,
-            email=email,
+            email=wire,
             message_id=message_id,
             in_reply_to=outgoing.in_reply_to,
             references=outgoing.references,

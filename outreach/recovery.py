@@ -16,6 +16,7 @@ from outreach.errors import OutreachError
 from outreach.imap import MailboxImap
 from outreach.models import Message, MessageState
 from outreach.outcomes import Report
+from outreach.wire import WireMessage
 from outreach.workspace import Workspace
 
 
@@ -77,7 +78,7 @@ class SentFolder:
         self._imap: MailboxImap | None = None
         self._folder: str | None = None
 
-    def append(self, email: EmailMessage, report: Report) -> None:
+    def append(self, email: WireMessage | EmailMessage, report: Report) -> None:
         """Keep a copy; a failure is reported, never fatal: the message has already left."""
         try:
             if self._imap is None:
