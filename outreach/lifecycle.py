@@ -7,7 +7,7 @@ another state changes nothing and says so (``False``, or the rows it moved), so 
 
 An email::
 
-    (new) -claim-> CLAIMED -take-> SENDING -record_sent-> SENT -bounced_later-> BOUNCED
+    (new) -claim-> CLAIMED -take-> SENDING -record_sent_many-> SENT -bounced_later-> BOUNCED
                     |   |            |-record_retry / record_not_tried-> RETRY
     RETRY <-release-+   |            |-record_bounce-> BOUNCED
       |                 |            |-record_failed-> FAILED
@@ -218,22 +218,18 @@ def cancel(db: Session | Connection, message_row: int, owner: str) -> bool:
     )
 
 
-def record_sent(db: Session | Connection, message_row: int, response: str, now: datetime) -> bool:
-    """The server accepted it."""
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.SENDING,),
-            MessageState.SENT,
-            sent_at=now,
-            smtp_response=response,
-            error=None,
-            lease_owner=None,
-            lease_until=None,
-        )
-        == 1
+def _answered(db: Session | Connection, message_row: int, to: MessageState, **values: Any) -> bool:
+    """The server's answer to a message on the wire: it leaves ``sending``, and its lease."""
+    moved = _move(
+        db,
+        message_row,
+        (MessageState.SENDING,),
+        to,
+        lease_owner=None,
+        lease_until=None,
+        **values,
     )
+    return moved == 1
 
 
 def record_sent_many(
@@ -268,19 +264,13 @@ def record_retry(
 ) -> bool:
     """A temporary failure of this message (4xx, a dropped connection): again later, with the
     same Message-ID."""
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.SENDING,),
-            MessageState.RETRY,
-            smtp_response=response,
-            error=response,
-            next_attempt_at=next_attempt_at,
-            lease_owner=None,
-            lease_until=None,
-        )
-        == 1
+    return _answered(
+        db,
+        message_row,
+        MessageState.RETRY,
+        smtp_response=response,
+        error=response,
+        next_attempt_at=next_attempt_at,
     )
 
 
@@ -289,54 +279,24 @@ def record_not_tried(
 ) -> bool:
     """The mailbox, not the message, was in trouble (no session opened, or its login refused):
     the message goes back as it was, its attempt not counted."""
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.SENDING,),
-            MessageState.RETRY,
-            smtp_response=response,
-            error=error,
-            attempts=messages_t.c.attempts - 1,
-            lease_owner=None,
-            lease_until=None,
-        )
-        == 1
+    return _answered(
+        db,
+        message_row,
+        MessageState.RETRY,
+        smtp_response=response,
+        error=error,
+        attempts=messages_t.c.attempts - 1,
     )
 
 
 def record_bounce(db: Session | Connection, message_row: int, response: str) -> bool:
     """The recipient does not exist (at SMTP time)."""
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.SENDING,),
-            MessageState.BOUNCED,
-            smtp_response=response,
-            error=response,
-            lease_owner=None,
-            lease_until=None,
-        )
-        == 1
-    )
+    return _answered(db, message_row, MessageState.BOUNCED, smtp_response=response, error=response)
 
 
 def record_failed(db: Session | Connection, message_row: int, response: str, error: str) -> bool:
     """Refused for good, or retried until ``max_attempts``."""
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.SENDING,),
-            MessageState.FAILED,
-            smtp_response=response,
-            error=error,
-            lease_owner=None,
-            lease_until=None,
-        )
-        == 1
-    )
+    return _answered(db, message_row, MessageState.FAILED, smtp_response=response, error=error)
 
 
 def bounced_later(db: Session | Connection, message_row: int) -> bool:
