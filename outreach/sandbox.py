@@ -15,12 +15,12 @@ from __future__ import annotations
 import copy
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from functools import wraps
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import Template, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -41,6 +41,12 @@ class RenderLimit(Exception):
     """A template went over a bound. The renderer turns it into a ``TemplateError`` that
     names the line of the file."""
 
+    lineno: int | None = None  # the template's line, when the traceback does not show it
+
+
+class Runaway(RenderLimit):
+    """A template went over the step or the time bound: it would do so again."""
+
 
 class _Budget:
     __slots__ = ("started", "steps")
@@ -60,13 +66,13 @@ def _tick(count: int = 1) -> None:
     before = budget.steps
     budget.steps += count
     if budget.steps > MAX_STEPS:
-        raise RenderLimit(
+        raise Runaway(
             f"stopped after {MAX_STEPS:,} loop iterations and calls (a loop that never ends?)"
         )
     if budget.steps >> 10 != before >> 10:  # the CPU clock every 1,024 steps: it costs a call
         spent = clock.cpu_seconds() - budget.started
         if spent > MAX_CPU_SECONDS:
-            raise RenderLimit(
+            raise Runaway(
                 f"stopped after {MAX_CPU_SECONDS:g} s of rendering (a loop that never ends?)"
             )
 
@@ -358,20 +364,34 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return bounded(super().call_binop(context, operator, left, right))
 
 
-def render_bounded(generate: Callable[[], Iterator[str]], limit: int, what: str) -> str:
-    """Run one rendering (``template.generate``) inside a fresh budget, stopping as soon as
-    its output passes ``limit`` characters."""
+def render_bounded(template: Template, variables: Mapping[str, Any], limit: int, what: str) -> str:
+    """Render ``template`` inside a fresh budget, stopping as soon as its output passes
+    ``limit`` characters (a ``what``)."""
     token = _budget.set(_Budget())
     try:
         kept: list[str] = []
         total = 0
-        for part in generate():
+        parts = template.generate(variables)
+        for part in parts:
             total += len(part)
             if total > limit:
-                raise RenderLimit(
+                error = RenderLimit(
                     f"renders to more than {limit:,} characters, the most a {what} may have"
                 )
+                error.lineno = _writing_line(template, parts)
+                raise error
             kept.append(part)
         return "".join(kept)
     finally:
         _budget.reset(token)
+
+
+def _writing_line(template: Template, parts: Iterator[str]) -> int | None:
+    """The template line whose output was being produced: the innermost generator's."""
+    inner: Any = parts
+    while getattr(inner, "gi_yieldfrom", None) is not None:
+        inner = inner.gi_yieldfrom
+    frame = getattr(inner, "gi_frame", None)
+    if frame is None or frame.f_code.co_filename != "<template>":
+        return None
+    return int(template.get_corresponding_lineno(frame.f_lineno))

@@ -34,7 +34,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from outreach.errors import TemplateError, TemplateProblems
 from outreach.prospects import LANGUAGES, PERSONAS
-from outreach.sandbox import BoundedSandbox, RenderLimit, render_bounded
+from outreach.sandbox import BoundedSandbox, RenderLimit, Runaway, render_bounded
 from outreach.yamlfile import Loc, YamlDoc, load_yaml
 
 PERSONA_KEYS = ("default", *PERSONAS)
@@ -343,6 +343,9 @@ class Renderer:
         )
         self._html_env = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=True)
         self._compiled: dict[tuple[bool, str], jinja2.Template] = {}
+        # Texts that ran past the step or time bound, refused at once from then on (until
+        # they are edited): a runaway text costs its second once, not once per prospect.
+        self._runaway: dict[tuple[bool, str], tuple[str, int]] = {}  # (why, line in text)
 
     def _template(self, text: Text, where: str, html: bool) -> jinja2.Template:
         key = (html, text.source)
@@ -379,8 +382,14 @@ class Renderer:
         """Render ``text``; ``where`` is ``file#what`` for error messages. The output may have
         at most ``limit`` characters (a ``what``)."""
         template = self._template(text, where, html)
+        known = self._runaway.get((html, text.source))
+        if known is not None:
+            why, offset = known
+            raise TemplateError(
+                f"{_what(where)}: {why}", file=_file(where), line=text.line + offset
+            )
         try:
-            return render_bounded(lambda: template.generate(variables), limit, what)
+            return render_bounded(template, variables, limit, what)
         except jinja2.UndefinedError as exc:
             missing = _undefined_name(str(exc.message))
             raise TemplateError(
@@ -390,9 +399,10 @@ class Renderer:
                 hint=_default_hint(str(exc.message), missing),
             ) from None
         except RenderLimit as exc:
-            raise TemplateError(
-                f"{_what(where)}: {exc}", file=_file(where), line=_failing_line(text, exc)
-            ) from None
+            line = _failing_line(text, exc)
+            if isinstance(exc, Runaway):
+                self._runaway[(html, text.source)] = (str(exc), line - text.line)
+            raise TemplateError(f"{_what(where)}: {exc}", file=_file(where), line=line) from None
         except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
             raise TemplateError(
                 f"{_what(where)}: {exc}", file=_file(where), line=_failing_line(text, exc)
@@ -455,7 +465,7 @@ class Renderer:
 def _failing_line(text: Text, exc: BaseException) -> int:
     """The file line of the template line that was running when ``exc`` was raised (Jinja
     rewrites the traceback so that template frames carry template line numbers)."""
-    line = None
+    line = getattr(exc, "lineno", None)
     tb = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == "<template>":
