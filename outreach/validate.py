@@ -281,13 +281,13 @@ def _check_languages(
             if len(lacking) == len(active):
                 report.warn(
                     f"{template.path}:{active[0].line}: {sequence.name}/{step}: no active "
-                    f"{kind} has a '{language}' text; {people} cannot be sent this step"
+                    f"{kind} has a text in '{language}'; {people} cannot be sent this step"
                 )
                 continue
             for variant in lacking:
                 report.warn(
                     f"{template.path}:{variant.line}: {sequence.name}/{step} {kind} "
-                    f"'{variant.id}' has no '{language}' text; {people} get only the other "
+                    f"'{variant.id}' has no text in '{language}'; {people} get only the other "
                     f"{ab.plural(kind)}"
                 )
 
