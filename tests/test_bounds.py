@@ -169,16 +169,23 @@ def test_send_holds_a_runaway_text_and_sends_the_rest(
         # Edited in after the enrollment: the pre-flight never saw it.
         path = workspace_dir / INTRO
         text = path.read_text(encoding="utf-8")
-        path.write_text(text.replace("{{ sender.signature }}", LOOPS, 1), encoding="utf-8")
-        line = next(
+        # Every text of the first body runs away; the second body ('read-case') is intact.
+        first, second = text.split("  - id: read-case\n")
+        first = first.replace("{{ sender.signature }}", LOOPS)
+        path.write_text(first + "  - id: read-case\n" + second, encoding="utf-8")
+        lines = {
             n
             for n, row in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
             if LOOPS in row
-        )
+        }
         result, cpu, wall = timed(run, "send", "--once", "--no-wait")
     assert result.exit_code == 1
-    held = [row for row in result.stderr.splitlines() if f"{INTRO}:{line}: " in row]
-    assert held and all("stopped after" in row for row in held)
+    held = [
+        row
+        for row in result.stderr.splitlines()
+        if any(f"{INTRO}:{line}: body 'direct-question' " in row for line in lines)
+    ]
+    assert held and all("stopped after 1,000,000 loop iterations and calls" in row for row in held)
     assert "Traceback" not in result.output
     assert cpu < BOUND_CPU and wall < BOUND_WALL, (cpu, wall)
     sent = run.json("status")["sequences"][0]["steps"][0]["sent"]
