@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from outreach.errors import TemplateError
+from outreach.templates import MAX_BODY_CHARS, Renderer, Text, Variant
 from tests.conftest import Cli, edit_config
 from tests.smtp_servers import RecordingSMTP
 
@@ -263,3 +267,59 @@ def test_a_file_over_a_megabyte_is_refused_unread(run: Cli, workspace_dir: Path)
         f"{COLD}:17: step 'intro': template cold/1-intro.yaml: the file is 1,100,000 bytes; "
         "a sequence or template file is at most 1,000,000"
     )
+
+
+# ------------------------------------------------------------ any mix of the known amplifiers
+
+SIZES = st.sampled_from([0, 3, 1000, 10**5, 10**6, 10**9])
+ATOMS = [
+    lambda n: f"'x' * {n}",
+    lambda n: f"lipsum({n})",
+    lambda n: f"(range({min(n, 10**5)})|list)",
+    lambda n: f"'ab'|center({n})",
+    lambda n: f"'%{n}s' % 'y'",
+    lambda n: f"'{{:>{n}}}'.format('z')",
+    lambda n: f"('a b ' * 50)|indent({n})",
+    lambda n: f"['q'] * {n}",
+    lambda n: f"'c'.ljust({n})",
+    lambda n: f"('d' * 100).replace('', 'e' * {min(n, 10**6)})",
+]
+
+
+@st.composite
+def hostile_templates(draw: st.DrawFn) -> str:
+    """A text of 1-3 expressions built from the amplifiers, joined with ``~`` or printed
+    side by side, inside 0-3 nested loops."""
+    parts = [draw(st.sampled_from(ATOMS))(draw(SIZES)) for _ in range(draw(st.integers(1, 3)))]
+    joined = " ~ ".join(f"({part})|string" for part in parts)
+    body = (
+        "{{ " + joined + " }}"
+        if draw(st.booleans())
+        else "".join("{{ " + part + " }}" for part in parts)
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        count = draw(SIZES) if draw(st.booleans()) else 10**5
+        body = f"{{% for i in range({count}) %}}{body}{{% endfor %}}"
+    return body
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_templates())
+def test_any_mix_of_amplifiers_ends_in_one_error_or_a_bounded_body(source: str) -> None:
+    renderer = Renderer()
+    cpu = time.process_time()
+    try:
+        body, _ = renderer.render_body(
+            Variant(kind="body", id="mix", line=3, texts={("en", "default"): Text(source, 7)}),
+            "en",
+            None,
+            {"sender": {}},
+            "templates/mix.yaml",
+        )
+    except TemplateError as exc:
+        assert exc.file == "templates/mix.yaml" and exc.line == 7
+        assert "\n" not in exc.one_line()
+    else:
+        assert len(body) <= MAX_BODY_CHARS + 1
+    # One rendering: at most 1 s of CPU plus the one operation that was running.
+    assert time.process_time() - cpu < 2.5
