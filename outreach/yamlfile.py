@@ -112,10 +112,17 @@ def load_yaml(path: Path, error: type[OutreachError], display: str | None = None
                 f"{MAX_FILE_BYTES:,}",
                 file=name,
             )
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise error("file not found", file=name) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} (save the file as UTF-8)",
+            file=name,
+            line=raw.count(b"\n", 0, exc.start) + 1,
+        ) from None
+    except OSError as exc:
         raise error(f"cannot read: {exc}", file=name) from None
     loader = _Loader(text)
     try:

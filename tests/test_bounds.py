@@ -323,3 +323,18 @@ def test_any_mix_of_amplifiers_ends_in_one_error_or_a_bounded_body(source: str) 
         assert len(body) <= MAX_BODY_CHARS + 1
     # One rendering: at most 1 s of CPU plus the one operation that was running.
     assert time.process_time() - cpu < 2.5
+
+
+def test_a_template_that_is_not_utf8_names_the_line_of_the_byte(
+    run: Cli, workspace_dir: Path
+) -> None:
+    path = workspace_dir / INTRO
+    raw = path.read_bytes()
+    assert raw.split(b"\n")[23].strip().startswith(b'fi: "Markkinointi')
+    # A UTF-8 file (its earlier lines have \xc3\xa5 and the like) with one Windows-1252 byte.
+    path.write_bytes(raw.replace(b'fi: "Markkinointi', b'fi: "M\xe4rkkinointi', 1))
+    result = run("validate")
+    assert result.exit_code == 1
+    assert problems(result.stderr)[0] == (
+        f"{INTRO}:24: not UTF-8: byte 0xe4 (save the file as UTF-8)"
+    )
