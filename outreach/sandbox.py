@@ -201,9 +201,7 @@ def _check_str_method(
     text = getattr(method, "__self__", None)
     wrapped = getattr(method, "__wrapped__", None)  # the sandbox's own str.format wrapper
     if wrapped is not None and isinstance(getattr(wrapped, "__self__", None), str):
-        if wrapped.__name__ == "format":
-            _check_brace_format(wrapped.__self__)
-        elif wrapped.__name__ == "format_map":
+        if wrapped.__name__ in ("format", "format_map"):
             _check_brace_format(wrapped.__self__)
         return args
     if not isinstance(text, str):

@@ -162,6 +162,7 @@ def read_step_template(
     bodies = _variants(doc, name, "bodies", "body", problems)
     if not doc.data.get("bodies"):
         problems.append(TemplateError("a step needs at least one body variant", file=name, line=1))
+    problems.sort(key=lambda problem: problem.line or 0)  # in the order a reader meets them
     return StepTemplate(path=name, subjects=subjects, bodies=bodies), problems
 
 
