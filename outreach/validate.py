@@ -20,7 +20,7 @@ from outreach.errors import OutreachError, TemplateError
 from outreach.models import Prospect
 from outreach.models import Variant as VariantRow
 from outreach.sequences import Sequence, read_sequences
-from outreach.templates import StepTemplate, Variant
+from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace, template_variables
 
 SAMPLE_PROSPECT = {
@@ -126,7 +126,7 @@ def validate(ws: Workspace) -> Report:
             if template is None or problems:  # its own problems are listed already
                 continue
             _check_step(ws, report, sequence, index, template, state)
-            _check_languages(report, sequence, step.name, template, state, languages, ws)
+            _check_languages(report, sequence, step.name, template, state, languages)
             _list_retired(report, sequence, step.name, template, reviewed)
 
     for box in ws.config.mailboxes:
@@ -255,7 +255,7 @@ def _check_step(
             )
 
 
-def _kinds(sequence: Sequence, step_name: str) -> tuple[str, ...]:
+def _kinds(sequence: Sequence, step_name: str) -> tuple[Kind, ...]:
     step = next(s for s in sequence.steps if s.name == step_name)
     return ("subject", "body") if step.is_email and step.thread == "new" else ("body",)
 
@@ -267,12 +267,11 @@ def _check_languages(
     template: StepTemplate,
     state: ab.AssignmentState,
     languages: Counter[str],
-    ws: Workspace,
 ) -> None:
     """Warn where the workspace's prospects speak a language that an active variant (or
     every active variant) of the step has no text in."""
     for kind in _kinds(sequence, step):
-        active = state.active(template, sequence.name, step, kind)  # type: ignore[arg-type]
+        active = state.active(template, sequence.name, step, kind)
         if not active:
             continue
         for language, count in sorted(languages.items()):
