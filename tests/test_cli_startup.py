@@ -119,3 +119,12 @@ def test_schema_head_read_from_the_migration_files_is_alembics() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     assert migrations_head() == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_holiday_country_check_knows_what_the_holidays_package_supports() -> None:
+    import holidays
+
+    from outreach.config import _holiday_countries
+
+    assert _holiday_countries() == set(holidays.list_supported_countries())
+    assert {"FI", "SE", "US", "UK"} <= _holiday_countries()
