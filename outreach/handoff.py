@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select, update
 
-from outreach import __version__
+from outreach import __version__, localtime
 from outreach.config import Crm
 from outreach.errors import ConfigError, NotFound, OutreachError
 from outreach.models import Enrollment, Event, Handoff, Message, Prospect
@@ -373,7 +373,8 @@ def _record(
                 delay = max(delay, min(timedelta(seconds=outcome.retry_after), MAX_RETRY_DELAY))
             handoff.next_attempt_at, handoff.last_error = now + delay, outcome.detail
             report.retrying += 1
-            report.lines.append(f"retry {claimed.label} at {_utc(now + delay)}: {outcome.detail}")
+            at = localtime.local(now + delay, localtime.team_zone(ws.config), seconds=True)
+            report.lines.append(f"retry {claimed.label} at {at}: {outcome.detail}")
         session.add(handoff)
 
 
