@@ -297,15 +297,8 @@ class Daemon:
             return
         async with self._poll_lock:
             report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
-        for reply in report.replies:
-            log.info("reply from %s (%s): sequences stopped", reply["from"], reply["sentiment"])
-        if report.bounces or report.auto_replies or report.unsubscribes:
-            log.info(
-                "%d bounce(s), %d auto-repl(ies), %d unsubscribe(s)",
-                report.bounces,
-                report.auto_replies,
-                report.unsubscribes,
-            )
+        for line in report.events:  # one line per message applied: mailbox and prospect
+            log.info("%s", line)
         for note in report.notes:
             log.warning("%s", note)
 
