@@ -365,13 +365,15 @@ def step_done(
         and enrollment.step_index == message.step_index
     ):
         skipped = None
-        if message.state == "skipped":
-            skipped = f"{message.step_name} skipped: {message.error or 'not done'}"
+        if message.state == "skipped":  # "skipped by the rep (...)", or "not done in time"
+            why = message.error or "not done"
+            sep = " " if why.startswith("skipped") else " skipped: "
+            skipped = f"{message.step_name}{sep}{why}"
         advance(ws, session, enrollment, now, rng, skipped=skipped)
 
 
 FINISHED = "every step done"
-LAST_STEP_SKIPPED = "last step "  # + "linkedin skipped: no LinkedIn URL"
+LAST_STEP_SKIPPED = "last step "  # + "linkedin skipped by the rep (no LinkedIn URL)"
 
 
 def advance(

@@ -70,7 +70,7 @@ def skip_task(
     recorded on the prospect, and the sequence goes on as if the time to do it had run out."""
     with ws.store.session() as session:
         task = _open_task(session, task_id)
-        why = f"skipped by the rep: {reason}" if reason else "skipped by the rep"
+        why = f"skipped by the rep ({reason})" if reason else "skipped by the rep"
         task.state, task.error, task.next_attempt_at = "skipped", why, None
         session.add(task)
         session.add(

@@ -98,7 +98,7 @@ def test_skipping_the_last_task_never_reads_every_step_done(tasks_due: Cli) -> N
     view = tasks_due.json("prospect", "bob@beta.example")
     cold = next(e for e in view["enrollments"] if e["sequence"] == "cold")
     assert cold["state"] == "finished"
-    assert cold["end_reason"] == "last step linkedin skipped: skipped by the rep: no LinkedIn URL"
+    assert cold["end_reason"] == "last step linkedin skipped by the rep (no LinkedIn URL)"
     assert any(
         e["kind"] == "task_skipped" and e["reason"] == "no LinkedIn URL" for e in view["events"]
     )
