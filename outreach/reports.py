@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from outreach import cluster, localtime
 from outreach.ab import reply_class_of
@@ -358,13 +358,13 @@ def reply_list(
     return out
 
 
-def _answered_message(session: Any, event: Event, prospect: Prospect) -> Message | None:
+def _answered_message(session: Session, event: Event, prospect: Prospect) -> Message | None:
     """The email the reply answers (by its In-Reply-To), else the last one sent before it."""
     if event.message_id is not None:
         message = session.get(Message, event.message_id)
         if message is not None:
-            return message  # type: ignore[no-any-return]
-    return session.exec(  # type: ignore[no-any-return]
+            return message
+    return session.exec(
         select(Message)
         .where(
             Message.prospect_id == prospect.id,
@@ -375,9 +375,9 @@ def _answered_message(session: Any, event: Event, prospect: Prospect) -> Message
     ).first()
 
 
-def _latest_sender(session: Any, prospect: Prospect) -> str | None:
+def _latest_sender(session: Session, prospect: Prospect) -> str | None:
     """The mailbox of the prospect's latest enrollment: who a reply without a match went to."""
-    return session.exec(  # type: ignore[no-any-return]
+    return session.exec(
         select(Enrollment.sender)
         .where(Enrollment.prospect_id == prospect.id)
         .order_by(col(Enrollment.id).desc())

@@ -76,7 +76,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 cli.lazy = COMMANDS  # type: ignore[attr-defined]
 
-__all__ = ["COMMANDS", "cli", "main"]
+__all__ = ["COMMANDS", "cli", "load_all", "main"]
+
+
+def load_all() -> None:
+    """Import every command module now (tests do, before freezegun fakes the clock: SQLModel
+    cannot build its tables' schemas with freezegun's datetime class)."""
+    import importlib
+
+    for module in sorted({module for module, _ in COMMANDS.values()}):
+        importlib.import_module(f"outreach.cli.{module}")
 
 
 def main() -> None:

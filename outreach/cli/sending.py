@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import asdict
-from datetime import datetime
 
 import click
 
@@ -178,9 +177,7 @@ def replies_list(
         print_json(rows)
         return
     for row in rows:
-        at = localtime.local(
-            datetime.fromisoformat(row["at"]), localtime.mailbox_zone(config, row["sender"])
-        )
+        at = when(row["at"], localtime.mailbox_zone(config, row["sender"]))
         who = " ".join(
             x for x in (row["name"], f"({row['company']})" if row["company"] else "") if x
         )
