@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from outreach import handoff, planner
+from outreach import handoff, lifecycle, planner
 from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Crm, Mailbox
 from outreach.errors import NotFound, OutreachError
@@ -62,14 +62,7 @@ def end_enrollment(
     enrollment.due_at = None
     session.add(enrollment)
     # A message waiting for a retry, or an open task, is never sent or shown now.
-    for message in session.exec(
-        select(Message).where(
-            Message.enrollment_id == enrollment.id, col(Message.state).in_(("retry", "task"))
-        )
-    ):
-        message.state = "skipped"
-        message.error = f"enrollment {state}: {reason}"
-        session.add(message)
+    lifecycle.drop_open(session, _id(enrollment), f"enrollment {state}: {reason}")
 
 
 @dataclass
@@ -358,18 +351,32 @@ def step_done(
 ) -> None:
     """The message's step is done (sent, task done or skipped): if its enrollment is still
     active at that step, plan the next one. A reply or stop meanwhile leaves it ended."""
-    enrollment = session.get(Enrollment, message.enrollment_id)
-    if (
-        enrollment is not None
-        and enrollment.state == "active"
-        and enrollment.step_index == message.step_index
-    ):
-        skipped = None
-        if message.state == "skipped":  # "skipped by the rep (...)", or "not done in time"
-            why = message.error or "not done"
-            sep = " " if why.startswith("skipped") else " skipped: "
-            skipped = f"{message.step_name}{sep}{why}"
-        advance(ws, session, enrollment, now, rng, skipped=skipped)
+    skipped = None
+    if message.state == "skipped":  # "skipped by the rep (...)", or "not done in time"
+        why = message.error or "not done"
+        sep = " " if why.startswith("skipped") else " skipped: "
+        skipped = f"{message.step_name}{sep}{why}"
+    steps_done(ws, session, [(message.enrollment_id, message.step_index)], now, rng, skipped)
+
+
+def steps_done(
+    ws: Workspace,
+    session: Session,
+    done: list[tuple[int, int]],
+    now: datetime,
+    rng: random.Random,
+    skipped: str | None = None,
+) -> None:
+    """Several (enrollment, step) done at once: each enrollment still active at that step
+    plans its next one. ``skipped``: why the step was not done (one skipped task)."""
+    for enrollment_id, step_index in done:
+        enrollment = session.get(Enrollment, enrollment_id)
+        if (
+            enrollment is not None
+            and enrollment.state == "active"
+            and enrollment.step_index == step_index
+        ):
+            advance(ws, session, enrollment, now, rng, skipped=skipped)
 
 
 FINISHED = "every step done"

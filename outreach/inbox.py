@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach import handoff
+from outreach import handoff, lifecycle
 from outreach.classify import (
     Classified,
     classify,
@@ -289,8 +289,8 @@ def _apply_bounce(
         kind = "hard bounce: the address is invalid" if verdict.hard else "soft bounce"
         report.event(f"{kind} for {bounced.email if bounced else target.prospect_id}")
         if verdict.hard:
-            target.state = "bounced"
-            session.add(target)
+            assert target.id is not None
+            lifecycle.bounced_later(session, target.id)
             # The event keeps the report's Message-ID and headers, so a re-read of this report
             # (UIDVALIDITY changed) is recognised as already applied.
             stop_for_bounce(

@@ -44,7 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "resolve": (
         "sending",
-        "Settle a message whose fate is unknown after a crash (outbox id or Message-ID).",
+        "Settle a message whose fate is unknown after a crash (outbox id or Message-ID): "
+        "first see what is known (the Sent folder searched, the SMTP answer), then answer.",
     ),
     "resume": (
         "sending",

@@ -184,6 +184,11 @@ def status(ctx: Context, as_json: bool) -> None:
             f"{when(member['started_at'], zone)}, last beat {when(member['beat_at'], zone)}, "
             f"holds {held}"
         )
+    for held in report["held"]:
+        click.echo(
+            f"HELD {held['prospects']} prospect(s) in {held['sequence']}, not sent: "
+            f"{held['reason']} (tried again every 15 minutes; fix it, or `outreach validate`)"
+        )
     click.echo(f"backlog: {report['backlog']} due now")
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
@@ -258,6 +263,8 @@ def prospect(
             else ""
         )
         click.echo(f"  {e['sequence']}: {e['state']}, from {e['sender']}, {tail}".rstrip(", "))
+        if e["held"]:
+            click.echo(f"    HELD since {e['held_since']}, not sent: {e['held']}")
     click.echo("messages:" if view["messages"] else "messages: none yet")
     for m in view["messages"]:
         click.echo(
