@@ -28,12 +28,14 @@ from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail import Outgoing, build_message, make_message_id
 from outreach.models import Decision, Event, Message, Review
 from outreach.models import Variant as VariantRow
-from outreach.sender import Outcome, SmtpTransport, Transport
 from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace
 
-if TYPE_CHECKING:  # numpy and scipy load only when statistics are asked for (not at idle)
+# numpy and scipy load only when statistics are asked for (not at idle), aiosmtplib only to
+# mail a digest.
+if TYPE_CHECKING:
     from outreach import abstats
+    from outreach.sender import Outcome, Transport
 
 ATTRIBUTION = (
     "A human reply (not an auto-reply, not a bounce), or a meeting or webinar booked, counts "
@@ -849,6 +851,8 @@ def publish_digest(
             message_id=make_message_id(box.email),
             date=result.ran_at,
         )
+
+        from outreach.sender import SmtpTransport  # aiosmtplib: only to mail a digest
 
         async def send() -> Outcome:
             message = build_message(outgoing)

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -28,17 +29,79 @@ from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col, select
 
-from outreach import ab, clock, cluster, handoff, inbox, web
+from outreach import ab, clock, cluster, handoff, inbox, localtime, web
+from outreach.claims import Claimed
 from outreach.config import Mailbox
-from outreach.dispatch import Dispatcher, Report
+from outreach.dispatch import Dispatcher
 from outreach.errors import OutreachError
 from outreach.imap import ImapError, MailboxImap
+from outreach.models import Enrollment
+from outreach.outcomes import Report
+from outreach.pacing import Wait
 from outreach.sender import SmtpTransport, Transport
 from outreach.unsubscribe import secret_from_env
 from outreach.workspace import Workspace
 
 log = logging.getLogger("outreach")
+
+# Libraries that log at INFO what is routine for us (flufl.bounce names every detector it
+# runs on every inbound message; APScheduler every job run; Alembic its context): only their
+# warnings reach the daemon's log.
+QUIET_LOGGERS = ("apscheduler", "alembic", "flufl.bounce", "aiohttp.access", "asyncio")
+# syslog priorities, for journald's "<N>" line prefix (`journalctl -p warning` then works).
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+# The mailbox a dispatcher task is draining, so that its log lines can name it.
+current_mailbox: ContextVar[str | None] = ContextVar("current_mailbox", default=None)
+
+
+class JournalFormatter(logging.Formatter):
+    """One line per event, ``<priority>LEVEL message``: journald stamps the time itself and
+    reads the priority from the prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join(super().format(record).split("\n"))
+        return f"<{_PRIORITY.get(record.levelno, 3)}>{record.levelname} {line}"
+
+
+def configure_logging(*, journald: bool | None = None) -> None:
+    """The daemon's log on stderr, one line per event. Under systemd (``$JOURNAL_STREAM`` set,
+    or ``journald``) without a timestamp and with a syslog priority prefix; elsewhere with the
+    time."""
+    if journald is None:
+        journald = bool(os.environ.get("JOURNAL_STREAM"))
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JournalFormatter("%(message)s")
+        if journald
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_event(line: str) -> None:
+    """A dispatcher's event as one log line, naming the mailbox it happened in."""
+    mailbox = current_mailbox.get()
+    if mailbox and not line.startswith(mailbox):
+        line = f"{mailbox}: {line}"
+    log.info("%s", line)
+
+
+class MailboxNamingDispatcher(Dispatcher):
+    """A dispatcher whose events know their mailbox: each mailbox is drained in a task of its
+    own, which carries the mailbox in ``current_mailbox``."""
+
+    async def drain(self, box: Mailbox, report: Report, wait_for_gaps: bool) -> None:
+        token = current_mailbox.set(box.email)
+        try:
+            await super().drain(box, report, wait_for_gaps)
+        finally:
+            current_mailbox.reset(token)
 
 
 class DispatchLock:
@@ -84,6 +147,49 @@ class DispatchLock:
             self._fd = None
 
 
+class OnceDispatcher(Dispatcher):
+    """``send --once``'s dispatcher: it also says when it waits out a mailbox's gap, and until
+    when (in the mailbox's local time), so a run that sits still is not taken for a hang."""
+
+    def __init__(self, *args: Any, wait_for_gaps: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait_for_gaps = wait_for_gaps
+
+    def claim_batch(
+        self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
+    ) -> list[Claimed] | Wait | None:
+        claimed = super().claim_batch(box, now, report, limit)
+        if isinstance(claimed, Wait) and not self._has_due(box, now):
+            return None  # the gap after the last message: nothing is left to wait for
+        if isinstance(claimed, Wait) and self.on_event is not None:
+            until = localtime.local(
+                claimed.until, localtime.mailbox_zone(self.ws.config, box.email), seconds=True
+            )
+            waits = self.wait_for_gaps and (
+                (claimed.until - now).total_seconds()
+                <= self.ws.config.settings.sending.max_gap_seconds + 1
+            )
+            self.on_event(
+                f"{box.email}: waiting out the gap between two sends, until {until}"
+                if waits
+                else f"{box.email}: next send at {until} (the gap); not waiting for it"
+            )
+        return claimed
+
+    def _has_due(self, box: Mailbox, now: datetime) -> bool:
+        with self.ws.store.session() as session:
+            return (
+                session.exec(
+                    select(Enrollment.id).where(
+                        Enrollment.sender == box.email,
+                        Enrollment.state == "active",
+                        col(Enrollment.due_at) <= now,
+                    )
+                ).first()
+                is not None
+            )
+
+
 def send_once(
     ws: Workspace,
     *,
@@ -97,7 +203,9 @@ def send_once(
     SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
     """
     with DispatchLock(ws) as lock:
-        dispatcher = Dispatcher(ws, transport_for, now=now, on_event=on_event)
+        dispatcher = OnceDispatcher(
+            ws, transport_for, now=now, on_event=on_event, wait_for_gaps=wait_for_gaps
+        )
         if lock.exclusive:
             recover_after_crash(ws, dispatcher)
 
@@ -130,8 +238,8 @@ class Daemon:
         self.member = cluster.Member.for_settings(
             ws.config.settings.daemon.claim_lease_seconds, daemon=True
         )
-        self.dispatcher = Dispatcher(
-            ws, transport_for, on_event=lambda line: log.info("%s", line), member=self.member
+        self.dispatcher = MailboxNamingDispatcher(
+            ws, transport_for, on_event=log_event, member=self.member
         )
         self._tick: asyncio.Task[None] | None = None
         self._handoffs: asyncio.Task[None] | None = None
@@ -200,15 +308,8 @@ class Daemon:
             return
         async with self._poll_lock:
             report = await asyncio.to_thread(inbox.poll, self.ws, clock.now())
-        for reply in report.replies:
-            log.info("reply from %s (%s): sequences stopped", reply["from"], reply["sentiment"])
-        if report.bounces or report.auto_replies or report.unsubscribes:
-            log.info(
-                "%d bounce(s), %d auto-repl(ies), %d unsubscribe(s)",
-                report.bounces,
-                report.auto_replies,
-                report.unsubscribes,
-            )
+        for line in report.events:  # one line per message applied: mailbox and prospect
+            log.info("%s", line)
         for note in report.notes:
             log.warning("%s", note)
 

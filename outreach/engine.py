@@ -192,9 +192,121 @@ def suppress_in(
     return existing is None, stopped
 
 
+@dataclass
+class UnsuppressResult:
+    value: str
+    reason: str | None  # why it had been suppressed
+    since: datetime
+
+
+def unsuppress(store: Store, value: str, now: datetime, *, force: bool = False) -> UnsuppressResult:
+    """Take an address or ``@domain`` off the suppression list, so that a later import may
+    enroll it again. Enrollments the suppression stopped stay stopped. An entry made because
+    the person asked to be removed is refused unless ``force`` (they asked to hear again)."""
+    field = "ADDRESS_OR_@DOMAIN"
+    try:
+        normalised = suppression_value(value)
+    except ValueError as exc:
+        raise OutreachError(
+            f"'{value}' is neither an address nor @domain: {exc}", field=field
+        ) from None
+    with store.session() as session:
+        entry = session.exec(select(Suppression).where(Suppression.value == normalised)).first()
+        if entry is None:
+            domain = "@" + normalised.rpartition("@")[2]
+            by_domain = (
+                not normalised.startswith("@")
+                and session.exec(select(Suppression.id).where(Suppression.value == domain)).first()
+            )
+            raise NotFound(
+                f"{normalised} is not on the suppression list",
+                field=field,
+                hint=f"its domain is: `outreach unsuppress {domain}`"
+                if by_domain
+                else "`outreach suppressions` lists it",
+            )
+        if entry.reason == "unsubscribed" and not force:
+            raise OutreachError(
+                f"{normalised} asked to be removed ({entry.created_at:%Y-%m-%d})",
+                field=field,
+                hint="pass --force only if they asked to hear from you again",
+            )
+        result = UnsuppressResult(normalised, entry.reason, entry.created_at)
+        session.delete(entry)
+        if not normalised.startswith("@"):
+            prospect = session.exec(select(Prospect).where(Prospect.email == normalised)).first()
+            if prospect is not None:
+                session.add(
+                    Event(
+                        prospect_id=_id(prospect),
+                        kind="unsuppress",
+                        reason=entry.reason,
+                        data={"value": normalised},
+                        occurred_at=now,
+                    )
+                )
+        return result
+
+
 def suppressions(store: Store) -> list[Suppression]:
     with store.session() as session:
         return list(session.exec(select(Suppression).order_by(Suppression.value)))
+
+
+@dataclass
+class EmailChange:
+    old: str
+    new: str
+    live: int  # live enrollments that now write to the new address
+    reactivated: bool  # the old address had bounced; the new one is a fresh start
+
+
+def set_email(store: Store, email: str, new_email: str, now: datetime) -> EmailChange:
+    """The prospect has a new address: the person keeps their history (enrollments, messages,
+    events all hang on the prospect, not on the address) and what is live goes on to the new
+    one. Refused if the new address is invalid, another prospect's, or suppressed."""
+    field = "--set-email"
+    try:
+        new = normalize_email(new_email)
+    except ValueError as exc:
+        raise OutreachError(f"'{new_email}' is not a valid address: {exc}", field=field) from None
+    with store.session() as session:
+        prospect = find_prospect(session, email)
+        old = prospect.email
+        if new == old:
+            raise OutreachError(f"{old} already has that address", field=field)
+        other = session.exec(select(Prospect).where(Prospect.email == new)).first()
+        if other is not None:
+            raise OutreachError(
+                f"{new} is another prospect",
+                field=field,
+                hint=f"`outreach prospect {new}` shows them; stop or suppress one instead",
+            )
+        domain = new.rpartition("@")[2]
+        blocked = session.exec(
+            select(Suppression.value).where(col(Suppression.value).in_((new, "@" + domain)))
+        ).first()
+        if blocked is not None:
+            raise OutreachError(
+                f"{new} is suppressed ({blocked})",
+                field=field,
+                hint=f"`outreach unsuppress {blocked}` first, if that is right",
+            )
+        reactivated = prospect.status != "active"
+        prospect.email, prospect.domain = new, domain
+        prospect.status, prospect.updated_at = "active", now  # a new address has not bounced
+        session.add(prospect)
+        session.add(
+            Event(
+                prospect_id=_id(prospect),
+                kind="email_changed",
+                reason=f"{old} -> {new}",
+                data={"old": old, "new": new},
+                occurred_at=now,
+            )
+        )
+        live = len(live_enrollments(session, _id(prospect)))
+        return EmailChange(old, new, live, reactivated)
 
 
 def _calendar(ws: Workspace, sender: str, timezone: str | None) -> planner.SendingCalendar:
@@ -239,7 +351,12 @@ def step_done(
 ) -> None:
     """The message's step is done (sent, task done or skipped): if its enrollment is still
     active at that step, plan the next one. A reply or stop meanwhile leaves it ended."""
-    steps_done(ws, session, [(message.enrollment_id, message.step_index)], now, rng)
+    skipped = None
+    if message.state == "skipped":  # "skipped by the rep (...)", or "not done in time"
+        why = message.error or "not done"
+        sep = " " if why.startswith("skipped") else " skipped: "
+        skipped = f"{message.step_name}{sep}{why}"
+    steps_done(ws, session, [(message.enrollment_id, message.step_index)], now, rng, skipped)
 
 
 def steps_done(
@@ -248,9 +365,10 @@ def steps_done(
     done: list[tuple[int, int]],
     now: datetime,
     rng: random.Random,
+    skipped: str | None = None,
 ) -> None:
     """Several (enrollment, step) done at once: each enrollment still active at that step
-    plans its next one."""
+    plans its next one. ``skipped``: why the step was not done (one skipped task)."""
     for enrollment_id, step_index in done:
         enrollment = session.get(Enrollment, enrollment_id)
         if (
@@ -258,13 +376,25 @@ def steps_done(
             and enrollment.state == "active"
             and enrollment.step_index == step_index
         ):
-            advance(ws, session, enrollment, now, rng)
+            advance(ws, session, enrollment, now, rng, skipped=skipped)
+
+
+FINISHED = "every step done"
+LAST_STEP_SKIPPED = "last step "  # + "linkedin skipped by the rep (no LinkedIn URL)"
 
 
 def advance(
-    ws: Workspace, session: Session, enrollment: Enrollment, now: datetime, rng: random.Random
+    ws: Workspace,
+    session: Session,
+    enrollment: Enrollment,
+    now: datetime,
+    rng: random.Random,
+    *,
+    skipped: str | None = None,
 ) -> None:
-    """The step is done: plan the next one, or finish and hand over to the next sequence."""
+    """The step is done: plan the next one, or finish and hand over to the next sequence.
+    ``skipped`` says why the step was not done (a task skipped): a sequence whose last step
+    was skipped still ends, and moves on, but its end reason says so, not "every step done"."""
     sequence = ws.sequences[enrollment.sequence]
     enrollment.step_index += 1
     enrollment.updated_at = now
@@ -278,7 +408,8 @@ def advance(
         enrollment.due_at = planner.plan_due(now, step.wait, drawn, cal)
         session.add(enrollment)
         return
-    end_enrollment(session, enrollment, "finished", "every step done", now)
+    reason = LAST_STEP_SKIPPED + skipped if skipped else FINISHED
+    end_enrollment(session, enrollment, "finished", reason, now)
     follow = sequence.next
     if follow is None or follow.sequence not in ws.sequences:
         return

@@ -21,17 +21,19 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from sqlmodel import Session, col, func, select, update
 
-from outreach import __version__
+from outreach import __version__, localtime
 from outreach.config import Crm
 from outreach.errors import ConfigError, NotFound, OutreachError
 from outreach.models import Enrollment, Event, Handoff, Message, Prospect
 from outreach.prospects import STANDARD_FIELDS
 from outreach.workspace import Workspace
+
+if TYPE_CHECKING:
+    import aiohttp
 
 REASONS = ("replied", "meeting", "webinar")  # what is handed off; other stops are not
 SIGNATURE_HEADER = "X-Outreach-Signature"
@@ -259,6 +261,8 @@ async def deliver_due(ws: Workspace, now: datetime, *, limit: int = BATCH) -> De
         ).all()
     if not due:
         return report
+    import aiohttp  # only to deliver: queueing a hand-off (stop, a reply) needs no HTTP client
+
     lease = timedelta(seconds=2 * crm.timeout_seconds + 60)
     timeout = aiohttp.ClientTimeout(total=crm.timeout_seconds)
     headers = {"User-Agent": f"outreach/{__version__}"}
@@ -307,6 +311,8 @@ def _claim(ws: Workspace, handoff_id: int, now: datetime, lease: timedelta) -> _
 async def _post(
     http: aiohttp.ClientSession, crm: Crm, claimed: _Claimed, secret: str | None
 ) -> Outcome:
+    import aiohttp
+
     assert crm.webhook_url is not None
     body = body_of(claimed.payload)
     headers = {"Content-Type": "application/json", "Idempotency-Key": claimed.uuid}
@@ -367,7 +373,8 @@ def _record(
                 delay = max(delay, min(timedelta(seconds=outcome.retry_after), MAX_RETRY_DELAY))
             handoff.next_attempt_at, handoff.last_error = now + delay, outcome.detail
             report.retrying += 1
-            report.lines.append(f"retry {claimed.label} at {_utc(now + delay)}: {outcome.detail}")
+            at = localtime.local(now + delay, localtime.team_zone(ws.config), seconds=True)
+            report.lines.append(f"retry {claimed.label} at {at}: {outcome.detail}")
         session.add(handoff)
 
 

@@ -96,6 +96,12 @@ class PollReport:
     paused_colleagues: int = 0
     ignored: int = 0
     notes: list[str] = field(default_factory=list)
+    # One line per message applied, naming the mailbox and the prospect (the daemon's log).
+    events: list[str] = field(default_factory=list)
+    mailbox: str = ""  # the mailbox being read, for those lines
+
+    def event(self, line: str) -> None:
+        self.events.append(f"{self.mailbox}: {line}" if self.mailbox else line)
 
 
 def poll(ws: Workspace, now: datetime) -> PollReport:
@@ -112,6 +118,7 @@ def poll(ws: Workspace, now: datetime) -> PollReport:
 
 
 def poll_mailbox(ws: Workspace, box: Mailbox, now: datetime, report: PollReport) -> None:
+    report.mailbox = box.email
     with MailboxImap.for_mailbox(box) as imap:
         for folder in ws.config.settings.replies.folders:
             with ws.store.session() as session:
@@ -210,6 +217,7 @@ def apply_message(
             )
         )
         report.auto_replies += 1
+        report.event(f"out-of-office from {prospect.email}: the next step waits")
         return "auto_reply"
     if verdict.kind == "unsubscribe":
         # Suppressed everywhere, now; the unsubscribe event below says why.
@@ -225,6 +233,7 @@ def apply_message(
             )
         )
         report.unsubscribes += 1
+        report.event(f"unsubscribe request from {prospect.email}: suppressed everywhere")
         return "unsubscribe"
     for enrollment in live_enrollments(session, _pid(prospect)):
         end_enrollment(session, enrollment, "replied", verdict.sentiment or "reply", now)
@@ -242,6 +251,7 @@ def apply_message(
     report.replies.append(
         {"from": prospect.email, "sentiment": verdict.sentiment or "", "rule": verdict.rule}
     )
+    report.event(f"reply from {prospect.email} ({verdict.sentiment}): sequences stopped")
     if ws.config.settings.replies.company_stop:
         report.paused_colleagues += _pause_colleagues(session, prospect, now)
     return "reply"
@@ -275,6 +285,9 @@ def _apply_bounce(
         report.ignored += 1
         return "unmatched bounce"
     for target in targets:
+        bounced = session.get(Prospect, target.prospect_id)
+        kind = "hard bounce: the address is invalid" if verdict.hard else "soft bounce"
+        report.event(f"{kind} for {bounced.email if bounced else target.prospect_id}")
         if verdict.hard:
             assert target.id is not None
             lifecycle.bounced_later(session, target.id)

@@ -6,12 +6,12 @@ import random
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import col, func, select
+from sqlmodel import Session, col, func, select
 
 from outreach import lifecycle
 from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
-from outreach.models import Enrollment, MailboxState, Message, Prospect
+from outreach.models import Enrollment, Event, MailboxState, Message, Prospect
 from outreach.workspace import Workspace
 
 
@@ -36,6 +36,8 @@ def list_tasks(ws: Workspace, now: datetime, sender: str | None = None) -> list[
             "step": task.step_name,
             "prospect": prospect.email,
             "name": " ".join(p for p in (prospect.first_name, prospect.last_name) if p) or None,
+            "first_name": prospect.first_name,
+            "last_name": prospect.last_name,
             "company": prospect.company,
             "linkedin": prospect.linkedin,
             "text": task.body,
@@ -51,17 +53,54 @@ def complete_task(
 ) -> str:
     """Mark a task done; the prospect's sequence goes on to its next step."""
     with ws.store.session() as session:
-        task = session.get(Message, task_id)
-        if task is None or task.channel == "email":
-            raise NotFound(
-                f"no task with id {task_id}",
-                field="ID",
-                hint="`outreach tasks` lists the open ones",
-            )
+        task = _open_task(session, task_id)
         if not lifecycle.task_done(session, task_id, now):
             raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
         step_done(ws, session, task, now, rng or random.Random())
         return f"task {task_id} done ({task.sequence}/{task.step_name})"
+
+
+def skip_task(
+    ws: Workspace,
+    task_id: int,
+    now: datetime,
+    reason: str | None = None,
+    rng: random.Random | None = None,
+) -> str:
+    """The rep will not do this task (no LinkedIn URL, say): it is skipped with the reason,
+    recorded on the prospect, and the sequence goes on as if the time to do it had run out."""
+    with ws.store.session() as session:
+        task = _open_task(session, task_id)
+        why = f"skipped by the rep ({reason})" if reason else "skipped by the rep"
+        if not lifecycle.task_skipped(session, task_id, why):
+            raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
+        session.add(
+            Event(
+                prospect_id=task.prospect_id,
+                enrollment_id=task.enrollment_id,
+                message_id=task.id,
+                kind="task_skipped",
+                reason=reason or None,
+                data={"sequence": task.sequence, "step": task.step_name},
+                occurred_at=now,
+            )
+        )
+        step_done(ws, session, task, now, rng or random.Random())
+        return f"task {task_id} skipped ({task.sequence}/{task.step_name})"
+
+
+def _open_task(session: Session, task_id: int) -> Message:
+    """The open task with this id, or one clear error."""
+    task = session.get(Message, task_id)
+    if task is None or task.channel == "email":
+        raise NotFound(
+            f"no task with id {task_id}",
+            field="ID",
+            hint="`outreach tasks` lists the open ones",
+        )
+    if task.state != "task":
+        raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
+    return task
 
 
 def find_message(ws: Workspace, reference: str) -> Message:
@@ -229,9 +268,19 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
                     "last_sent_at": state.last_sent_at.isoformat()
                     if state and state.last_sent_at
                     else None,
+                    "next_send_at": state.next_send_at.isoformat()
+                    if state and state.next_send_at
+                    else None,
                 }
             )
     return out
+
+
+def unreachable_mailboxes(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
+    """Mailboxes whose SMTP server could not be reached (the last try opened no session)
+    while messages wait for them: what ``send --once`` exits 1 for. A mailbox that is marked
+    unreachable but has nothing due is not failing anyone."""
+    return [box for box in mailbox_report(ws, now) if box["unreachable"] and box["due_now"]]
 
 
 def resume_mailbox(ws: Workspace, email: str) -> str:
@@ -251,5 +300,7 @@ __all__ = [
     "mailbox_report",
     "resolve",
     "resume_mailbox",
+    "skip_task",
     "unknown_messages",
+    "unreachable_mailboxes",
 ]

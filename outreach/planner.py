@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
-import holidays as holidays_lib
+if TYPE_CHECKING:  # loaded at the first holiday check: `outreach status` plans nothing
+    import holidays as holidays_lib
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -140,6 +141,8 @@ def parse_days(text: str) -> frozenset[int]:
 @lru_cache(maxsize=64)
 def _country_holidays(code: str) -> holidays_lib.HolidayBase:
     """One holidays object per code ("FI", or "US-NY" for a subdivision); it fills years lazily."""
+    import holidays as holidays_lib
+
     country, _, subdiv = code.partition("-")
     try:
         return holidays_lib.country_holidays(country.upper(), subdiv=subdiv.upper() or None)

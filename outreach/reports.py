@@ -8,11 +8,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from outreach import cluster
+from outreach import cluster, localtime
 from outreach.ab import reply_class_of
-from outreach.engine import find_prospect
+from outreach.config import Config
+from outreach.engine import LAST_STEP_SKIPPED, find_prospect
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.outbox import mailbox_report, unknown_messages
 from outreach.prospects import STANDARD_FIELDS
@@ -22,7 +23,8 @@ from outreach.workspace import Workspace
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
 messages_t = Message.__table__  # type: ignore[attr-defined]
 ENDED = ("replied", "bounced", "unsubscribed", "stopped")
-STEP_COUNTS = ("active", "due", "waiting", "sent", *ENDED, "finished")
+# "skipped": the step's tasks that were skipped (by the rep, or left undone too long).
+STEP_COUNTS = ("active", "due", "waiting", "sent", "skipped", *ENDED, "finished")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -33,7 +35,8 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
     """Per sequence and step: who is there now, what was sent, and how enrollments ended.
 
     An enrollment that ended (replied, bounced, unsubscribed, stopped) is counted at the last
-    step it was given; "finished" (went through every step) at the last step.
+    step it was given; "finished" (reached the end of the sequence) at the last step, and
+    ``last_step_skipped`` says how many of those finished without doing their last step.
     """
     sequences = ws.sequences
     report: dict[str, Any] = {"now": now.isoformat(), "sequences": []}
@@ -56,6 +59,22 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
                 .group_by(m.sequence, m.step_index)
             )
         ]
+        skipped_rows: list[tuple[str, int, int]] = [
+            tuple(row)  # type: ignore[misc]
+            for row in session.execute(
+                sa_select(m.sequence, m.step_index, func.count())
+                .where(m.state == "skipped", m.channel != "email")
+                .group_by(m.sequence, m.step_index)
+            )
+        ]
+        last_skipped: dict[str, int] = {
+            str(seq): int(count)
+            for seq, count in session.execute(
+                sa_select(e.sequence, func.count())
+                .where(e.state == "finished", e.end_reason.startswith(LAST_STEP_SKIPPED))
+                .group_by(e.sequence)
+            )
+        }
         report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
         # Prospects whose next step cannot be sent, and why (tried again every 15 minutes).
         report["held"] = [
@@ -96,7 +115,17 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
         for seq, step_index, count in sent_rows:
             if seq == name and step_index < size:
                 steps[step_index]["sent"] += count
-        report["sequences"].append({"name": name, "enrollments": totals, "steps": steps})
+        for seq, step_index, count in skipped_rows:
+            if seq == name and step_index < size:
+                steps[step_index]["skipped"] += count
+        report["sequences"].append(
+            {
+                "name": name,
+                "enrollments": totals,
+                "last_step_skipped": last_skipped.get(name, 0),
+                "steps": steps,
+            }
+        )
     report["mailboxes"] = mailbox_report(ws, now)
     report["backlog"] = sum(box["due_now"] for box in report["mailboxes"])
     report["unknown"] = unknown_messages(ws)
@@ -284,4 +313,135 @@ def replied(ws: Workspace) -> list[dict[str, Any]]:
                     "reply_text": (event.data or {}).get("text", ""),
                 }
             )
+    return out
+
+
+REPLY_KINDS = ("reply", "unsubscribe")  # read from a mailbox: a person wrote back
+
+
+def reply_list(
+    ws: Workspace,
+    *,
+    since: datetime | None = None,
+    sender: str | None = None,
+    sentiments: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """The human replies read from the mailboxes, newest first: when, who (and their company),
+    to which mailbox, sequence and step, the sentiment (a rep's ``--mark`` correction first)
+    and the reply's new text. ``since`` keeps those read from that moment on; ``sender`` one
+    mailbox's; ``sentiments`` those classes. A request to be removed sent to the
+    ``unsubscribe_mailto`` address is not a reply and is left out."""
+    with ws.store.session() as session:
+        query = (
+            select(Event, Prospect)
+            .join(Prospect, col(Prospect.id) == Event.prospect_id)
+            .where(col(Event.kind).in_(REPLY_KINDS))
+            .order_by(col(Event.occurred_at).desc(), col(Event.id).desc())
+        )
+        if since is not None:
+            query = query.where(col(Event.occurred_at) >= since)
+        rows = session.exec(query).all()
+        out = []
+        for event, prospect in rows:
+            sentiment = reply_class_of(event)
+            if sentiment is None or (sentiments and sentiment not in sentiments):
+                continue
+            answered = _answered_message(session, event, prospect)
+            mailbox = answered.sender if answered else _latest_sender(session, prospect)
+            if sender and mailbox != sender.strip().lower():
+                continue
+            out.append(
+                {
+                    "id": event.id,
+                    "at": event.occurred_at.isoformat(),
+                    "email": prospect.email,
+                    "name": " ".join(p for p in (prospect.first_name, prospect.last_name) if p)
+                    or None,
+                    "company": prospect.company,
+                    "sender": mailbox,
+                    "sequence": answered.sequence if answered else None,
+                    "step": answered.step_name if answered else None,
+                    "sentiment": sentiment,
+                    "classified_as": (event.data or {}).get("classified_as"),
+                    "rule": (event.data or {}).get("rule"),
+                    "text": (event.data or {}).get("text", ""),
+                }
+            )
+    return out
+
+
+def _answered_message(session: Session, event: Event, prospect: Prospect) -> Message | None:
+    """The email the reply answers (by its In-Reply-To), else the last one sent before it."""
+    if event.message_id is not None:
+        message = session.get(Message, event.message_id)
+        if message is not None:
+            return message
+    return session.exec(
+        select(Message)
+        .where(
+            Message.prospect_id == prospect.id,
+            Message.state == "sent",
+            col(Message.sent_at) <= event.occurred_at,
+        )
+        .order_by(col(Message.sent_at).desc())
+    ).first()
+
+
+def _latest_sender(session: Session, prospect: Prospect) -> str | None:
+    """The mailbox of the prospect's latest enrollment: who a reply without a match went to."""
+    return session.exec(
+        select(Enrollment.sender)
+        .where(Enrollment.prospect_id == prospect.id)
+        .order_by(col(Enrollment.id).desc())
+    ).first()
+
+
+TASK_CSV_COLUMNS = (
+    "id",
+    "sender",
+    "prospect",
+    "first_name",
+    "last_name",
+    "company",
+    "linkedin",
+    "channel",
+    "sequence",
+    "step",
+    "due",
+    "text",
+)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: one that would start a formula gets a leading
+    apostrophe (OWASP's rule), since names and URLs come from strangers' CSVs."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def task_csv_rows(config: Config, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`outreach tasks --csv`: one row per open task, for a LinkedIn tool; ``due`` is ISO 8601
+    in the sender's time zone (with its offset)."""
+    out = []
+    for task in tasks:
+        due = datetime.fromisoformat(task["due_since"]).astimezone(
+            ZoneInfo(localtime.mailbox_zone(config, task["sender"]))
+        )
+        row = {
+            "id": task["id"],
+            "sender": task["sender"],
+            "prospect": task["prospect"],
+            "first_name": task["first_name"],
+            "last_name": task["last_name"],
+            "company": task["company"],
+            "linkedin": task["linkedin"],
+            "channel": task["channel"],
+            "sequence": task["sequence"],
+            "step": task["step"],
+            "due": due.isoformat(timespec="minutes"),
+            "text": (task["text"] or "").rstrip(),
+        }
+        out.append({key: spreadsheet_safe(value) for key, value in row.items()})
     return out

@@ -8,17 +8,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from outreach.errors import ConfigError
+
+if TYPE_CHECKING:  # Alembic loads only to migrate: checking the schema needs no more than SQL
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -112,10 +111,39 @@ def db_json(value: Any) -> str:
 
 
 def _alembic_config(engine_url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", engine_url.replace("%", "%%"))
     return cfg
+
+
+_REVISION = re.compile(r"^(down_revision|revision)\s*=\s*(?:\"([^\"]*)\"|None)", re.MULTILINE)
+
+
+def migrations_head() -> str | None:
+    """The newest revision of ``migrations/versions``, read from the files' ``revision`` and
+    ``down_revision`` lines (every command checks the schema, and Alembic's own script
+    directory costs most of a short command's start); None when the history is not one line,
+    and Alembic decides (``_alembic_head``)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict((key, value) for key, value in _REVISION.findall(path.read_text("utf-8")))
+        if "revision" not in found:
+            return None
+        revisions.add(found["revision"])
+        if found.get("down_revision"):
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _alembic_head(url: str) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
 
 
 class Store:
@@ -137,14 +165,20 @@ class Store:
                 raise
 
     def head_revision(self) -> str | None:
-        return ScriptDirectory.from_config(_alembic_config(self.url)).get_current_head()
+        return migrations_head() or _alembic_head(self.url)
 
     def current_revision(self) -> str | None:
+        """The revision in Alembic's ``alembic_version`` table; None for an empty database."""
         with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        return str(versions[0][0]) if len(versions) == 1 else None
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the newest revision."""
+        from alembic import command
+
         cfg = _alembic_config(self.url)
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":

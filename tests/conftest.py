@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from outreach.cli import cli
+from outreach.cli import cli, load_all
 from outreach.starter import init_workspace
 from outreach.workspace import Workspace
+
+# The CLI loads a command's module when the command runs; the tests load them all now, before
+# any test fakes the clock (SQLModel cannot build its schemas with freezegun's datetime).
+load_all()
 
 pytest_plugins = ["postgres"]
 DATABASES = ("sqlite", "postgresql")

@@ -281,8 +281,12 @@ def test_a_5xx_is_retried_with_backoff_and_delivered_once(ws: Workspace, crm: Cr
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         engine.stop(ws.store, ANN, "webinar", clock.now(), ws.config.settings.crm)
         first = run("handoffs", "--deliver")
-        assert "retry #1 webinar ann@acme.example at 2027-01-04T08:01:00Z: HTTP 500" in (
+        # People read the retry time locally (Helsinki, the team's zone); JSON keeps UTC.
+        assert "retry #1 webinar ann@acme.example at 2027-01-04 10:01:00 EET: HTTP 500" in (
             first.stdout
+        )
+        assert "#1  webinar  ann@acme.example  next 2027-01-04 10:01 EET, 1 attempt(s)" in (
+            run("handoffs").stdout
         )
         [row] = run.json("handoffs")["handoffs"]
         assert row["state"] == "pending" and row["attempts"] == 1

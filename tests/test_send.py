@@ -381,6 +381,8 @@ def test_an_undone_task_is_skipped_and_the_sequence_goes_on(
         cold = session.exec(select(Enrollment).where(Enrollment.sequence == "cold")).one()
         task = session.exec(select(Message).where(Message.channel == "linkedin")).one()
     assert cold.state == "finished" and task.state == "skipped"
+    # Finished, but not "every step done": the LinkedIn step was never done.
+    assert cold.end_reason == "last step linkedin skipped: not done in time"
 
 
 def test_prospects_outside_their_window_do_not_hold_back_the_others(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from outreach import clock, engine, reports
+from outreach import clock, engine, localtime, reports
 from outreach.cli.base import (
     Context,
     cli,
@@ -19,6 +19,7 @@ from outreach.cli.base import (
     pass_ctx,
     print_json,
     table,
+    when,
 )
 from outreach.enroll import enroll_csv, format_rejection
 from outreach.preview import preview as render_preview
@@ -96,7 +97,8 @@ def enroll(
         click.echo(f"  rejected  {len(result.rejected)}")
         if result.first_due and result.applied:
             click.echo(
-                f"first step due {result.first_due:%Y-%m-%d %H:%M} UTC "
+                "first step due "
+                f"{localtime.local(result.first_due, localtime.team_zone(ctx.ws.config))} "
                 "(`outreach schedule` shows what comes next)"
             )
         if dry_run:
@@ -128,8 +130,19 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
+    zone = localtime.team_zone(ctx.ws.config)
     for seq in report["sequences"]:
-        totals = ", ".join(f"{k} {v}" for k, v in seq["enrollments"].items() if v) or "empty"
+        totals = ", ".join(
+            f"{k} {v}"
+            + (
+                f" ({seq['last_step_skipped']} with the last step skipped)"
+                if k == "finished" and seq["last_step_skipped"]
+                else ""
+            )
+            for k, v in seq["enrollments"].items()
+            if v
+        )
+        totals = totals or "empty"
         click.echo(f"{seq['name']}: {totals}")
         table(
             [
@@ -149,16 +162,17 @@ def status(ctx: Context, as_json: bool) -> None:
             f"{box['due_now']} due now (backlog), {box['retrying']} retrying, {state}"
         )
     for message in report["unknown"]:
+        claimed = when(message["claimed_at"], zone)
         if message["state"] == "sending":
             click.echo(
                 f"SENDING #{message['id']} to {message['to']} ({message['sequence']}/"
-                f"{message['step']}, claimed {message['claimed_at']}): in flight, or its "
+                f"{message['step']}, claimed {claimed}): in flight, or its "
                 "process died; the next send or run will tell"
             )
             continue
         click.echo(
             f"UNKNOWN #{message['id']} to {message['to']} {message['message_id']} "
-            f"({message['sequence']}/{message['step']}, claimed {message['claimed_at']}): "
+            f"({message['sequence']}/{message['step']}, claimed {claimed}): "
             "did it leave? Look for it in the Sent folder, then "
             f"`outreach resolve {message['id']} --sent|--not-sent`"
         )
@@ -167,7 +181,8 @@ def status(ctx: Context, as_json: bool) -> None:
         life = "alive" if member["alive"] else "NOT BEATING (dead? its work is taken over)"
         click.echo(
             f"daemon {member['host']} pid {member['pid']}: {life}, since "
-            f"{member['started_at']}, last beat {member['beat_at']}, holds {held}"
+            f"{when(member['started_at'], zone)}, last beat {when(member['beat_at'], zone)}, "
+            f"holds {held}"
         )
     for held in report["held"]:
         click.echo(
@@ -188,14 +203,37 @@ def status(ctx: Context, as_json: bool) -> None:
     help="Correct the class of the latest reply: positive, neutral, negative or unsubscribe "
     "(the next A/B review counts it so).",
 )
+@click.option(
+    "--set-email",
+    "new_email",
+    metavar="NEW",
+    help="The prospect's new address; their history and live sequences follow them.",
+)
 @pass_ctx
-def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
+def prospect(
+    ctx: Context, email: str, as_json: bool, mark: str | None, new_email: str | None
+) -> None:
     """One prospect's enrollments, every message sent and every event."""
+    if new_email is not None:
+        change = engine.set_email(ctx.ws.store, email, new_email, clock.now())
+        if not as_json:
+            click.echo(
+                f"{change.old} is now {change.new}: history kept, "
+                f"{change.live} live enrollment(s) write to the new address"
+                + (
+                    "; the bounced address's ended sequences stay ended"
+                    if change.reactivated
+                    else ""
+                )
+            )
+            return
+        email = change.new
     if mark is not None:
         result = engine.mark_reply(ctx.ws.store, email, mark, clock.now())
         if not as_json:
             click.echo(
-                f"{result.email}: the reply of {result.at:%Y-%m-%d %H:%M} UTC is now "
+                f"{result.email}: the reply of "
+                f"{localtime.local(result.at, localtime.team_zone(ctx.ws.config))} is now "
                 f"{result.reply_class} (was {result.was})"
             )
             return
@@ -212,12 +250,15 @@ def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
     )
     for key, value in p["fields"].items():
         click.echo(f"  {key}: {value}")
+    zone = localtime.team_zone(ctx.ws.config)
     click.echo("enrollments:")
     for e in view["enrollments"] or []:
         tail = (
-            f"next {e['next_step']} due {e['due_at']}"
-            if e["next_step"]
-            else f"ended {e['ended_at']} ({e['end_reason']})"
+            f"next {e['next_step']} due {when(e['due_at'], zone)}"
+            if e["next_step"] and e["due_at"]
+            else f"next {e['next_step']}: a task for the rep (`outreach tasks`)"
+            if e["next_step"] and e["state"] == "active"
+            else f"ended {when(e['ended_at'], zone)} ({e['end_reason']})"
             if e["ended_at"]
             else ""
         )
@@ -227,13 +268,16 @@ def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
     click.echo("messages:" if view["messages"] else "messages: none yet")
     for m in view["messages"]:
         click.echo(
-            f"  {m['sent_at'] or '-'}  {m['sequence']}/{m['step']}  {m['state']}  "
+            f"  {when(m['sent_at'], zone)}  {m['sequence']}/{m['step']}  {m['state']}  "
             f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
             f"{m['message_id'] or ''}".rstrip()
         )
     click.echo("events:" if view["events"] else "events: none")
     for ev in view["events"]:
-        click.echo(f"  {ev['at']}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
+        click.echo(f"  {when(ev['at'], zone)}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
+        if ev["kind"] in reports.REPLY_KINDS and ev["data"].get("text"):
+            for line in str(ev["data"]["text"]).strip().splitlines():
+                click.echo(f"    | {line}")
 
 
 @cli.command()
@@ -252,7 +296,8 @@ def stop(ctx: Context, email: str, reason: str) -> None:
     elif result.already is not None:
         click.echo(
             f"{result.email} had no active enrollment and {reason} was already recorded "
-            f"({result.already:%Y-%m-%d %H:%M} UTC); nothing new recorded"
+            f"({localtime.local(result.already, localtime.team_zone(ctx.ws.config))}); "
+            "nothing new recorded"
         )
     else:
         click.echo(f"{result.email} had no active enrollment; recorded {reason}")
@@ -277,6 +322,24 @@ def suppress(ctx: Context, value: str, reason: str) -> None:
 
 
 @cli.command()
+@click.argument("value", metavar="ADDRESS_OR_@DOMAIN")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also when the person asked to be removed (only if they asked to hear again).",
+)
+@pass_ctx
+def unsuppress(ctx: Context, value: str, force: bool) -> None:
+    """Take an address, or a whole @domain, off the suppression list."""
+    result = engine.unsuppress(ctx.ws.store, value, clock.now(), force=force)
+    since = localtime.local(result.since, localtime.team_zone(ctx.ws.config))
+    click.echo(
+        f"{result.value}: off the suppression list (was {result.reason or 'suppressed'} "
+        f"since {since}); a new `outreach enroll` may write to it, what it stopped stays stopped"
+    )
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
 def suppressions(ctx: Context, as_json: bool) -> None:
@@ -288,8 +351,9 @@ def suppressions(ctx: Context, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
+    zone = localtime.team_zone(ctx.ws.config)
     for row in rows:
-        click.echo(f"{row['value']}  {row['reason'] or ''}  {row['since']}")
+        click.echo(f"{row['value']}  {row['reason'] or ''}  {when(row['since'], zone)}")
     click.echo(f"{len(rows)} suppressed")
 
 

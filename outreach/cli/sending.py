@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import logging
+import csv
 import sys
 from dataclasses import asdict
 
 import click
 
-from outreach import clock, daemon, handoff, inbox, outbox, reports
+from outreach import clock, daemon, handoff, inbox, localtime, outbox, reports
+from outreach.ab import REPLY_CLASSES
 from outreach.cli.base import (
     Context,
     cli,
     pass_ctx,
     print_json,
     table,
+    when,
 )
 
 
@@ -58,9 +60,13 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     report = daemon.send_once(
         ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
     )
-    failing = bool(report.errors or report.paused or report.held)
+    unreachable = outbox.unreachable_mailboxes(ctx.ws, clock.now())
+    failing = bool(report.errors or report.paused or report.held or unreachable)
     if as_json:
-        print_json(asdict(report))
+        print_json(
+            asdict(report)
+            | {"unreachable": {box["email"]: box["unreachable"] for box in unreachable}}
+        )
         if failing:
             sys.exit(1)
         return
@@ -77,6 +83,13 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
         )
     for note in report.notes + report.errors:
         click.echo(note, err=True)
+    for box in unreachable:
+        next_try = when(box["next_send_at"], localtime.mailbox_zone(ctx.ws.config, box["email"]))
+        click.echo(
+            f"mailbox {box['email']}: SMTP server unreachable: {box['unreachable']}; "
+            f"{box['due_now']} message(s) wait, next try at {next_try}",
+            err=True,
+        )
     for problem, count in report.held.items():
         click.echo(
             f"{count} message(s) held, not sent: {problem} "
@@ -92,17 +105,24 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
             err=True,
         )
     if failing:
-        sys.exit(1)  # a paused mailbox or a broken template: cron and CI must notice
+        sys.exit(1)  # a paused or unreachable mailbox, a broken template: cron must notice
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--once", is_flag=True, help="Poll every mailbox once, apply, then exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@pass_ctx
-def replies(ctx: Context, once: bool, as_json: bool) -> None:
-    """Poll the mailboxes for replies, bounces, auto-replies and unsubscribe requests."""
+@click.pass_context
+def replies(click_ctx: click.Context, once: bool, as_json: bool) -> None:
+    """Poll the mailboxes for replies, bounces, auto-replies and unsubscribe requests
+    (`replies --once`), or read the replies (`replies list`)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
     if not once:
-        raise click.UsageError("use `outreach replies --once`; `outreach run` polls on its own")
+        raise click.UsageError(
+            "use `outreach replies --once` to poll (`outreach run` polls on its own), "
+            "or `outreach replies list` to read them"
+        )
+    ctx: Context = click_ctx.obj
     report = inbox.poll(ctx.ws, clock.now())
     if as_json:
         print_json(asdict(report))
@@ -124,6 +144,54 @@ def replies(ctx: Context, once: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+@replies.command("list")
+@click.option(
+    "--since",
+    metavar="today|yesterday|YYYY-MM-DD",
+    help="Only replies read from the start of that day (in [sending] timezone) on.",
+)
+@click.option("--sender", metavar="EMAIL", help="Only replies to this mailbox.")
+@click.option(
+    "--sentiment",
+    "sentiments",
+    multiple=True,
+    type=click.Choice(REPLY_CLASSES),
+    help="Only this class (repeat for several); a rep's --mark correction counts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def replies_list(
+    ctx: Context, since: str | None, sender: str | None, sentiments: tuple[str, ...], as_json: bool
+) -> None:
+    """Who replied and what they said, newest first."""
+    config = ctx.ws.config
+    start = (
+        localtime.day_start(since, clock.now(), localtime.team_zone(config))
+        if since is not None
+        else None
+    )
+    if sender is not None:
+        sender = config.mailbox(sender).email  # an unknown mailbox is one clear line
+    rows = reports.reply_list(ctx.ws, since=start, sender=sender, sentiments=sentiments)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        at = when(row["at"], localtime.mailbox_zone(config, row["sender"]))
+        who = " ".join(
+            x for x in (row["name"], f"({row['company']})" if row["company"] else "") if x
+        )
+        where = f"{row['sequence']}/{row['step']}" if row["sequence"] else "-"
+        click.echo(
+            f"{at}  {row['sentiment']}  {row['email']} {who}".rstrip()
+            + f"  to {row['sender'] or '-'}  {where}"
+        )
+        for line in (row["text"] or "").strip().splitlines() or ["(no text)"]:
+            click.echo(f"    | {line}")
+    mark = "; `outreach prospect EMAIL --mark CLASS` corrects a sentiment" if rows else ""
+    click.echo(f"{len(rows)} repl(ies){mark}")
+
+
 @cli.command()
 @click.argument("email")
 @pass_ctx
@@ -137,9 +205,7 @@ def resume(ctx: Context, email: str) -> None:
 @pass_ctx
 def run(ctx: Context) -> None:
     """The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    daemon.configure_logging()
     daemon.run(ctx.ws)
 
 
@@ -177,27 +243,48 @@ def resolve(ctx: Context, message: str, sent: bool | None, force: bool, as_json:
 @cli.group(invoke_without_command=True)
 @click.option("--sender", help="Only this mailbox's tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Print CSV for a LinkedIn tool: id, sender, prospect, LinkedIn URL, step, due, text.",
+)
 @click.pass_context
-def tasks(click_ctx: click.Context, sender: str | None, as_json: bool) -> None:
+def tasks(click_ctx: click.Context, sender: str | None, as_json: bool, as_csv: bool) -> None:
     """LinkedIn and manual steps that are due, per sender."""
     if click_ctx.invoked_subcommand is not None:
         return
     ctx: Context = click_ctx.obj
+    if sender is not None:
+        sender = ctx.ws.config.mailbox(sender).email  # an unknown mailbox is one clear line
     rows = outbox.list_tasks(ctx.ws, clock.now(), sender)
     if as_json:
         print_json(rows)
         return
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=reports.TASK_CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(reports.task_csv_rows(ctx.ws.config, rows))
+        return
     for task in rows:
+        zone = localtime.mailbox_zone(ctx.ws.config, task["sender"])
         who = f"{task['name'] or ''} ({task['company'] or '-'})".strip()
         click.echo(
             f"#{task['id']}  {task['channel']} for {task['sender']}: {task['prospect']} "
-            f"{who}  {task['sequence']}/{task['step']}"
+            f"{who}  {task['sequence']}/{task['step']}  due {when(task['due_since'], zone)}"
+            + (
+                f", skipped {when(task['skipped_at'], zone)} if not done"
+                if task["skipped_at"]
+                else ""
+            )
         )
-        if task["linkedin"]:
-            click.echo(f"    {task['linkedin']}")
+        click.echo(f"    {task['linkedin'] or '(no LinkedIn URL: `outreach tasks skip ID`?)'}")
         for line in (task["text"] or "").rstrip().splitlines():
             click.echo(f"    | {line}")
-    click.echo(f"{len(rows)} open task(s); `outreach tasks done ID` when done")
+    click.echo(
+        f"{len(rows)} open task(s); `outreach tasks done ID` when done, "
+        "`outreach tasks skip ID --reason TEXT` when it will not be"
+    )
 
 
 @tasks.command("done")
@@ -206,6 +293,15 @@ def tasks(click_ctx: click.Context, sender: str | None, as_json: bool) -> None:
 def tasks_done(ctx: Context, task_id: int) -> None:
     """Mark a task done; the prospect's sequence goes on."""
     click.echo(outbox.complete_task(ctx.ws, task_id, clock.now()))
+
+
+@tasks.command("skip")
+@click.argument("task_id", metavar="ID", type=int)
+@click.option("--reason", help="Why it will not be done (e.g. no LinkedIn URL).")
+@pass_ctx
+def tasks_skip(ctx: Context, task_id: int, reason: str | None) -> None:
+    """Skip a task that will not be done; the prospect's sequence goes on without it."""
+    click.echo(outbox.skip_task(ctx.ws, task_id, clock.now(), reason))
 
 
 @cli.group(invoke_without_command=True)
@@ -241,10 +337,12 @@ def handoffs(click_ctx: click.Context, deliver: bool, as_json: bool) -> None:
     if as_json:
         print_json(doc)
         return
+    zone = localtime.team_zone(ctx.ws.config)
     for row in doc["handoffs"]:
-        when = f"next {row['next_attempt_at']}" if row["state"] == "pending" else "FAILED"
+        next_try = when(row["next_attempt_at"], zone)
+        state = f"next {next_try}" if row["state"] == "pending" else "FAILED"
         click.echo(
-            f"#{row['id']}  {row['reason']}  {row['email']}  {when}, "
+            f"#{row['id']}  {row['reason']}  {row['email']}  {state}, "
             f"{row['attempts']} attempt(s)"
             + (f": {row['last_error']}" if row["last_error"] else "")
         )
