@@ -3,7 +3,7 @@
 One :class:`TokenSource` per mailbox and workspace. Its access token is cached in the
 database (encrypted), so SMTP, IMAP and every daemon share it; it is refreshed shortly before
 it expires. The refresh runs with the grant's row locked (``SELECT ... FOR UPDATE`` on
-PostgreSQL; one lock per mailbox within a process on SQLite, where one daemon sends), and the
+PostgreSQL; a lock file beside the database on SQLite), and the
 rotated refresh token is written in the transaction that records the refresh: a refresh
 token the server has spent is never kept, and two daemons never spend the same one.
 
@@ -18,8 +18,11 @@ What goes wrong:
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -46,10 +49,24 @@ _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _process_lock(url: str, mailbox: str) -> threading.Lock:
-    """SMTP (the event loop) and IMAP (worker threads) of one process take turns refreshing."""
+@contextmanager
+def _refresh_lock(url: str, mailbox: str) -> Iterator[None]:
+    """One refresh of a mailbox's token at a time: SMTP (the event loop) and IMAP (worker
+    threads) of one process take turns; on SQLite, processes too, by a lock file beside the
+    database (on PostgreSQL the grant's row lock does that)."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault((url, mailbox), threading.Lock())
+        lock = _LOCKS.setdefault((url, mailbox), threading.Lock())
+    with lock:
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if path is None or ":memory:" in path:
+            yield
+            return
+        fd = os.open(f"{path}.oauth-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 def reconnect_hint(email: str) -> str:
@@ -143,7 +160,7 @@ class TokenSource:
             token = _usable(grant, vault, now, refused)
             if token is not None:
                 return token
-        with _process_lock(self.store.url, self.box.email):
+        with _refresh_lock(self.store.url, self.box.email):
             return self._refresh(vault, refused)
 
     def _refresh(self, vault: Vault, refused: str | None) -> str:
@@ -226,7 +243,7 @@ class TokenSource:
         caused. Returns the pause lifted, if any."""
         vault = self.vault()
         now = self.now()
-        with _process_lock(self.store.url, self.box.email), self.store.session() as session:
+        with _refresh_lock(self.store.url, self.box.email), self.store.session() as session:
             grant = session.get(
                 OAuthGrant, self.box.email, with_for_update=True, populate_existing=True
             )
@@ -251,7 +268,7 @@ class TokenSource:
         """App-only access, asked to connect: forget the cached token and a broken mark, and
         lift the pause they caused, so the next token is fetched anew. Returns the pause
         lifted, if any."""
-        with _process_lock(self.store.url, self.box.email), self.store.session() as session:
+        with _refresh_lock(self.store.url, self.box.email), self.store.session() as session:
             grant = session.get(
                 OAuthGrant, self.box.email, with_for_update=True, populate_existing=True
             )

@@ -24,6 +24,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +74,7 @@ class AuthServer:
     grants_seen: list[str] = field(default_factory=list)  # grant_type of each /token call
     reuse: int = 0  # spent refresh tokens presented again
     down: bool = False
+    delay: float = 0.0  # seconds each /token answer takes (a slow provider; lets races overlap)
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +145,7 @@ class AuthServer:
                     self._json(503, {"error": "temporarily_unavailable"})
                     return
                 if path == "/token":
+                    time.sleep(server.delay)
                     self._json(*server._token(form, self.headers.get("Authorization")))
                 elif path == "/devicecode":
                     self._json(*server._device(form))

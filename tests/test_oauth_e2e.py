@@ -13,17 +13,28 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from freezegun import freeze_time
 from sqlmodel import select
 
+from outreach.connect import connect as connect_mailbox
 from outreach.models import OAuthGrant
+from outreach.oauth import ConnectFailed
 from outreach.secrets import Vault, new_key
 from outreach.workspace import Workspace
 from tests.conftest import Cli, edit_config
@@ -101,10 +112,13 @@ class Mailroom:
             "oauth_client_id": client.client_id,
             "oauth_token_url": auth.token_url,
             "oauth_device_url": auth.device_url,
+            "oauth_authorize_url": auth.authorize_url,
             "oauth_scopes": ["mail.send", "mail.read", "offline_access"],
         }
         if client.secret is not None:
             fields["oauth_client_secret_env"] = "OUTREACH_TEST_CLIENT_SECRET"
+        if flow == "service_account":
+            fields["oauth_client_secret_env"] = "OUTREACH_TEST_SERVICE_KEY"
         config = workspace_dir / "outreach.toml"
         text = config.read_text(encoding="utf-8")
         start, end = text.index("[[mailboxes]]"), text.index("[daemon]")
@@ -410,3 +424,199 @@ def test_not_connected_is_one_line_and_sends_nothing(mailroom: Mailroom) -> None
         steps = json.loads(check.stdout)["steps"]
         assert steps[0]["step"] == "oauth token" and steps[0]["ok"] is False
         assert not room.smtp.received
+
+
+def _browser(url: str) -> None:
+    """What the person's browser does: open the URL, sign in (the test server consents at
+    once), and follow the redirect back to the loopback listener."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()
+
+
+@pytest.mark.parametrize(
+    "client_options", [{"flow": "authorization_code", "secret": "desktop-secret"}]
+)
+def test_authorization_code_with_pkce_comes_back_to_the_loopback_listener(
+    mailroom: Mailroom,
+) -> None:
+    room = mailroom
+    ws = Workspace.load(room.dir / "outreach.toml")
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith(room.auth.authorize_url):
+            assert "code_challenge_method=S256" in line and "redirect_uri=http" in line
+            threading.Thread(target=_browser, args=(line,), daemon=True).start()
+
+    try:
+        line = connect_mailbox(ws.config.mailboxes[0].token_source, say=say)
+    finally:
+        ws.close()
+    assert line == f"{room.user} connected (generic, authorization_code)"
+    # The server checked the PKCE verifier against the challenge before issuing a grant.
+    assert room.auth.grants_seen[-1] == "authorization_code"
+    assert room.grant().refresh_token
+    check = room("mailboxes", "check")
+    assert check.exit_code == 0, check.output
+
+
+@pytest.mark.parametrize(
+    "client_options", [{"flow": "authorization_code", "secret": "desktop-secret"}]
+)
+def test_authorization_code_on_a_headless_server_takes_the_pasted_address(
+    mailroom: Mailroom,
+) -> None:
+    room = mailroom
+    process = subprocess.Popen(
+        [sys.executable, "-m", "outreach", "--config", str(room.dir / "outreach.toml")]
+        + ["mailboxes", "connect", room.user],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        url = ""
+        for line in process.stdout:
+            if line.startswith(room.auth.authorize_url):
+                url = line.strip()
+                break
+        assert url, "connect printed no authorization URL"
+        # The browser is on another machine: its redirect to 127.0.0.1 goes nowhere, and
+        # the person copies the address from its address bar instead.
+        parts = urllib.parse.urlsplit(url)
+        http = HTTPConnection("127.0.0.1", room.auth.port, timeout=10)
+        http.request("GET", f"{parts.path}?{parts.query}")
+        location = http.getresponse().getheader("Location")
+        http.close()
+        assert location and location.startswith("http://127.0.0.1:")
+        process.stdin.write(location + "\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert f"{room.user} connected (generic, authorization_code)" in out
+    assert room.grant().refresh_token
+
+
+@pytest.mark.parametrize(
+    "client_options", [{"flow": "authorization_code", "secret": "desktop-secret"}]
+)
+def test_a_pasted_address_of_another_request_is_refused(mailroom: Mailroom) -> None:
+    ws = Workspace.load(mailroom.dir / "outreach.toml")
+    try:
+        with pytest.raises(ConnectFailed, match="not the URL this connect sent you to"):
+            connect_mailbox(
+                ws.config.mailboxes[0].token_source,
+                say=lambda line: None,
+                read_line=lambda: "http://127.0.0.1:9/?code=stolen&state=another",
+            )
+        assert ws.config.mailboxes[0].token_source.info() is None
+    finally:
+        ws.close()
+
+
+SERVICE_ACCOUNT = "outreach-sender@project.iam.example"
+
+
+def _service_account_key() -> tuple[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+_PRIVATE, _PUBLIC = _service_account_key()
+
+
+@pytest.mark.parametrize(
+    "client_options",
+    [{"flow": "service_account", "public_key": _PUBLIC, "issuer": SERVICE_ACCOUNT}],
+)
+def test_service_account_acts_as_the_mailbox_with_a_signed_jwt(
+    mailroom: Mailroom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = mailroom
+    key = {"type": "service_account", "client_email": SERVICE_ACCOUNT, "private_key": _PRIVATE}
+    monkeypatch.setenv("OUTREACH_TEST_SERVICE_KEY", json.dumps(key))
+    with freeze_time(MONDAY, real_asyncio=True):
+        check = room("mailboxes", "check", room.user)
+        assert check.exit_code == 0, check.output
+        assert "generic service_account: access token fetched" in check.output
+        assert room.auth.grants_seen[-1] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        room.enroll(ANN)
+        assert room("send", "--once").exit_code == 0
+        [received] = room.smtp.received
+        assert received.login == room.user  # the JWT's sub: domain-wide delegation
+    assert _PRIVATE.splitlines()[1] not in "\n".join(room.outputs)
+
+
+_RACER = """
+import hashlib, pathlib, sys, time
+from outreach.workspace import Workspace
+ws = Workspace.load(sys.argv[1])
+source = ws.config.mailboxes[0].token_source
+flags = pathlib.Path(sys.argv[2])
+(flags / f"ready-{sys.argv[3]}").touch()
+while not (flags / "go").exists():
+    time.sleep(0.005)
+print(hashlib.sha256(source.access_token().encode()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_three_processes_refresh_a_rotating_token_once(mailroom: Mailroom, tmp_path: Path) -> None:
+    room = mailroom
+    connect(room)
+    ws = Workspace.load(room.dir / "outreach.toml")
+    try:
+        with ws.store.session() as session:
+            grant = session.exec(select(OAuthGrant)).one()
+            grant.expires_at = datetime.now(UTC) - timedelta(minutes=1)  # due for a refresh
+            session.add(grant)
+    finally:
+        ws.close()
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    room.auth.delay = 0.5  # a slow provider: the three requests would overlap
+    refreshes = room.auth.grants_seen.count("refresh_token")
+    config = str(room.dir / "outreach.toml")
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, config, str(flags), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(flags.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (flags / "go").touch()
+        results = [racer.communicate(timeout=60) for racer in racers]
+    finally:
+        room.auth.delay = 0.0
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+    assert all(racer.returncode == 0 for racer in racers), results
+    digests = {out.strip() for out, _err in results}
+    assert len(digests) == 1  # all three log in with the one refreshed token
+    assert room.auth.grants_seen.count("refresh_token") == refreshes + 1
+    assert room.auth.reuse == 0
+    assert room.grant().broken is None and room.grant().rotations == 1
