@@ -1,9 +1,10 @@
 """The OAuth 2.0 client of a mailbox: the four flows and the refresh, over authlib.
 
 authlib's ``OAuth2Session`` speaks RFC 6749 (authorization code, client credentials,
-refresh), RFC 7636 (PKCE), RFC 7523 (the JWT bearer grant of a Google service account) and
-the RFC 8628 device grant; the device authorization request itself is one POST on that
-session. Nothing here is stored: :mod:`outreach.grants` keeps what comes back, encrypted.
+refresh), RFC 7636 (PKCE), RFC 7523 (the JWT bearer grant of a Google service account, its
+assertion signed with joserfc, authlib's JOSE library) and the RFC 8628 device grant; the
+device authorization request itself is one POST on that session. Nothing here is stored:
+:mod:`outreach.grants` keeps what comes back, encrypted.
 
 Every failure is one :class:`OAuthProblem` naming the endpoint's host, never a token:
 :class:`GrantRevoked` (invalid_grant: reconnect), :class:`ClientRefused` (the app's
@@ -22,7 +23,8 @@ from urllib.parse import urlsplit
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session, OAuthError
-from authlib.oauth2.rfc7523 import JWTBearerGrant
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from outreach.errors import ConfigError, OutreachError
 from outreach.oauth_providers import Provider, provider_for
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from outreach.config import Mailbox
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523
 DEFAULT_LIFETIME = 3600  # seconds, when a token response gives no expires_in
 TIMEOUT = 15.0  # seconds: a slow token endpoint is a transient failure, not a hang
 
@@ -127,23 +130,29 @@ class OAuthClient:
         return _tokens(token, now)
 
     def _service_account(self, now: datetime) -> Tokens:
-        issuer, key = self._service_account_key()
+        issuer, pem = self._service_account_key()
+        try:
+            key = RSAKey.import_key(pem)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"environment variable {self.box.oauth_client_secret_env} holds no RSA private key",
+                field=self._field("oauth_client_secret_env"),
+            ) from None
         issued = int(now.timestamp())
-        assertion = JWTBearerGrant.sign(
-            key,
-            issuer=issuer,
-            audience=self.provider.token_url,
-            subject=self.box.email,  # domain-wide delegation: act as this mailbox
-            issued_at=issued,
-            expires_at=issued + 3600,
-            claims={"scope": " ".join(self.provider.scopes)},
-            header={"alg": "RS256", "typ": "JWT"},
-        )
+        claims = {
+            "iss": issuer,
+            "sub": self.box.email,  # domain-wide delegation: act as this mailbox
+            "aud": self.provider.token_url,
+            "scope": " ".join(self.provider.scopes),
+            "iat": issued,
+            "exp": issued + 3600,
+        }
+        assertion = jwt.encode({"alg": "RS256", "typ": "JWT"}, claims, key)
         with self._errors("service account"):
             token = OAuth2Session(token_endpoint_auth_method="none").fetch_token(
                 self.provider.token_url,
-                grant_type=JWTBearerGrant.GRANT_TYPE,
-                assertion=assertion.decode() if isinstance(assertion, bytes) else assertion,
+                grant_type=JWT_BEARER_GRANT,
+                assertion=assertion,
                 timeout=self.timeout,
             )
         return _tokens(token, now)

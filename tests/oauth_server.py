@@ -6,7 +6,7 @@ It implements what Microsoft's and Google's servers do for mail, over HTTP on lo
   hands out a new one; a spent one is ``invalid_grant``), the device grant (RFC 8628, with
   ``authorization_pending`` and ``slow_down``), ``client_credentials``, ``authorization_code``
   with PKCE S256 (RFC 7636), and the JWT bearer grant (RFC 7523) of a service account,
-  verified with authlib's JOSE against the account's public key;
+  verified with joserfc against the account's public key;
 - ``POST /devicecode``: the device authorization request;
 - ``GET /authorize``: consents at once as the ``login_hint`` user and redirects with a code;
 - ``POST /introspect`` (RFC 7662): what Dovecot's ``oauth2`` passdb and the test SMTP
@@ -31,7 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from authlib.jose import jwt
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 DEVICE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -283,8 +284,9 @@ class AuthServer:
             if client.public_key is None:
                 continue
             try:
-                claims = jwt.decode(assertion, client.public_key)
-                claims.validate(now=int(datetime.now(UTC).timestamp()))
+                token = jwt.decode(assertion, RSAKey.import_key(client.public_key))
+                claims = token.claims
+                jwt.JWTClaimsRegistry(now=int(datetime.now(UTC).timestamp())).validate(claims)
             except Exception:  # noqa: BLE001 - not this account's signature
                 continue
             if claims["iss"] != client.issuer or claims["aud"] != self.token_url:
