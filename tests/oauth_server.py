@@ -75,6 +75,7 @@ class AuthServer:
     grants_seen: list[str] = field(default_factory=list)  # grant_type of each /token call
     reuse: int = 0  # spent refresh tokens presented again
     down: bool = False
+    refused_users: set[str] = field(default_factory=set)  # introspection: never active
     delay: float = 0.0  # seconds each /token answer takes (a slow provider; lets races overlap)
     port: int = 0
 
@@ -333,4 +334,6 @@ class AuthServer:
 
     def _introspect(self, form: dict[str, str]) -> dict[str, Any]:
         user = self.active(form.get("token", ""))
+        if user in self.refused_users:
+            user = None
         return {"active": True, "username": user} if user else {"active": False}

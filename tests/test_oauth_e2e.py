@@ -355,6 +355,33 @@ def test_a_fresh_token_refused_by_smtp_is_retried_once_then_pauses(mailroom: Mai
         assert len(room.smtp.received) == 1
 
 
+def test_imap_retries_a_refused_token_once_then_pauses_with_dovecots_words(
+    mailroom: Mailroom,
+) -> None:
+    room = mailroom
+    with freeze_time(MONDAY, real_asyncio=True):
+        connect(room)
+        room.auth.access.clear()  # the cached token was revoked; the refresh token lives
+        assert room("replies", "--once").exit_code == 0  # a new token, and Dovecot took it
+        assert room.grant().refreshes == 2
+
+        room.auth.refused_users.add(room.user)  # IMAP access withdrawn for the mailbox
+        try:
+            result = room("replies", "--once")
+        finally:
+            room.auth.refused_users.discard(room.user)
+        assert result.exit_code == 1
+        assert "AUTHENTICATIONFAILED" in result.output
+        paused = room.mailbox_row()["paused"]
+        assert f"IMAP 127.0.0.1:{room.dovecot.port}" in paused
+        assert f"reconnect with: outreach mailboxes connect {room.user}" in paused
+        assert room.grant().refreshes == 3  # one new token was tried, not more
+
+        resumed = connect(room)
+        assert "resumed" in resumed.output
+        assert room("replies", "--once").exit_code == 0
+
+
 def test_token_endpoint_down_loses_nothing(mailroom: Mailroom) -> None:
     room = mailroom
     with freeze_time(MONDAY, real_asyncio=True) as frozen:
