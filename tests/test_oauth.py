@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from outreach.config import load_config
 from outreach.connect import connect
 from outreach.errors import ConfigError
-from outreach.oauth import Tokens
+from outreach.oauth import OAuthClient, TokenEndpointDown, Tokens
 from outreach.oauth_providers import provider_for
 from outreach.secrets import Vault, new_key
 from outreach.workspace import Workspace
@@ -261,3 +261,21 @@ def test_check_of_a_password_mailbox_on_the_local_sink(run: Cli) -> None:
     assert [s["step"] for s in steps] == ["smtp connect", "imap"]
     assert steps[0]["ok"] is False and "127.0.0.1:8025" in steps[0]["detail"]
     assert steps[1]["ok"] is None  # no imap_host: skipped, not failed
+
+
+def test_a_slow_token_endpoint_is_a_transient_failure(
+    tmp_path: Path, auth: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTREACH_SECRETS_KEY", new_key())
+    auth.register(Client("slow-app"))
+    ws = _device_workspace(tmp_path, auth, "slow-app")
+    auth.delay = 1.0
+    try:
+        client = OAuthClient(ws.config.mailboxes[0], timeout=0.3)
+        with pytest.raises(
+            TokenEndpointDown, match=r"127\.0\.0\.1: refresh: no answer within 0\.3 s"
+        ):
+            client.refresh("rt-whatever", datetime.now(UTC))
+    finally:
+        auth.delay = 0.0
+        ws.close()

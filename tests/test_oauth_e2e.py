@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -647,3 +649,43 @@ def test_three_processes_refresh_a_rotating_token_once(mailroom: Mailroom, tmp_p
     assert room.auth.grants_seen.count("refresh_token") == refreshes + 1
     assert room.auth.reuse == 0
     assert room.grant().broken is None and room.grant().rotations == 1
+
+
+def test_the_daemon_sends_over_xoauth2_and_stops_on_the_reply(
+    mailroom: Mailroom, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`outreach run` as a process: it sends with the connected grant, waits in IMAP IDLE
+    (logged in with XOAUTH2), reads the reply and stops the sequence; its log names no token."""
+    room = mailroom
+    connect(room)
+    config = room.dir / "outreach.toml"
+    edit_config(config, window="00:00-24:00", days="mon-sun", holidays="", dispatch_seconds=1)
+    room.enroll(ANN)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "outreach", "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not room.smtp.received and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert room.smtp.received, "the daemon sent nothing"
+        room.reply_to(room.smtp.received[0].message, "Please call me next week.")
+        state = ""
+        while time.monotonic() < deadline:
+            [enrollment] = room.json("prospect", ANN)["enrollments"]
+            state = enrollment["state"]
+            if state == "replied":
+                break
+            time.sleep(0.3)
+        assert state == "replied"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert len(room.smtp.received) == 1  # and nothing after the reply
+    room.outputs.extend([out, err])
+    room.assert_no_token_anywhere(caplog.text)
