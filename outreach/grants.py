@@ -120,10 +120,7 @@ class TokenSource:
         """Raise ConfigError now if this mailbox cannot get a token at all: no key, no
         secret in the environment, or a delegated grant that was never connected."""
         self.vault()
-        if self.provider.flow == "service_account":
-            self.client._secret()
-        else:
-            self.client._client_secret()
+        self.client.check_secrets()
         if self.provider.delegated and self.info() is None:
             raise ConfigError(
                 f"mailbox {self.box.email} is not connected to {self.provider.name} yet",

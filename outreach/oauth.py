@@ -293,6 +293,14 @@ class OAuthClient:
             **kwargs,
         )
 
+    def check_secrets(self) -> None:
+        """Raise ConfigError when the environment lacks the secret (or the service account's
+        key) this flow needs."""
+        if self.provider.flow == "service_account":
+            self._service_account_key()
+        else:
+            self._client_secret()
+
     def _client_secret(self) -> str | None:
         """The client secret, when the config names one (a service account has a key)."""
         if self.provider.flow == "service_account" or not self.box.oauth_client_secret_env:

@@ -279,3 +279,28 @@ def test_a_slow_token_endpoint_is_a_transient_failure(
     finally:
         auth.delay = 0.0
         ws.close()
+
+
+def test_secrets_rotate_moves_the_grants_to_a_new_key(
+    tmp_path: Path, auth: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = new_key(), new_key()
+    monkeypatch.setenv("OUTREACH_SECRETS_KEY", old)
+    auth.register(Client("rotating-app"))
+    auth.device_user, auth.device_approve_after, auth.device_slow_down = "s@x.example", 1, False
+    ws = _device_workspace(tmp_path, auth, "rotating-app")
+    try:
+        connect(ws.config.mailboxes[0].token_source, say=lambda line: None, sleep=lambda s: None)
+        token = ws.config.mailboxes[0].token_source.access_token()
+    finally:
+        ws.close()
+    monkeypatch.setenv("OUTREACH_SECRETS_KEY", f"{new},{old}")
+    result = Cli(ws.config.path)("secrets", "rotate")
+    assert result.exit_code == 0, result.output
+    assert "1 grant(s) re-encrypted with the first key of OUTREACH_SECRETS_KEY" in result.output
+    monkeypatch.setenv("OUTREACH_SECRETS_KEY", new)  # the old key is gone now
+    again = Workspace.load(ws.config.path)
+    try:
+        assert again.config.mailboxes[0].token_source.access_token() == token
+    finally:
+        again.close()
