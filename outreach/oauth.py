@@ -223,7 +223,13 @@ class OAuthClient:
         except OAuthError as exc:
             if exc.error in ("authorization_pending", "slow_down"):
                 return str(exc.error)
-            if exc.error in ("access_denied", "expired_token"):
+            # Microsoft says authorization_declined where RFC 8628 says access_denied.
+            if exc.error in (
+                "access_denied",
+                "authorization_declined",
+                "expired_token",
+                "bad_verification_code",
+            ):
                 raise ConnectFailed(
                     f"{self._host()} answered {exc.error}"
                     + (f": {_one_line(exc.description)}" if exc.description else ""),

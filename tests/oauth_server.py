@@ -255,6 +255,8 @@ class AuthServer:
             if device is None or device.client_id != client.client_id:
                 return 400, {"error": "invalid_grant"}
             device.polls += 1
+            if self.device_decline:  # Microsoft's word for RFC 8628's access_denied
+                return 400, {"error": "authorization_declined", "error_description": "declined"}
             if device.slow_down_first and device.polls == 1:
                 return 400, {"error": "slow_down"}
             if device.polls < device.approve_after_polls:
@@ -321,6 +323,7 @@ class AuthServer:
     device_user: str = ""
     device_approve_after: int = 2
     device_slow_down: bool = False
+    device_decline: bool = False
 
     def _authorize(self, query: dict[str, str]) -> str:
         code = "code-" + secrets.token_urlsafe(16)

@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from outreach.config import load_config
 from outreach.connect import connect
 from outreach.errors import ConfigError
-from outreach.oauth import OAuthClient, TokenEndpointDown, Tokens
+from outreach.oauth import ConnectFailed, OAuthClient, TokenEndpointDown, Tokens
 from outreach.oauth_providers import provider_for
 from outreach.secrets import Vault, new_key
 from outreach.workspace import Workspace
@@ -304,3 +304,24 @@ def test_secrets_rotate_moves_the_grants_to_a_new_key(
         assert again.config.mailboxes[0].token_source.access_token() == token
     finally:
         again.close()
+
+
+def test_a_declined_device_code_is_one_line_and_stores_nothing(
+    tmp_path: Path, auth: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTREACH_SECRETS_KEY", new_key())
+    auth.register(Client("declined-app"))
+    auth.device_user, auth.device_decline = "s@x.example", True
+    ws = _device_workspace(tmp_path, auth, "declined-app")
+    try:
+        source = ws.config.mailboxes[0].token_source
+        with pytest.raises(ConnectFailed) as info:
+            connect(source, say=lambda line: None, sleep=lambda s: None)
+        assert source.info() is None
+    finally:
+        auth.device_decline = False
+        ws.close()
+    assert info.value.one_line() == (
+        "127.0.0.1 answered authorization_declined: declined "
+        "(run `outreach mailboxes connect` again)"
+    )
