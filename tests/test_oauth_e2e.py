@@ -98,6 +98,7 @@ class Mailroom:
         self.user = dovecot.new_user("oauth")
         dovecot.create_folder(self.user, "Sent")  # what `mailboxes check` looks for
         self.outputs: list[str] = []
+        self.database_dir: Path | None = None  # a PostgreSQL cluster's data directory
         auth.device_user = self.user
         fields: dict[str, Any] = {
             "name": "Sanna Lehto",
@@ -176,13 +177,17 @@ class Mailroom:
         tokens = self.auth.issued_tokens()
         assert tokens
         files = [p for p in self.dir.rglob("*") if p.is_file()]
-        assert any(p.name.startswith("outreach.db") for p in files)
+        if self.database_dir is None:
+            assert any(p.name.startswith("outreach.db") for p in files)
+        else:  # PostgreSQL: the cluster's own files, tables and write-ahead log
+            files += [p for p in self.database_dir.rglob("*") if p.is_file()]
+            assert any("pg_wal" in p.parts for p in files)
         blobs = [p.read_bytes() for p in files]
         for token in tokens:
             # The token itself, and as it travels in an XOAUTH2 exchange (base64).
             sasl = base64.b64encode(f"user={self.user}\x01auth=Bearer {token}\x01\x01".encode())
             for raw in (token.encode(), sasl):
-                assert not any(raw in blob for blob in blobs), "a token is in a workspace file"
+                assert not any(raw in blob for blob in blobs), "a token is in a file of the store"
                 text = raw.decode()
                 assert not any(text in out for out in self.outputs), "a token is in the output"
                 assert text not in log_text, "a token is in the log"
@@ -198,6 +203,7 @@ def mailroom(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
     client_options: dict[str, Any],
+    database: str,
 ) -> Mailroom:
     monkeypatch.setenv(KEY_ENV, new_key())
     options = dict(client_options)
@@ -207,6 +213,8 @@ def mailroom(
         monkeypatch.setenv("OUTREACH_TEST_CLIENT_SECRET", options["secret"])
     client = auth_server.register(Client(client_id, **options))
     room = Mailroom(run, workspace_dir, auth_server, oauth_dovecot, smtp, client, flow)
+    if database == "postgresql":
+        room.database_dir = request.getfixturevalue("postgres_cluster").data
     if client.app_mailbox == "":
         client.app_mailbox = room.user
     return room
