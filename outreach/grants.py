@@ -31,14 +31,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from outreach import clock
-from outreach.errors import ConfigError
+from outreach.errors import ClientRefused, ConfigError, GrantRevoked
 from outreach.models import MailboxState, OAuthGrant
-from outreach.oauth import ClientRefused, GrantRevoked, OAuthClient, Tokens
 from outreach.oauth_providers import provider_for
 from outreach.secrets import Vault
 
 if TYPE_CHECKING:
     from outreach.config import Mailbox
+    from outreach.oauth import OAuthClient, Tokens
     from outreach.store import Store
 
 # Refresh this long before the access token expires: a token that lapses between the check
@@ -104,8 +104,17 @@ class TokenSource:
         self.box = box
         self.key_env = key_env
         self.provider = provider_for(box)
-        self.client = client or OAuthClient(box)
+        self._client = client
         self.now = now
+
+    @property
+    def client(self) -> OAuthClient:
+        """The provider's client, made on first use (authlib loads only for OAuth work)."""
+        if self._client is None:
+            from outreach.oauth import OAuthClient
+
+            self._client = OAuthClient(self.box)
+        return self._client
 
     @property
     def store(self) -> Store:

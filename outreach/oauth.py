@@ -26,7 +26,15 @@ from authlib.integrations.requests_client import OAuth2Session, OAuthError
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from outreach.errors import ConfigError, OutreachError
+from outreach.errors import (
+    ClientRefused,
+    ConfigError,
+    ConnectFailed,
+    GrantRevoked,
+    OAuthProblem,
+    OutreachError,
+    TokenEndpointDown,
+)
 from outreach.oauth_providers import Provider, provider_for
 
 if TYPE_CHECKING:
@@ -37,26 +45,17 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523
 DEFAULT_LIFETIME = 3600  # seconds, when a token response gives no expires_in
 TIMEOUT = 15.0  # seconds: a slow token endpoint is a transient failure, not a hang
 
-
-class OAuthProblem(OutreachError):
-    """The token endpoint did not give a token."""
-
-
-class GrantRevoked(OAuthProblem):
-    """``invalid_grant``: the refresh token was revoked or expired, the password changed, or
-    consent was withdrawn. Only a person can fix it: ``outreach mailboxes connect``."""
-
-
-class ClientRefused(OAuthProblem):
-    """The application itself was refused (invalid_client, unauthorized_client, bad scope)."""
-
-
-class TokenEndpointDown(OAuthProblem):
-    """No answer, a timeout, a 5xx or 429: try again later; nothing else is wrong."""
-
-
-class ConnectFailed(OAuthProblem):
-    """The interactive connect did not end in a grant (denied, expired, wrong URL pasted)."""
+__all__ = [
+    "AuthorizationRequest",
+    "ClientRefused",
+    "ConnectFailed",
+    "DeviceCode",
+    "GrantRevoked",
+    "OAuthClient",
+    "OAuthProblem",
+    "TokenEndpointDown",
+    "Tokens",
+]
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from outreach.config import Mailbox, _is_loopback
-from outreach.errors import ConfigError
-from outreach.oauth import ClientRefused, GrantRevoked, TokenEndpointDown
+from outreach.errors import ClientRefused, ConfigError, GrantRevoked, TokenEndpointDown
 
 # sent: accepted. retry: a 4xx, or the connection broke during this message; try it again
 # later. unreachable: no session could be opened (refused, timeout, TLS): the mailbox waits,

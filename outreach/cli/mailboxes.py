@@ -14,7 +14,6 @@ from outreach.cli.base import (
     pass_ctx,
     print_json,
 )
-from outreach.connect import connect as connect_mailbox
 from outreach.errors import OutreachError
 
 
@@ -59,6 +58,8 @@ def mailboxes_connect(ctx: Context, email: str) -> None:
             field="EMAIL",
             hint='set auth = "oauth2" and its oauth_* settings in outreach.toml',
         )
+    from outreach.connect import connect as connect_mailbox  # authlib: only for this
+
     line = connect_mailbox(box.token_source, say=click.echo, read_line=sys.stdin.readline)
     click.echo(line)
 

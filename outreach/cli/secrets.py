@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from outreach import grants
 from outreach.cli.base import Context, cli, pass_ctx
-from outreach.secrets import Vault, new_key
 
 
 @cli.group("secrets")
@@ -17,6 +15,8 @@ def secrets_group() -> None:
 @secrets_group.command("key")
 def secrets_key() -> None:
     """Print a new random key, for the environment variable [secrets] key_env names."""
+    from outreach.secrets import new_key
+
     click.echo(new_key())
 
 
@@ -25,6 +25,9 @@ def secrets_key() -> None:
 def secrets_rotate(ctx: Context) -> None:
     """Re-encrypt every stored grant with the first key of [secrets] key_env (put the new key
     first, the old one after a comma; once rotated, the old one can go)."""
+    from outreach import grants
+    from outreach.secrets import Vault
+
     vault = Vault.from_env(ctx.ws.config.settings.secrets.key_env)
     count = grants.rotate_key(ctx.ws.store, vault)
     click.echo(f"{count} grant(s) re-encrypted with the first key of {vault.env}")
