@@ -1,7 +1,7 @@
 """oauth: OAuth 2.0 grants of the mailboxes (tokens encrypted with [secrets] key_env)
 
 Revision ID: 0007_oauth
-Revises: 0006
+Revises: 0009_held
 Create Date: 2026-12-01
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = "0007_oauth"
-down_revision = "0006"
+down_revision = "0009_held"  # the newest on main when this was merged
 branch_labels = None
 depends_on = None
 
