@@ -13,7 +13,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from outreach import planner
 from outreach.errors import ConfigError
@@ -131,10 +139,62 @@ class Mailbox(_Strict):
     timezone: str | None = None
     window: str | None = None
     days: str | None = None
+    # OAuth 2.0 (SASL XOAUTH2 for SMTP and IMAP): Microsoft 365 and Google Workspace refuse
+    # passwords. The grant lives encrypted in the database (``[secrets] key_env``).
+    auth: Literal["password", "oauth2"] = "password"
+    oauth_provider: Literal["microsoft", "google", "generic"] | None = None
+    oauth_flow: (
+        Literal["device", "client_credentials", "authorization_code", "service_account"] | None
+    ) = None
+    oauth_client_id: str | None = None
+    # The client secret (client_credentials, authorization_code) or, for service_account,
+    # the service account's JSON key: the name of the environment variable holding it.
+    oauth_client_secret_env: str | None = None
+    oauth_tenant: str | None = None  # Microsoft: the directory (tenant) id or domain
+    oauth_scopes: list[str] | None = None
+    oauth_token_url: str | None = None
+    oauth_device_url: str | None = None
+    oauth_authorize_url: str | None = None
+    # Bound by the workspace: where this mailbox's OAuth tokens come from (its database).
+    _token_source: Any = PrivateAttr(default=None)
 
     _zone = field_validator("timezone")(_check_zone)
     _window = field_validator("window")(_check_window)
     _days = field_validator("days")(_check_days)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_hosts(cls, data: Any) -> Any:
+        """A provider's SMTP and IMAP servers, unless the entry names its own."""
+        if isinstance(data, dict) and data.get("auth") == "oauth2":
+            from outreach.oauth_providers import PROVIDER_HOSTS
+
+            for group in PROVIDER_HOSTS.get(str(data.get("oauth_provider")), ()):
+                if not set(group) & set(data):  # smtp_* or imap_* named: the entry's own
+                    data = {**group, **data}
+        return data
+
+    @field_validator("oauth_token_url", "oauth_device_url", "oauth_authorize_url")
+    @classmethod
+    def _oauth_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            # A client secret and the user's grant travel here: never in clear over a network.
+            raise ValueError(
+                f"must be https:// (http:// only for a loopback host, not {parts.hostname})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _oauth(self) -> Mailbox:
+        from outreach.oauth_providers import check_mailbox
+
+        check_mailbox(self)
+        return self
 
     @field_validator("email")
     @classmethod
@@ -176,6 +236,26 @@ class Mailbox(_Strict):
     def password(self) -> str | None:
         """The secret, read from the environment variable the config names."""
         return os.environ.get(self.password_env) if self.password_env else None
+
+    @property
+    def smtp_login(self) -> str | None:
+        """The SMTP user name: ``smtp_username``, for OAuth the mailbox's address by default."""
+        return self.smtp_username or (self.email if self.auth == "oauth2" else None)
+
+    def bind_token_source(self, source: Any) -> None:
+        """Tell this mailbox where its OAuth tokens come from (the workspace does it: the
+        grant is kept in the workspace's database)."""
+        self._token_source = source
+
+    @property
+    def token_source(self) -> Any:
+        """The bound :class:`outreach.grants.TokenSource` of an OAuth mailbox."""
+        if self._token_source is None:
+            raise ConfigError(
+                f"mailbox {self.email} uses OAuth but no workspace holds its grant",
+                field=f"mailboxes {self.email}: auth",
+            )
+        return self._token_source
 
 
 class Daemon(_Strict):
@@ -316,8 +396,17 @@ class ABSettings(_Strict):
         return value
 
 
+class Secrets(_Strict):
+    """``[secrets]``: how stored secrets (OAuth grants) are encrypted in the database."""
+
+    # The environment variable holding the Fernet key (``outreach secrets key`` makes one);
+    # several keys separated by commas: the first encrypts, all decrypt (key rotation).
+    key_env: str = "OUTREACH_SECRETS_KEY"
+
+
 class Settings(_Strict):
     database: Database = Database()
+    secrets: Secrets = Secrets()
     paths: Paths = Paths()
     sending: SendingDefaults = SendingDefaults()
     mailboxes: list[Mailbox] = Field(default_factory=list)

@@ -85,3 +85,24 @@ class TemplateProblems(TemplateError):
             first.message, file=first.file, line=first.line, field=first.field, hint=first.hint
         )
         self.problems = problems
+
+
+class OAuthProblem(OutreachError):
+    """The token endpoint did not give an OAuth token (``outreach.oauth``)."""
+
+
+class GrantRevoked(OAuthProblem):
+    """``invalid_grant``: the refresh token was revoked or expired, the password changed, or
+    consent was withdrawn. Only a person can fix it: ``outreach mailboxes connect``."""
+
+
+class ClientRefused(OAuthProblem):
+    """The application itself was refused (invalid_client, unauthorized_client, bad scope)."""
+
+
+class TokenEndpointDown(OAuthProblem):
+    """No answer, a timeout, a 5xx or 429: try again later; nothing else is wrong."""
+
+
+class ConnectFailed(OAuthProblem):
+    """The interactive connect did not end in a grant (denied, expired, wrong URL pasted)."""

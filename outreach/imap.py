@@ -28,6 +28,7 @@ from outreach.errors import OutreachError
 
 if TYPE_CHECKING:
     from outreach.config import Mailbox
+    from outreach.grants import TokenSource
 
 SECURITIES = ("starttls", "tls", "none")
 # Tried in this order when no folder carries the \Sent SPECIAL-USE flag (RFC 6154).
@@ -51,15 +52,17 @@ class MailboxImap:
         port: int,
         security: str,
         username: str,
-        password: str,
+        password: str | None,
         *,
         timeout: float = 30,
         ssl_context: ssl.SSLContext | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         """Nothing is sent until ``with`` (or :meth:`connect`).
 
         Certificates are verified unless ``host`` is loopback (a local relay or test server);
         pass ``ssl_context`` to trust something else, e.g. exactly one self-signed certificate.
+        With ``tokens`` the login is ``AUTHENTICATE XOAUTH2`` with its access token.
         """
         if security not in SECURITIES:
             raise ImapError(f"unknown IMAP security '{security}'", hint="use starttls, tls or none")
@@ -73,6 +76,10 @@ class MailboxImap:
         self.security = security
         self.username = username
         self._password = password
+        self._tokens = tokens
+        self._sent_tokens: list[str] = []  # masked in error texts, like the password
+        # A token refused twice pauses the mailbox; `outreach mailboxes check` only looks.
+        self.pause_on_refusal = True
         self.timeout = timeout
         self.ssl_context = ssl_context or _default_context(host)
         self._client: IMAPClient | None = None
@@ -85,6 +92,17 @@ class MailboxImap:
                 f"mailbox {mailbox.email} has no imap_host",
                 hint="set imap_host in its [[mailboxes]] entry",
             )
+        security = mailbox.imap_security
+        port = mailbox.imap_port or (993 if security == "tls" else 143)
+        if mailbox.auth == "oauth2":
+            return cls(
+                mailbox.imap_host,
+                port,
+                security,
+                mailbox.imap_username or mailbox.email,
+                None,
+                tokens=mailbox.token_source,
+            )
         password = mailbox.password()
         if password is None:
             raise ImapError(
@@ -93,8 +111,6 @@ class MailboxImap:
                 if mailbox.password_env
                 else "name an environment variable with password_env",
             )
-        security = mailbox.imap_security
-        port = mailbox.imap_port or (993 if security == "tls" else 143)
         return cls(
             mailbox.imap_host,
             port,
@@ -128,18 +144,43 @@ class MailboxImap:
                         )
                     client.starttls(self.ssl_context)
             with self._errors("login"):
-                try:
-                    client.login(self.username, self._password)
-                except LoginError as exc:
-                    raise ImapError(
-                        f"IMAP login as {self.username} at {self.host}:{self.port} failed: "
-                        f"{self._scrub(exc)}",
-                        hint="check imap_username and the password in the environment",
-                    ) from None
+                if self._tokens is not None:
+                    self._xoauth2(client)
+                else:
+                    try:
+                        client.login(self.username, self._password or "")
+                    except LoginError as exc:
+                        raise ImapError(
+                            f"IMAP login as {self.username} at {self.host}:{self.port} failed: "
+                            f"{self._scrub(exc)}",
+                            hint="check imap_username and the password in the environment",
+                        ) from None
         except BaseException:
             _quietly_shutdown(client)
             raise
         self._client = client
+
+    def _xoauth2(self, client: IMAPClient) -> None:
+        """AUTHENTICATE XOAUTH2; a refused token is retried once with a new one, then the
+        mailbox is paused with the server's words."""
+        assert self._tokens is not None
+        refused: str | None = None
+        for attempt in (1, 2):
+            try:
+                token = self._tokens.access_token(refused=refused)
+            except OutreachError as exc:  # no token: the endpoint, the key, no grant yet
+                raise ImapError(exc.message, hint=exc.hint) from None
+            self._sent_tokens.append(token)
+            try:
+                client.oauth2_login(self.username, token)
+                return
+            except LoginError as exc:
+                if attempt == 2:
+                    text = f"IMAP {self.host}:{self.port} {self._scrub(exc)}"
+                    if not self.pause_on_refusal:
+                        raise ImapError(f"{text} (a fresh token too)") from None
+                    raise ImapError(self._tokens.refused(text)) from None
+                refused = token
 
     def close(self) -> None:
         """Log out; a connection that already broke is just dropped."""
@@ -188,6 +229,13 @@ class MailboxImap:
             f"no Sent folder on {self.host} for {self.username}",
             hint="none has the \\Sent flag, and none is named " + ", ".join(SENT_NAMES),
         )
+
+    def count(self, folder: str) -> int:
+        """How many messages ``folder`` holds (selected read-only)."""
+        client = self._connected
+        with self._errors(f"EXAMINE {folder}"):
+            status = client.select_folder(folder, readonly=True)
+        return int(status[b"EXISTS"])
 
     def append(self, folder: str, message: bytes, when: datetime) -> None:
         """APPEND ``message`` to ``folder``, already ``\\Seen``, with ``when`` as internal date.
@@ -319,8 +367,9 @@ class MailboxImap:
     def _scrub(self, exc: BaseException) -> str:
         """The error text on one line, the password masked should a server echo it."""
         text = " ".join(str(exc).split()) or type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
+        for secret in (self._password, *self._sent_tokens):
+            if secret:
+                text = text.replace(secret, "***")
         return text
 
 

@@ -293,3 +293,32 @@ class Singleton(SQLModel, table=True):
     name: str = Field(primary_key=True)
     owner: str | None = None
     owner_until: datetime | None = None
+
+
+class OAuthGrant(SQLModel, table=True):
+    """An OAuth mailbox's grant: its refresh token and the cached access token, both
+    encrypted (``outreach.secrets``), shared by SMTP and IMAP and by every daemon.
+
+    A refresh (and a rotated refresh token) is written in one transaction, under a row lock
+    on PostgreSQL, so two daemons never spend the same rotating refresh token.
+    """
+
+    __tablename__ = "oauth_grants"
+
+    mailbox: str = Field(primary_key=True)
+    provider: str
+    flow: str
+    client_id: str | None = None
+    scope: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    refresh_token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    access_token: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    expires_at: datetime | None = None
+    connected_at: datetime | None = None
+    refreshed_at: datetime | None = None
+    refreshes: int = 0  # access tokens fetched since the last connect
+    rotations: int = 0  # times the server handed back a new refresh token
+    # Why the grant no longer works (invalid_grant): nothing is asked of the server until
+    # `outreach mailboxes connect` stores a new one.
+    broken: str | None = None
+    # The mailbox pause this grant's failure caused; `connect` lifts exactly that one.
+    paused_reason: str | None = None

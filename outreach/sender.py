@@ -6,6 +6,7 @@ server answer and every network failure into an :class:`Outcome` that says what 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -14,7 +15,7 @@ from typing import Literal, Protocol
 import aiosmtplib
 
 from outreach.config import Mailbox, _is_loopback
-from outreach.errors import ConfigError
+from outreach.errors import ClientRefused, ConfigError, GrantRevoked, TokenEndpointDown
 from outreach.wire import WireMessage
 
 # What a transport sends: the bytes of outreach.wire.render_message (the send path), or an
@@ -72,6 +73,34 @@ def classify(code: int, text: str, *, at_rcpt: bool) -> Outcome:
     return Outcome("failed", code, text)
 
 
+async def xoauth2(smtp: aiosmtplib.SMTP, box: Mailbox, login: str, *, pause: bool = True) -> str:
+    """AUTH XOAUTH2 with the mailbox's access token; a refused token is retried once with a
+    new one (it may have been revoked while cached), then the mailbox pauses (unless not
+    ``pause``: a check only looks). Returns the server's answer."""
+    tokens = box.token_source
+    token = await asyncio.to_thread(tokens.access_token)
+    try:
+        return str((await smtp.auth_xoauth2(login, token)).message)
+    except aiosmtplib.SMTPAuthenticationError:
+        pass
+    fresh = await asyncio.to_thread(tokens.access_token, refused=token)
+    try:
+        return str((await smtp.auth_xoauth2(login, fresh)).message)
+    except aiosmtplib.SMTPAuthenticationError as again:
+        text = f"SMTP {again.code} {' '.join(again.message.split())}"
+        if not pause:
+            raise TokenRefused(text) from None
+        raise TokenRefused(await asyncio.to_thread(tokens.refused, text)) from None
+
+
+class TokenRefused(Exception):
+    """A fresh OAuth token was refused too; ``reason`` is what the mailbox is paused with."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class SmtpTransport:
     """One mailbox's SMTP connection, opened on first use and reused until it fails."""
 
@@ -99,17 +128,41 @@ class SmtpTransport:
             timeout=self.timeout,
         )
         await smtp.connect()
-        if box.smtp_username:  # a relay that needs no login (a local sink) has no username
+        login = box.smtp_login
+        if login:  # a relay that needs no login (a local sink) has no username
             try:
-                await smtp.login(box.smtp_username, password or "")
+                if box.auth == "oauth2":
+                    await xoauth2(smtp, box, login)
+                else:
+                    await smtp.login(login, password or "")
             except BaseException:
                 smtp.close()  # a refused login must not leave the connection open
                 raise
         return smtp
 
+    async def _xoauth2(self, smtp: aiosmtplib.SMTP, login: str) -> None:
+        """AUTH XOAUTH2 with the mailbox's access token; a refused token is retried once with
+        a new one (it may have been revoked while cached), then the mailbox pauses."""
+        tokens = self.mailbox.token_source
+        token = await asyncio.to_thread(tokens.access_token)
+        try:
+            await smtp.auth_xoauth2(login, token)
+            return
+        except aiosmtplib.SMTPAuthenticationError:
+            pass
+        fresh = await asyncio.to_thread(tokens.access_token, refused=token)
+        try:
+            await smtp.auth_xoauth2(login, fresh)
+        except aiosmtplib.SMTPAuthenticationError as again:
+            text = f"SMTP {again.code} {' '.join(again.message.split())}"
+            raise TokenRefused(await asyncio.to_thread(tokens.refused, text)) from None
+
     def check(self) -> None:
         """Raise ConfigError now, before anything is claimed, if this mailbox cannot log in."""
         box = self.mailbox
+        if box.auth == "oauth2":
+            box.token_source.check()
+            return
         if box.smtp_username and box.password() is None:
             raise ConfigError(
                 f"environment variable {box.password_env} is not set"
@@ -123,6 +176,17 @@ class SmtpTransport:
         if self._smtp is None or not self._smtp.is_connected:
             try:
                 self._smtp = await self._connect()
+            except TokenRefused as exc:
+                await self._drop()
+                return Outcome("auth", None, exc.reason)
+            except (GrantRevoked, ClientRefused) as exc:
+                # The token source has paused the mailbox already, with these words.
+                await self._drop()
+                return Outcome("auth", None, exc.one_line())
+            except TokenEndpointDown as exc:
+                # Transient: the mailbox waits and tries again; the message is untouched.
+                await self._drop()
+                return Outcome("unreachable", None, exc.one_line())
             except aiosmtplib.SMTPAuthenticationError as exc:
                 await self._drop()
                 return Outcome("auth", exc.code, " ".join(exc.message.split()))

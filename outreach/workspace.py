@@ -24,6 +24,18 @@ class Workspace:
     _store: Store | None = field(default=None, repr=False)
     _templates_stamp: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
 
+    def __post_init__(self) -> None:
+        # An OAuth mailbox's tokens live in this workspace's database: SMTP and IMAP find
+        # them through the mailbox.
+        oauth = [box for box in self.config.mailboxes if box.auth == "oauth2"]
+        if not oauth:
+            return
+        from outreach.grants import TokenSource
+
+        key_env = self.config.settings.secrets.key_env
+        for box in oauth:
+            box.bind_token_source(TokenSource(lambda: self.store, box, key_env))
+
     @classmethod
     def load(cls, config_path: str | Path | None = None) -> Workspace:
         return cls(load_config(find_config_path(config_path)))

@@ -47,6 +47,23 @@ INSTALL_HINT = "dovecot not installed: apt-get install dovecot-imapd"
 # there is none; a test creates it to see the SPECIAL-USE path. A wrong password is answered at
 # once: no 2 s failure delay, and no growing per-IP penalty (anvil) that would slow every later
 # login from 127.0.0.1 by 2-15 s.
+# With an introspection URL, XOAUTH2 and OAUTHBEARER logins are checked by the oauth2 passdb
+# (RFC 7662 introspection, as in ../shared/testing/README.md), and the static password stays
+# for PLAIN and LOGIN only: the fixture's own imaplib sessions that put mail in place.
+_OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {tmp}/dovecot-oauth2.conf.ext
+}}
+"""
+_OAUTH2_EXT = """\
+introspection_url = {url}
+introspection_mode = post
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
 _CONFIG = """\
 base_dir = {tmp}/run
 state_dir = {tmp}/state
@@ -56,16 +73,16 @@ ssl = yes
 ssl_cert = <{tmp}/cert.pem
 ssl_key = <{tmp}/key.pem
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{mechanisms}
 auth_failure_delay = 0
 log_path = {tmp}/dovecot.log
 mail_location = maildir:{tmp}/mail/%u
 default_login_user = dovenull
 default_internal_user = dovecot
 first_valid_uid = 1
-passdb {{
+{oauth2_passdb}passdb {{
   driver = static
-  args = password={password}
+  args = password={password}{static_mechanisms}
 }}
 userdb {{
   driver = static
@@ -176,7 +193,10 @@ class Dovecot:
     password = PASSWORD  # every user's
     sent_special_use = SENT_SPECIAL_USE
 
-    def __init__(self) -> None:
+    def __init__(self, *, oauth2_introspection_url: str | None = None) -> None:
+        """``oauth2_introspection_url``: also accept XOAUTH2/OAUTHBEARER bearer tokens that
+        this RFC 7662 endpoint calls active (the password still works for PLAIN/LOGIN)."""
+        self.oauth2_introspection_url = oauth2_introspection_url
         binary = dovecot_binary()
         if binary is None:
             raise FileNotFoundError(INSTALL_HINT)
@@ -215,9 +235,17 @@ class Dovecot:
         mail.mkdir()
         shutil.chown(mail, "dovecot", "dovecot")
         _write_self_signed_cert(self.tmp)
+        oauth = self.oauth2_introspection_url
+        if oauth:
+            (self.tmp / "dovecot-oauth2.conf.ext").write_text(
+                _OAUTH2_EXT.format(url=oauth), encoding="utf-8"
+            )
         self.config_path.write_text(
             _CONFIG.format(
                 tmp=self.tmp,
+                mechanisms=" xoauth2 oauthbearer" if oauth else "",
+                oauth2_passdb=_OAUTH2_PASSDB.format(tmp=self.tmp) if oauth else "",
+                static_mechanisms="\n  mechanisms = plain login" if oauth else "",
                 password=PASSWORD,
                 sent=SENT_SPECIAL_USE,
                 port=self._port,

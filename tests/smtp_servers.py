@@ -12,13 +12,18 @@ this module is not a conftest itself. Registered that way, pytest also rewrites 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
+import json
 import re
+import secrets
 import shutil
 import ssl
 import tempfile
 import threading
+import urllib.parse
+import urllib.request
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,6 +190,48 @@ class _Recorder:
         return AuthResult(success=False, handled=False)
 
 
+class _OAuthRecorder(_Recorder):
+    """The handler with an ``AUTH XOAUTH2`` mechanism asking an RFC 7662 introspection
+    endpoint (the test's authorization server), the way Microsoft's and Google's SMTP servers
+    check a bearer token: one it does not call active gets the error challenge, then 535."""
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        if len(args) > 1:
+            initial = args[1]
+        else:
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            initial = answer.decode()
+        try:
+            fields = dict(
+                part.split("=", 1)
+                for part in base64.b64decode(initial).decode().split("\x01")
+                if part
+            )
+            user, token = fields["user"], fields["auth"].removeprefix("Bearer ")
+        except (ValueError, KeyError):
+            return AuthResult(success=False, handled=False)
+        active = await asyncio.to_thread(_introspect, self.owner.xoauth2_introspect or "", token)
+        if self.owner.xoauth2_refuse_all:
+            active = None
+        self.owner.xoauth2_attempts.append((user, active == user))
+        if active != user:
+            # XOAUTH2 (as Gmail does it): a 334 with a JSON error, the client's empty line,
+            # then the failure.
+            error = json.dumps({"status": "401", "schemes": "bearer"})
+            await server.challenge_auth(error)
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+
+
+def _introspect(url: str, token: str) -> str | None:
+    body = urllib.parse.urlencode({"token": token}).encode()
+    with urllib.request.urlopen(url, data=body, timeout=10) as response:  # noqa: S310
+        answer = json.loads(response.read())
+    return str(answer["username"]) if answer.get("active") else None
+
+
 class RecordingSMTP:
     """aiosmtpd Controller on 127.0.0.1, free port, keeps every envelope; optional AUTH and
     STARTTLS; scriptable failures.
@@ -212,9 +259,17 @@ class RecordingSMTP:
         auth: tuple[str, str] | None = None,
         starttls: bool = False,
         implicit_tls: bool = False,
+        xoauth2_introspect: str | None = None,
     ) -> None:
+        """``xoauth2_introspect``: require AUTH XOAUTH2 with a bearer token this RFC 7662
+        endpoint calls active for the user named in it (PLAIN and LOGIN are refused)."""
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
+        self.xoauth2_introspect = xoauth2_introspect
+        self.xoauth2_attempts: list[tuple[str, bool]] = []  # (user, accepted) per AUTH XOAUTH2
+        self.xoauth2_refuse_all = False  # refuse every token (SMTP AUTH off for the mailbox)
+        if xoauth2_introspect is not None and auth is None:
+            auth = ("(xoauth2 only)", secrets.token_hex(16))  # MAIL then requires the login
         self.username: str | None = auth[0] if auth is not None else None
         self.password: str | None = auth[1] if auth is not None else None
         self.starttls = starttls
@@ -259,7 +314,7 @@ class RecordingSMTP:
         """Make the certificate if TLS is on, then listen on a free port of 127.0.0.1."""
         if self._controller is not None:
             raise RuntimeError("the server is already running")
-        handler = _Recorder(self)
+        handler = _OAuthRecorder(self) if self.xoauth2_introspect else _Recorder(self)
         kwargs: dict[str, Any] = {}
         tls: ssl.SSLContext | None = None
         if self.starttls or self.implicit_tls:

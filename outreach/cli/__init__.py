@@ -53,6 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": ("sending", "The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."),
     "schedule": ("sending", "What is due next, and when, in the prospect's own time zone."),
+    "secrets": ("secrets", "The key that encrypts the stored OAuth grants ([secrets] key_env)."),
     "send": ("sending", "Send everything that is due now, within windows and limits, then exit."),
     "sink": (
         "setup",
