@@ -20,7 +20,20 @@ from outreach.errors import ConfigError
 
 CONFIG_ENV = "OUTREACH_CONFIG"
 DEFAULT_CONFIG = "outreach.toml"
-SECRET_KEYS = {"password", "smtp_password", "imap_password", "secret", "token", "api_key"}
+# A key whose name ends in one of these words (case and separators aside: `api_token`,
+# `smtp_pass`, `imapPassword`, `[variables] stripe_secret`, `hubspot_api_key`) holds a secret,
+# unless its last word is `env` or `url`: those name the environment variable that holds it,
+# or an endpoint (whose URL is checked on its own). "secretary" and "bypass" are no secrets.
+SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "credential")
+SECRET_PARTS = {"pass", "pw", "pwd"}
+SECRET_PAIRS = ("apikey", "privatekey", "accesskey", "signingkey")
+SECRET_PLURALS = tuple(word + "s" for word in SECRET_WORDS)
+# Credentials in a URL: `scheme://user:password@host`, or any user at all in an http(s) URL
+# (`https://TOKEN@host`). A database URL may name its user: PostgreSQL reads the password
+# from PGPASSWORD or ~/.pgpass.
+_URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/?#@:]*:[^\s/?#@]*@", re.I)
+_URL_USER = re.compile(r"\bhttps?://[^\s/?#@]+@", re.I)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Strict(BaseModel):
@@ -454,10 +467,22 @@ def find_config_path(explicit: str | Path | None) -> Path:
 def load_config(path: Path) -> Config:
     """Read and validate the configuration; any problem is a ConfigError with file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             "configuration file not found", file=path, hint="run `outreach init` or pass --config"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=path) from None
+    try:
+        # A BOM is what Notepad puts in front of UTF-8; TOML does not allow it.
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"byte 0x{data[exc.start]:02x} is not UTF-8 text",
+            file=path,
+            line=data.count(b"\n", 0, exc.start) + 1,
+            hint="TOML files are UTF-8: save it as UTF-8",
         ) from None
     try:
         raw = tomllib.loads(text)
@@ -481,23 +506,62 @@ def load_config(path: Path) -> Config:
     return Config(path=path.resolve(), settings=settings)
 
 
+def is_secret_name(key: str) -> bool:
+    """Whether a setting called ``key`` would hold a secret (see SECRET_WORDS)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
+    parts = [part for part in re.split(r"[^a-z0-9]+", spaced) if part]
+    if not parts or parts[-1] in ("env", "url"):
+        return False
+    compact = "".join(parts)
+    return any(pair in compact for pair in SECRET_PAIRS) or any(
+        part in SECRET_PARTS or part.endswith(SECRET_WORDS) or part.endswith(SECRET_PLURALS)
+        for part in parts
+    )
+
+
 def _refuse_secrets(raw: dict[str, Any], path: Path, text: str) -> None:
+    """Refuse a secret in the file, before validation (so its value is never in a message):
+    a key named like one, credentials in a URL, a secret put where its variable's name goes."""
+
+    def refuse(loc: tuple[Any, ...], message: str, hint: str) -> None:
+        raise ConfigError(
+            message, file=path, line=_find_line(text, loc), field=_dotted(loc), hint=hint
+        )
+
     def walk(value: Any, loc: tuple[Any, ...]) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
-                if key.lower() in SECRET_KEYS:
-                    raise ConfigError(
+                where = (*loc, key)
+                if not isinstance(item, dict | list) and is_secret_name(str(key)):
+                    refuse(
+                        where,
                         "secrets never sit in the config file",
-                        file=path,
-                        line=_find_line(text, (*loc, key)),
-                        field=_dotted((*loc, key)),
-                        hint="name an environment variable instead (password_env for a "
-                        "mailbox, secret_env for [crm], ..._env elsewhere)",
+                        "name an environment variable instead (password_env for a mailbox, "
+                        "secret_env for [crm], ..._env elsewhere); a template variable is "
+                        "mailed to prospects, so a secret is never one",
                     )
-                walk(item, (*loc, key))
+                if (
+                    isinstance(item, str)
+                    and str(key).endswith("_env")
+                    and not _ENV_NAME.fullmatch(item)
+                ):
+                    refuse(
+                        where,
+                        f"{key} is the name of an environment variable (like OUTREACH_PASSWORD), "
+                        "not the secret itself",
+                        "put the secret in that variable, and its name here",
+                    )
+                walk(item, where)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 walk(item, (*loc, i))
+        elif isinstance(value, str) and loc != ("database", "url"):  # its own, better message
+            if _URL_PASSWORD.search(value) or _URL_USER.search(value):
+                refuse(
+                    loc,
+                    "a URL with credentials in it would keep them in the file",
+                    "take the user and password out of the URL; secrets come from the environment",
+                )
 
     walk(raw, ())
 
