@@ -484,6 +484,7 @@ def load_config(path: Path) -> Config:
             line=data.count(b"\n", 0, exc.start) + 1,
             hint="TOML files are UTF-8: save it as UTF-8",
         ) from None
+    _check_nesting(text, path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -504,6 +505,34 @@ def load_config(path: Path) -> Config:
             message, file=path, line=_find_line(text, loc), field=_dotted(loc)
         ) from None
     return Config(path=path.resolve(), settings=settings)
+
+
+MAX_NESTING = 32  # arrays and inline tables in one value; a config needs three or four
+_TOML_TOKENS = re.compile(
+    r'"""(?:[^\\]|\\.)*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*|[\[\]{}\n]',
+    re.S,
+)
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse arrays or inline tables nested deeper than MAX_NESTING, at the line where they
+    pass it: tomllib recurses once per level and would end in a RecursionError."""
+    depth, line = 0, 1
+    for token in _TOML_TOKENS.finditer(text):
+        kind = token.group()
+        if kind[0] in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(
+                    f"arrays or inline tables nested more than {MAX_NESTING} deep",
+                    file=path,
+                    line=line,
+                    hint="a setting needs a few levels at most",
+                )
+        elif kind[0] in "]}":
+            depth = max(depth - 1, 0)
+        else:
+            line += kind.count("\n")
 
 
 def is_secret_name(key: str) -> bool:

@@ -109,3 +109,17 @@ def test_names_of_variables_and_urls_are_not_secrets(run: Cli, enrolled: str) ->
     run.config.write_text(good, encoding="utf-8")
     result = run("status")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "value", ["[" * 5000 + "]" * 5000, "{a = " * 3000 + "1" + "}" * 3000], ids=["array", "table"]
+)
+def test_deep_nesting_is_one_line_not_a_recursion_error(
+    run: Cli, enrolled: str, value: str
+) -> None:
+    bad = enrolled.replace("[variables]", f'[variables]\nnote = """a [ in a string"""\nx = {value}')
+    line = refused(run, enrolled, bad.encode("utf-8"))
+    assert line == (
+        f"{run.config}:{line_of(bad, 'x = ')}: arrays or inline tables nested more than 32 "
+        "deep (a setting needs a few levels at most)"
+    )
