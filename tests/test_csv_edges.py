@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outreach import csvfile
+from outreach.errors import ImportError_
 from outreach.prospects import ProspectRow, RowError, read_prospects
 from tests.conftest import Cli
 from tests.dbsnapshot import snapshot
@@ -249,3 +250,35 @@ def test_following_the_quotes_ends_each_record_where_csv_does(
         assert len(parsed) == 1
         assert [cell.lstrip(" ") for cell in parsed[0]] == [cell.lstrip(" ") for cell in row]
     assert lines.readline() == ""
+
+
+_NORDIC = st.text(alphabet=st.sampled_from(list("abcxyzäöåÄÖÅé -")), min_size=1, max_size=10)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_NORDIC, min_size=1, max_size=6), st.integers(0, 5), st.booleans())
+def test_an_encoding_is_decided_for_the_whole_file_or_the_file_is_refused(
+    tmp_path: Path, names: list[str], odd_one: int, all_cp1252: bool
+) -> None:
+    """A file in one encoding reads back exactly; one line in Windows-1252 among UTF-8 lines
+    with letters of their own is refused at that line."""
+    lines = ["email,first_name"] + [f"p{i}@acme.example,{name}" for i, name in enumerate(names)]
+    odd = 1 + odd_one % len(names)  # the index of one data line
+    data = b"".join(
+        (line + "\n").encode("cp1252" if all_cp1252 or n == odd else "utf-8")
+        for n, line in enumerate(lines)
+    )
+    path = tmp_path / "names.csv"
+    path.write_bytes(data)
+    utf8_elsewhere = any(not line.isascii() for n, line in enumerate(lines) if n != odd)
+    if not all_cp1252 and not lines[odd].isascii() and utf8_elsewhere:
+        with pytest.raises(ImportError_) as info:
+            read_prospects(path)
+        assert info.value.line == odd + 1 and "not UTF-8" in info.value.message
+        return
+    rows = list(read_prospects(path))
+    assert [row.first_name for row in rows if isinstance(row, ProspectRow)] == [
+        name.strip() or None for name in names
+    ]
