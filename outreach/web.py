@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -172,7 +172,6 @@ class _AccessLogger(AbstractAccessLogger):
         reason = response.get(_REJECTED)
         if reason is None and response.status == 400 and request.method == UNPARSED.method:
             return  # aiohttp's stand-in for a request it could not parse: _ServerLog said why
-
         self.logger.info(
             "%s %s %s %.3fs%s",
             _short(request.method, 20),
@@ -204,9 +203,6 @@ class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             )
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return msg, kwargs
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
