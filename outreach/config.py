@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +23,11 @@ from pydantic import (
 )
 
 from outreach import planner
+from outreach.configfile import dotted, find_line, read_toml
 from outreach.errors import ConfigError
 
 CONFIG_ENV = "OUTREACH_CONFIG"
 DEFAULT_CONFIG = "outreach.toml"
-SECRET_KEYS = {"password", "smtp_password", "imap_password", "secret", "token", "api_key"}
 
 
 class _Strict(BaseModel):
@@ -555,20 +554,7 @@ def find_config_path(explicit: str | Path | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate the configuration; any problem is a ConfigError with file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "configuration file not found", file=path, hint="run `outreach init` or pass --config"
-        ) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
-        raise ConfigError(
-            f"TOML syntax: {exc.msg if hasattr(exc, 'msg') else exc}", file=path, line=line
-        ) from None
-    _refuse_secrets(raw, path, text)
+    text, raw = read_toml(path)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -578,63 +564,6 @@ def load_config(path: Path) -> Config:
         if err["type"] == "extra_forbidden":
             message = "unknown setting"
         raise ConfigError(
-            message, file=path, line=_find_line(text, loc), field=_dotted(loc)
+            message, file=path, line=find_line(text, loc), field=dotted(loc)
         ) from None
     return Config(path=path.resolve(), settings=settings)
-
-
-def _refuse_secrets(raw: dict[str, Any], path: Path, text: str) -> None:
-    def walk(value: Any, loc: tuple[Any, ...]) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key.lower() in SECRET_KEYS:
-                    raise ConfigError(
-                        "secrets never sit in the config file",
-                        file=path,
-                        line=_find_line(text, (*loc, key)),
-                        field=_dotted((*loc, key)),
-                        hint="name an environment variable instead (password_env for a "
-                        "mailbox, secret_env for [crm], ..._env elsewhere)",
-                    )
-                walk(item, (*loc, key))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                walk(item, (*loc, i))
-
-    walk(raw, ())
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line_from_message(message: str) -> int | None:
-    match = re.search(r"line (\d+)", message)
-    return int(match.group(1)) if match else None
-
-
-def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best effort: the line of ``[section]`` (the n-th ``[[section]]``) or of a key inside it."""
-    keys = [part for part in loc if isinstance(part, str)]
-    index = next((part for part in loc if isinstance(part, int)), 0)
-    if not keys:
-        return None
-    lines = text.splitlines()
-    headers = [
-        n for n, line in enumerate(lines) if line.strip() in (f"[{keys[0]}]", f"[[{keys[0]}]]")
-    ]
-    if not headers:
-        return None
-    start = headers[min(index, len(headers) - 1)]
-    if len(keys) == 1:
-        return start + 1
-    for n in range(start + 1, len(lines)):
-        stripped = lines[n].strip()
-        if stripped.startswith("["):
-            break
-        if re.match(rf"{re.escape(keys[1])}\s*=", stripped):
-            return n + 1
-    return start + 1

@@ -7,7 +7,6 @@ The file is streamed (constant memory at any size). Problems with the file as a 
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import email_validator
 from email_validator import EmailNotValidError, validate_email
 
+from outreach.csvfile import detect_encoding, records
 from outreach.errors import ImportError_
 
 PERSONAS = ("decision_maker", "buyer", "user")
@@ -218,69 +218,41 @@ def _columns(
 
 # --- the file ----------------------------------------------------------------------------------
 
-_CHUNK = 1 << 20
-_CP1252_UNDEFINED = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
-
-
-def _encoding(path: Path) -> str:
-    """UTF-8 (with or without BOM) if every byte decodes as UTF-8, else Windows-1252."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-            if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                raise ImportError_(
-                    "the file is UTF-16 text", file=path, hint="save it as CSV UTF-8"
-                )
-            if not head.removeprefix(codecs.BOM_UTF8):
-                raise ImportError_("the file is empty", file=path, line=1)
-            f.seek(0)
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            try:
-                while chunk := f.read(_CHUNK):
-                    decoder.decode(chunk)
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                pass
-            else:
-                return "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
-            # Not UTF-8. Windows-1252 leaves five bytes undefined; refuse those up front
-            # rather than fail halfway through the rows.
-            f.seek(0)
-            line = 1
-            while chunk := f.read(_CHUNK):
-                bad = _CP1252_UNDEFINED.search(chunk)
-                if bad is not None:
-                    line += chunk.count(b"\n", 0, bad.start())
-                    raise ImportError_(
-                        f"byte 0x{chunk[bad.start()]:02x} is neither UTF-8 nor Windows-1252 text",
-                        file=path,
-                        line=line,
-                        hint="save the file as CSV UTF-8",
-                    )
-                line += chunk.count(b"\n")
-            return "cp1252"
-    except OSError as e:
-        raise ImportError_(f"cannot read the file: {e.strerror or e}", file=path) from None
+# A header names columns: a few KB even with hundreds of them. Anything longer is not a header
+# (a binary file, one huge line), and reading it whole would only cost memory.
+MAX_HEADER = 64 * 1024
 
 
 def _header(path: Path, encoding: str) -> tuple[str, int, list[str], int]:
     """Find the header: (delimiter, line where it starts, its cells, line where it ends)."""
+    too_long = ImportError_(
+        f"the header row is longer than {MAX_HEADER:,} characters",
+        file=path,
+        hint="is this a CSV file? The first row must name the columns",
+    )
     with path.open(encoding=encoding, newline="") as f:
         line = 0
         text = ""
         delimiter = None
         while not text.strip():
-            text = f.readline()
+            text = f.readline(MAX_HEADER + 1)
             if not text:
                 raise ImportError_("no header row", file=path, line=max(line, 1))
             line += 1
+            if len(text) > MAX_HEADER:
+                too_long.line = line
+                raise too_long
             if delimiter is None and re.fullmatch(r"\s*sep=[,;]\s*", text, re.I):
                 delimiter = text.strip()[-1]  # Excel's "sep=;" hint line
                 text = ""
         start = line
-        while text.count('"') % 2 and (more := f.readline()):  # a quoted cell with a newline
+        too_long.line = start
+        # A quoted cell with a line break in it.
+        while text.count('"') % 2 and (more := f.readline(MAX_HEADER + 1 - len(text))):
             text += more
             line += 1
+            if len(text) > MAX_HEADER:
+                raise too_long
     if delimiter is None:
         outside = re.sub(r'"[^"]*"', "", text)
         delimiter = ";" if outside.count(";") > outside.count(",") else ","
@@ -292,7 +264,7 @@ def _layout(path: Path) -> _Layout:
     if not path.is_file():
         what = "no such file" if not path.exists() else "not a file"
         raise ImportError_(what, file=path)
-    encoding = _encoding(path)
+    encoding = detect_encoding(path)
     delimiter, start, cells, end = _header(path, encoding)
     standard, extras = _columns(cells, path, start)
     return _Layout(encoding, delimiter, end, len(cells), standard, extras)
@@ -379,24 +351,18 @@ def _rows(
     extras = layout.extras
     pad = [""] * (width + 1)
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=layout.encoding, newline="") as f:
-        reader = csv.reader(f, delimiter=layout.delimiter, strict=True, skipinitialspace=True)
-        done = 0  # physical lines consumed so far
         count = 0
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                yield RowError(done + 1, f"the row is not valid CSV: {e}")
-                done = reader.line_num
-                continue
-            line, done = done + 1, reader.line_num
+        data = 0  # rows that are not blank, good or bad
+        for line, row in records(f, layout.delimiter):
             if line <= layout.header_end:
                 continue
             count += 1
             if on_progress is not None and count % 1000 == 0:
                 on_progress(raw.tell())
+            if isinstance(row, str):
+                data += 1
+                yield RowError(line, row)
+                continue
             problems: list[str] = []
             n = len(row)
             if n > width:
@@ -423,6 +389,7 @@ def _rows(
                     email = normalize_email(email)
                 except ValueError as e:
                     problems.append(f"email {_show(email)} is not a valid address: {e}")
+            data += 1
             if _CONTROL.search(
                 f"{first}\t{last}\t{company}\t{title}\t{linkedin}\t{persona}\t{language}\t{tz}"
             ):
@@ -472,3 +439,9 @@ def _rows(
             )
         if on_progress is not None:
             on_progress(raw.tell())
+    if not data:
+        raise ImportError_(
+            "the file has a header but no rows: nothing to import",
+            file=path,
+            line=layout.header_end,
+        )

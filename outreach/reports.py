@@ -10,10 +10,11 @@ from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from outreach import cluster, localtime
+from outreach import cluster
 from outreach.ab import reply_class_of
 from outreach.config import Config
 from outreach.engine import LAST_STEP_SKIPPED, find_prospect
+from outreach.export import localtime, neutralise
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
 from outreach.outbox import mailbox_report, unknown_messages
 from outreach.prospects import STANDARD_FIELDS
@@ -410,17 +411,6 @@ TASK_CSV_COLUMNS = (
     "due",
     "text",
 )
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula
-
-
-def spreadsheet_safe(value: Any) -> Any:
-    """A cell a spreadsheet shows as text: one that would start a formula gets a leading
-    apostrophe (OWASP's rule), since names and URLs come from strangers' CSVs."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def task_csv_rows(config: Config, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`outreach tasks --csv`: one row per open task, for a LinkedIn tool; ``due`` is ISO 8601
     in the sender's time zone (with its offset)."""
@@ -443,5 +433,5 @@ def task_csv_rows(config: Config, tasks: list[dict[str, Any]]) -> list[dict[str,
             "due": due.isoformat(timespec="minutes"),
             "text": (task["text"] or "").rstrip(),
         }
-        out.append({key: spreadsheet_safe(value) for key, value in row.items()})
+        out.append({key: neutralise(value) for key, value in row.items()})
     return out

@@ -12,13 +12,18 @@ import asyncio
 import hmac
 import json
 import logging
+import re
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from html import escape
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import ERROR as UNPARSED
 
 from outreach import clock, engine
 from outreach.errors import ConfigError, NotFound, OutreachError
@@ -29,6 +34,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_UNSUBSCRIBE_PATH = "/u"
 MAX_BODY = 64 * 1024  # a one-click POST or a goal webhook is a few hundred bytes
+GOAL_MAX_BODY = 4 * 1024  # {"email": ..., "reason": ...}, with room for a tool's extra fields
+GOAL_MAX_DEPTH = 8  # nesting of the goal's JSON: json.loads recurses once per level
+# Seconds a client has to send its request line and headers (from connecting, or from its
+# previous request), and then its body: a stalled or slow client cannot hold a connection.
+READ_TIMEOUT = 10.0
+# After answering a request whose body never came whole, the server reads (and drops) what
+# still arrives for this long, so that the client sees the answer, then closes.
+LINGER_SECONDS = 2.0
+READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
+_REJECTED = web.ResponseKey("rejected", str)  # why a handler refused the request
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 # A page for people, not for mail scanners: following the link (GET) only shows this form, so a
 # scanner that fetches every link cannot unsubscribe anyone; the button POSTs to the same URL.
@@ -82,10 +98,13 @@ def make_app(
     secret: str | None,
     goal_token: str | None,
     now: Callable[[], datetime] = clock.now,
+    read_timeout: float = READ_TIMEOUT,
 ) -> web.Application:
     """The application: the unsubscribe endpoint when ``secret`` is set, ``/goal`` when
-    ``goal_token`` is set, and ``/health`` always; a route that is off answers 404."""
+    ``goal_token`` is set, and ``/health`` always; a route that is off answers 404.
+    A body must arrive whole within ``read_timeout`` seconds."""
     app = web.Application(client_max_size=MAX_BODY)
+    app[READ_TIMEOUT_KEY] = read_timeout
     app.router.add_get("/health", _health)
     if secret is not None:
         path = unsubscribe_path(ws)
@@ -111,11 +130,24 @@ async def start(
     secret: str | None,
     goal_token: str | None,
     now: Callable[[], datetime] = clock.now,
+    read_timeout: float = READ_TIMEOUT,
 ) -> web.AppRunner:
     """Serve :func:`make_app` on ``host:port`` (0 picks a free port; see ``runner.addresses``).
-    The caller stops it with ``await runner.cleanup()``."""
-    app = make_app(ws, secret=secret, goal_token=goal_token, now=now)
-    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False)
+    The caller stops it with ``await runner.cleanup()``.
+
+    Every request is logged in one line (``_AccessLogger``), a rejected one with the reason; a
+    request too malformed to parse (an over-long line, bad headers) is one line too, never a
+    traceback: anyone who can reach the port can send those."""
+    app = make_app(ws, secret=secret, goal_token=goal_token, now=now, read_timeout=read_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log_class=_AccessLogger,
+        handle_signals=False,
+        # aiohttp closes a connection that has not sent a whole request within this long.
+        keepalive_timeout=read_timeout,
+        lingering_time=LINGER_SECONDS,
+        logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -126,15 +158,86 @@ async def start(
     return runner
 
 
+def _short(text: str, limit: int = 120) -> str:
+    """One line of printable ASCII, at most ``limit`` characters: safe for any log."""
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _AccessLogger(AbstractAccessLogger):
-    """Method, path and status only: the query holds the token, which names the address."""
+    """One line per request: method, path (without the query: it holds the token, which names
+    the address) and status, and why when it was refused."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
+        reason = response.get(_REJECTED)
+        if reason is None and response.status == 400 and request.method == UNPARSED.method:
+            return  # aiohttp's stand-in for a request it could not parse: _ServerLog said why
+        self.logger.info(
+            "%s %s %s %.3fs%s",
+            _short(request.method, 20),
+            _short(request.rel_url.raw_path),
+            response.status,
+            time,
+            f" refused: {reason}" if reason else "",
+        )
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log. A request it cannot parse (a line over 8 KB, a bad header) is
+    logged as one warning line with the reason; any other exception keeps its traceback,
+    because that is a bug of ours."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            remote = args[0] if args else "?"
+            self.warning(
+                "refused a malformed request from %s: %s %s",
+                remote,
+                exc.code,
+                _short(exc.message.strip()),
+            )
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    """The whole body, or the answer refusing it: 413 over ``limit`` bytes (before reading,
+    when Content-Length says so), 408 when it does not arrive whole in time."""
+    if request.content_length is not None and request.content_length > limit:
+        return _error(413, f"the body is over {limit} bytes")
+    try:
+        async with asyncio.timeout(request.app[READ_TIMEOUT_KEY]):
+            body = await request.read()
+    except TimeoutError:
+        response = _error(408, "the body did not arrive in time")
+        response.force_close()
+        return response
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"the body is over {limit} bytes")
+    if len(body) > limit:
+        return _error(413, f"the body is over {limit} bytes")
+    return body
+
+
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets in strings aside)."""
+    depth = deepest = 0
+    for token in _JSON_NESTING.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -155,7 +258,9 @@ class _Unsubscribe:
 
     async def page(self, request: web.Request) -> web.Response:
         if self._email(request) is None:
-            return _html(_INVALID, status=400)
+            response = _html(_INVALID, status=400)
+            response[_REJECTED] = "no valid token"
+            return response
         token = escape(request.query["t"], quote=True)
         # A relative action keeps the public path whatever proxy sits in front of us.
         form = (
@@ -167,18 +272,19 @@ class _Unsubscribe:
 
     async def one_click(self, request: web.Request) -> web.Response:
         # The body (List-Unsubscribe=One-Click) is accepted, not required: the token decides.
-        await request.read()
+        body = await _read_body(request, MAX_BODY)
+        if isinstance(body, web.Response):
+            return body
         email = self._email(request)
         if email is None:
-            return _reply(request, _INVALID, 400)
+            return _reply(request, _INVALID, 400, "no valid token")
         try:
             await asyncio.to_thread(
                 engine.suppress, self.ws.store, email, self.now(), reason="unsubscribed"
             )
         except OutreachError as exc:
             # Our own signature on an address we cannot parse: refuse without details.
-            log.warning("unsubscribe refused: %s", exc.one_line())
-            return _reply(request, _INVALID, 400)
+            return _reply(request, _INVALID, 400, _short(exc.one_line()))
         # The same answer whether or not the address was ever enrolled.
         return _reply(request, _DONE, 200)
 
@@ -197,10 +303,16 @@ class _Goal:
         matches = hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token)
         if scheme.lower() != "bearer" or not matches:
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        raw = await _read_body(request, GOAL_MAX_BODY)
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the body is not JSON")
+            text = raw.decode("utf-8")
+            if _json_depth(text) > GOAL_MAX_DEPTH:
+                return _error(400, f"the JSON nests deeper than {GOAL_MAX_DEPTH} levels")
+            body = json.loads(text)
+        except ValueError:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+            return _error(400, "the body is not JSON (in UTF-8)")
         if not isinstance(body, dict) or not isinstance(body.get("email"), str):
             return _error(400, 'expected {"email": "...", "reason": "meeting"|"webinar"}')
         reason = body.get("reason")
@@ -232,14 +344,23 @@ class _Goal:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    """A JSON error; the access log's line for the request gives the message too."""
+    response = web.json_response({"error": message}, status=status, headers=headers)
+    response[_REJECTED] = message
+    return response
 
 
-def _reply(request: web.Request, lines: list[tuple[str, str]], status: int) -> web.Response:
+def _reply(
+    request: web.Request, lines: list[tuple[str, str]], status: int, rejected: str | None = None
+) -> web.Response:
     """HTML for a browser (the confirmation form), one line of text for a mail provider."""
     if "text/html" in request.headers.get("Accept", ""):
-        return _html(lines, status=status)
-    return web.Response(text=lines[0][1], status=status, headers=_HEADERS)
+        response = _html(lines, status=status)
+    else:
+        response = web.Response(text=lines[0][1], status=status, headers=_HEADERS)
+    if rejected:
+        response[_REJECTED] = rejected
+    return response
 
 
 def _html(lines: list[tuple[str, str]], *, status: int = 200, extra: str = "") -> web.Response:

@@ -388,7 +388,9 @@ def test_long_values_are_shortened_in_messages(tmp_path: Path) -> None:
 def test_unterminated_quote_is_a_row_error(tmp_path: Path) -> None:
     items = read(write(tmp_path, 'email,notes\na@b.fi,ok\nc@d.fi,"never closed\nmore\n'))
     assert [r.line for r in only_rows(items[:1])] == [2]
-    assert errors(items) == [(3, "the row is not valid CSV: unexpected end of data")]
+    assert errors(items) == [
+        (3, "a quoted cell is not closed before the end of the file (the row spans lines 3-4)")
+    ]
 
 
 def test_progress_reports_bytes_read(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from outreach.cli.base import (
     when,
 )
 from outreach.enroll import enroll_csv, format_rejection
+from outreach.export import write_csv
 from outreach.preview import preview as render_preview
 
 
@@ -393,6 +393,11 @@ def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> No
     help="Prospects who replied or reached a goal (meeting, webinar).",
 )
 @click.option(
+    "--excel",
+    is_flag=True,
+    help="For Excel in Finland and Sweden: UTF-8 with a BOM, cells separated by ';'.",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -400,19 +405,15 @@ def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> No
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
 @pass_ctx
-def export(ctx: Context, replied: bool, output: Path | None, as_json: bool) -> None:
-    """Export for the CRM: every reply and goal, with the prospect and what was sent."""
+def export(ctx: Context, replied: bool, excel: bool, output: Path | None, as_json: bool) -> None:
+    """Export for the CRM: every reply and goal, with the prospect and what was sent.
+
+    Cells a spreadsheet would run as formulas (starting with =, +, -, @) get a leading '.
+    """
     rows = reports.replied(ctx.ws)
     if as_json:
         print_json(rows)
         return
-    target = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
-    try:
-        writer = csv.DictWriter(target, fieldnames=reports.EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if output:
-            target.close()
+    write_csv(output or sys.stdout.buffer, reports.EXPORT_COLUMNS, rows, excel=excel)
     if output:
         click.echo(f"{len(rows)} row(s) written to {output}", err=True)
