@@ -3,7 +3,7 @@
 One module per area registers its commands on the one group, ``outreach.cli.base.cli``.
 """
 
-from outreach.cli import abtest, mailboxes, people, sending, setup  # noqa: F401  (registers)
+from outreach.cli import abtest, doctor, mailboxes, people, sending, setup  # noqa: F401  (registers)
 from outreach.cli.base import cli
 
 __all__ = ["cli", "main"]

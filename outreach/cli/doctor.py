@@ -1,0 +1,53 @@
+"""``outreach doctor``: the DNS records and logins that decide whether mail is trusted."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from outreach import doctor
+from outreach.cli.base import Context, cli, pass_ctx, print_json
+
+MARK = {"ok": "ok     ", "warning": "warning", "failure": "FAIL   "}
+
+
+def login_check(ctx: Context) -> doctor.LoginCheck | None:
+    """The login step, where one exists: the single place that wires it into ``doctor``."""
+    return None
+
+
+@cli.command("doctor")
+@click.option(
+    "--nameserver",
+    metavar="IP[:PORT]",
+    help="Ask this DNS server only (default: the system's resolvers).",
+)
+@click.option(
+    "--timeout",
+    default=doctor.DEFAULT_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=60),
+    help="Seconds to wait for one DNS answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def doctor_command(ctx: Context, nameserver: str | None, timeout: float, as_json: bool) -> None:
+    """MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the logins:
+    one line per finding with what to do; exit 1 on a failure, 0 with warnings only."""
+    resolver = doctor.make_resolver(nameserver, timeout)
+    report = doctor.diagnose(ctx.ws.config, resolver, os.environ, login=login_check(ctx))
+    if as_json:
+        print_json(report.as_json())
+    else:
+        for finding in report.findings:
+            click.echo(f"{MARK[finding.level]}  {finding.one_line()}")
+        if report.failed:
+            click.echo(
+                f"doctor: {report.summary()}: fix the FAIL lines, then run it again", err=True
+            )
+        else:
+            click.echo(f"doctor: {report.summary()}")
+    if report.failed:
+        sys.exit(1)
