@@ -1,9 +1,10 @@
 """``outreach doctor``: will receivers trust the mail of each mailbox's domain?
 
-For every domain the mailboxes send from, the DNS checks of :mod:`outreach.dnsauth` (MX, SPF,
-DKIM, DMARC and their alignment); then one-click unsubscribe; then each mailbox's login, through
-the one hook :data:`LoginCheck`. Every finding is one line that says what to do; a failure
-makes the command exit 1, warnings alone do not.
+For every domain the mailboxes send from, the DNS checks (MX and SPF in
+:mod:`outreach.dnsauth`, DKIM in :mod:`outreach.dkim`, DMARC and alignment in
+:mod:`outreach.dmarc`); then one-click unsubscribe; then each mailbox's login, through the one
+hook :data:`LoginCheck`. Every finding is one line that says what to do; a failure makes the
+command exit 1, warnings alone do not.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ from urllib.parse import urlsplit
 
 import dns.resolver
 
+from outreach import dkim, dmarc
 from outreach.config import Config, Mailbox
-from outreach.dnsauth import Finding, Level, check_domain, forget_cached_answers, resolves
+from outreach.dnsauth import (
+    Finding,
+    Level,
+    check_mx,
+    check_spf,
+    forget_cached_answers,
+    resolves,
+    unique,
+)
 from outreach.errors import OutreachError
+from outreach.providers import provider_of_mx, provider_of_smtp_host
 
 __all__ = ["Finding", "Level", "LoginCheck", "Report", "diagnose", "make_resolver"]
 
@@ -133,6 +144,24 @@ def diagnose(
         for box in config.mailboxes:
             report.findings += login(box)
     return report
+
+
+def check_domain(
+    domain: str, boxes: list[Mailbox], resolver: dns.resolver.Resolver
+) -> list[Finding]:
+    """Every DNS finding for one sending domain and the mailboxes that send from it."""
+    mx, mx_hosts = check_mx(domain, resolver)
+    if mx_hosts is None:  # the domain does not exist or its servers fail: nothing else can
+        return mx
+    senders = [p for p in (provider_of_smtp_host(b.smtp_host) for b in boxes) if p]
+    providers = unique([*senders, *(provider_of_mx(host) for host in mx_hosts)])
+    spf, spf_passes = check_spf(domain, providers, resolver)
+    dkim_found, dkim_keys = dkim.check_dkim(domain, boxes, providers, resolver)
+    dmarc_found, tags = dmarc.check_dmarc(domain, resolver)
+    findings = [*mx, *spf, *dkim_found, *dmarc_found]
+    if tags is not None:
+        findings.append(dmarc.check_alignment(domain, tags, spf_passes, dkim_keys, senders))
+    return findings
 
 
 def check_unsubscribe(

@@ -14,7 +14,7 @@ from click.testing import Result
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from outreach.dnsauth import parse_dkim_key
+from outreach.dkim import parse_dkim_key
 from tests.conftest import Cli, edit_config
 from tests.dns_server import LoopbackDns, Zone
 
