@@ -462,3 +462,28 @@ def test_a_bad_dkim_selector_is_a_config_error(run: Cli, workspace_dir: Path) ->
         r"not a DKIM selector",
         line,
     ), line
+
+
+def test_each_sending_domain_is_checked_once_with_its_own_lines(
+    run: Cli, ms365: LoopbackDns, workspace_dir: Path
+) -> None:
+    config = workspace_dir / "outreach.toml"
+    text = config.read_text(encoding="utf-8")
+    colleagues = (
+        '[[mailboxes]]\nname = "Olli Virta"\nemail = "olli.virta@northwind.example"\n'
+        'smtp_host = "smtp.office365.com"\n\n'
+        '[[mailboxes]]\nname = "Eva Berg"\nemail = "eva.berg@northwind-sales.example"\n'
+        'smtp_host = "smtp.office365.com"\n\n'
+    )
+    config.write_text(text.replace("[daemon]\n", colleagues + "[daemon]\n", 1), "utf-8")
+
+    result = doctor(run, ms365)
+
+    assert result.exit_code == 1
+    assert lines(result, "FAIL") == [
+        "FAIL     northwind-sales.example mx: northwind-sales.example does not exist in DNS. "
+        "Fix: check the mailboxes' email addresses, or register the domain"
+    ]
+    # Two mailboxes at northwind.example: one set of its lines, all ok.
+    checked = [line.split()[1:3] for line in lines(result, "ok")]
+    assert checked.count([DOMAIN, "spf:"]) == checked.count([DOMAIN, "dkim:"]) == 1

@@ -31,13 +31,17 @@ def login_check(ctx: Context) -> doctor.LoginCheck | None:
     type=click.FloatRange(min=0.1, max=60),
     help="Seconds to wait for one DNS answer.",
 )
+@click.option("--no-login", is_flag=True, help="Check DNS only; do not log in to the mailboxes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
-def doctor_command(ctx: Context, nameserver: str | None, timeout: float, as_json: bool) -> None:
+def doctor_command(
+    ctx: Context, nameserver: str | None, timeout: float, no_login: bool, as_json: bool
+) -> None:
     """MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the logins:
     one line per finding with what to do; exit 1 on a failure, 0 with warnings only."""
     resolver = doctor.make_resolver(nameserver, timeout)
-    report = doctor.diagnose(ctx.ws.config, resolver, os.environ, login=login_check(ctx))
+    login = None if no_login else login_check(ctx)
+    report = doctor.diagnose(ctx.ws.config, resolver, os.environ, login=login)
     if as_json:
         print_json(report.as_json())
     else:
