@@ -113,7 +113,7 @@ def _dkim_key(name: str, resolver: dns.resolver.Resolver) -> tuple[str | None, s
     try:
         answer = resolver.resolve(name, "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return "no DKIM key published", ""
+        return "nothing published", ""
     except dns.resolver.NoNameservers as exc:
         return f"the DNS servers fail ({exc})", ""
     except dns.exception.Timeout as exc:

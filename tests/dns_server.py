@@ -115,10 +115,10 @@ class LoopbackDns:
     """A DNS server on 127.0.0.1 (UDP and TCP) answering from :attr:`zone`, for a ``with``
     block; the test adds and removes records while it runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.zone = Zone()
         self._resolver = _ZoneResolver(self.zone)
-        self.port = _free_port()
+        self.port = port or _free_port()
         self._servers = [
             DNSServer(self._resolver, address="127.0.0.1", port=self.port, tcp=tcp, logger=_Quiet())
             for tcp in (False, True)
