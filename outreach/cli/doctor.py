@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from outreach import doctor
 from outreach.cli.base import Context, cli, pass_ctx, print_json
+
+if TYPE_CHECKING:
+    from outreach.doctor import LoginCheck
 
 MARK = {"ok": "ok     ", "warning": "warning", "failure": "FAIL   "}
 
 
-def login_check(ctx: Context) -> doctor.LoginCheck | None:
+def login_check(ctx: Context) -> LoginCheck | None:
     """The login step, where one exists: the single place that wires it into ``doctor``."""
     return None
 
@@ -26,7 +29,7 @@ def login_check(ctx: Context) -> doctor.LoginCheck | None:
 )
 @click.option(
     "--timeout",
-    default=doctor.DEFAULT_TIMEOUT,
+    default=5.0,
     show_default=True,
     type=click.FloatRange(min=0.1, max=60),
     help="Seconds to wait for one DNS answer.",
@@ -39,6 +42,9 @@ def doctor_command(
 ) -> None:
     """MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the logins:
     one line per finding with what to do; exit 1 on a failure, 0 with warnings only."""
+    # dnspython and checkdmarc load here, not with every other command.
+    from outreach import doctor
+
     resolver = doctor.make_resolver(nameserver, timeout)
     login = None if no_login else login_check(ctx)
     report = doctor.diagnose(ctx.ws.config, resolver, os.environ, login=login)
