@@ -230,9 +230,7 @@ def test_one_of_microsofts_two_selectors_missing_is_a_warning(run: Cli, ms365: L
 
     assert result.exit_code == 0, result.output
     [warning] = lines(result, "warning")
-    assert f"selector2._domainkey.{DOMAIN}: nothing published (Microsoft 365 rotates" in (
-        warning
-    )
+    assert f"selector2._domainkey.{DOMAIN}: nothing published (Microsoft 365 rotates" in (warning)
 
 
 def test_the_configured_dkim_selector_is_where_the_key_is_looked_for(
