@@ -17,8 +17,9 @@ from outreach.providers import Provider
 
 def check_dkim(
     domain: str, boxes: list[Mailbox], providers: list[Provider], resolver: dns.resolver.Resolver
-) -> tuple[list[Finding], list[str]]:
-    """The DKIM findings, and the selectors with a usable key (each signs with d=domain)."""
+) -> tuple[list[Finding], list[str] | None]:
+    """The DKIM findings, and the selectors with a usable key (each signs with d=domain);
+    None when no selector is known, so nothing could be checked."""
     configured = unique([b.dkim_selector for b in boxes if b.dkim_selector])
     selectors = configured or unique([s for p in providers for s in p.dkim_selectors])
     howto = "; ".join(p.dkim_howto.format(domain=domain) for p in providers)
@@ -29,13 +30,13 @@ def check_dkim(
                 domain,
                 "dkim",
                 "warning",
-                f"not checked: no dkim_selector is set and the provider of {hosts} has no "
-                "fixed selector",
+                f"not checked: no dkim_selector is set, and which selectors {hosts} signs "
+                "with is not known",
                 f'set dkim_selector = "SELECTOR" on the mailboxes of '
                 f"{domain} (the s= tag of the DKIM-Signature header of a message you "
                 f"sent){'; ' + howto if howto else ''}",
             )
-        ], []
+        ], None
     keys: dict[str, str] = {}
     problems: dict[str, str] = {}
     for selector in selectors:

@@ -112,7 +112,7 @@ def check_alignment(
     domain: str,
     tags: Mapping[str, Any],
     spf_passes: bool,
-    dkim_keys: list[str],
+    dkim_keys: list[str] | None,
     senders: list[Provider],
 ) -> Finding:
     """Whether SPF and DKIM can pass *aligned* with From: @domain, which is what DMARC asks.
@@ -120,7 +120,8 @@ def check_alignment(
     outreach's envelope sender (MAIL FROM) is the mailbox's own address, so SPF is checked
     for the From domain itself and aligns even under aspf=s, unless the provider replaces the
     envelope sender with its own. A key at ``selector._domainkey.domain`` signs with
-    ``d=domain``, which aligns even under adkim=s.
+    ``d=domain``, which aligns even under adkim=s. ``dkim_keys`` is None when DKIM could not
+    be checked (no selector known).
     """
     modes = f"aspf={tags.get('aspf', 'r')}, adkim={tags.get('adkim', 'r')}"
     own = [p.name for p in senders if p.own_envelope]
@@ -142,6 +143,14 @@ def check_alignment(
             "alignment",
             "ok",
             f"DKIM aligns with From: @{domain} ({modes}); SPF does not ({why})",
+            data=data,
+        )
+    if spf_aligned and dkim_keys is None:
+        return Finding(
+            domain,
+            "alignment",
+            "ok",
+            f"SPF aligns with From: @{domain} ({modes}); DKIM not checked (see dkim)",
             data=data,
         )
     if spf_aligned:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import dns.exception
+import dns.name
 import dns.resolver
 
 from outreach import dkim, dmarc
@@ -150,6 +152,18 @@ def check_domain(
     domain: str, boxes: list[Mailbox], resolver: dns.resolver.Resolver
 ) -> list[Finding]:
     """Every DNS finding for one sending domain and the mailboxes that send from it."""
+    # The records are named in their ASCII form (xn--...), as DNS admin panels want them; the
+    # lines still start with the domain as the mailboxes spell it.
+    name = _ascii(domain)
+    findings = _check_records(name, boxes, resolver)
+    if name != domain:
+        findings = [replace(f, subject=domain) for f in findings]
+    return findings
+
+
+def _check_records(
+    domain: str, boxes: list[Mailbox], resolver: dns.resolver.Resolver
+) -> list[Finding]:
     mx, mx_hosts = check_mx(domain, resolver)
     if mx_hosts is None:  # the domain does not exist or its servers fail: nothing else can
         return mx
@@ -162,6 +176,13 @@ def check_domain(
     if tags is not None:
         findings.append(dmarc.check_alignment(domain, tags, spf_passes, dkim_keys, senders))
     return findings
+
+
+def _ascii(domain: str) -> str:
+    try:
+        return dns.name.from_text(domain).to_text(omit_final_dot=True)
+    except dns.exception.DNSException:  # not a name DNS can carry; the lookup will say so
+        return domain
 
 
 def check_unsubscribe(

@@ -14,6 +14,7 @@ from click.testing import Result
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from outreach.config import Mailbox
 from outreach.dkim import parse_dkim_key
 from tests.conftest import Cli, edit_config
 from tests.dns_server import LoopbackDns, Zone
@@ -485,3 +486,80 @@ def test_each_sending_domain_is_checked_once_with_its_own_lines(
     # Two mailboxes at northwind.example: one set of its lines, all ok.
     checked = [line.split()[1:3] for line in lines(result, "ok")]
     assert checked.count([DOMAIN, "spf:"]) == checked.count([DOMAIN, "dkim:"]) == 1
+
+
+def test_an_international_domain_names_its_records_in_ascii(
+    run: Cli, dns: LoopbackDns, workspace_dir: Path
+) -> None:
+    edit_config(
+        workspace_dir / "outreach.toml",
+        email="myyjä@kauppa-ä.example",
+        smtp_host="smtp.office365.com",
+        smtp_security="starttls",
+    )
+    ascii_name = "xn--kauppa--cxa.example"  # what DNS (and the registrar's panel) calls it
+    dns.zone.mx(ascii_name, f"mx.{ascii_name}")
+    dns.zone.a(f"mx.{ascii_name}", "192.0.2.25")
+    dns.zone.txt(ascii_name, "v=spf1 include:spf.protection.outlook.com -all")
+    dns.zone.txt("spf.protection.outlook.com", "v=spf1 ip4:40.92.0.0/15 -all")
+
+    result = doctor(run, dns)
+
+    assert result.exit_code == 1
+    assert "ok       kauppa-ä.example spf: v=spf1 include:spf.protection.outlook.com" in (
+        result.stdout
+    )
+    assert (
+        "FAIL     kauppa-ä.example dmarc: no DMARC record (Gmail, Yahoo and Microsoft require "
+        f"it from bulk senders). Fix: add TXT at _dmarc.{ascii_name}: v=DMARC1; p=none; "
+        f"rua=mailto:dmarc-reports@{ascii_name}"
+    ) in result.stdout
+
+
+def test_an_unknown_smtp_host_without_dkim_selector_is_a_warning(
+    run: Cli, ms365: LoopbackDns, workspace_dir: Path
+) -> None:
+    edit_config(workspace_dir / "outreach.toml", smtp_host="mail.northwind.example")
+
+    result = doctor(run, ms365)
+
+    # The MX still says Microsoft 365: its selectors are tried, and they have keys.
+    assert result.exit_code == 0, result.output
+    assert f"key at selector1._domainkey.{DOMAIN}" in result.stdout
+    ms365.zone.remove(DOMAIN, "MX")
+    ms365.zone.mx(DOMAIN, f"mx.{DOMAIN}")
+    ms365.zone.a(f"mx.{DOMAIN}", "192.0.2.25")
+
+    result = doctor(run, ms365)
+
+    assert result.exit_code == 0, result.output
+    [warning] = lines(result, "warning")
+    assert warning == (
+        f"warning  {DOMAIN} dkim: not checked: no dkim_selector is set, and which selectors "
+        f'mail.northwind.example signs with is not known. Fix: set dkim_selector = "SELECTOR" '
+        f"on the mailboxes of {DOMAIN} (the s= tag of the DKIM-Signature header of a message "
+        "you sent)"
+    )
+
+
+def test_the_login_step_is_one_hook_whose_failure_fails_doctor(
+    ms365: LoopbackDns, workspace_dir: Path
+) -> None:
+    from outreach.doctor import Finding, diagnose, make_resolver
+    from outreach.workspace import Workspace
+
+    ws = Workspace.load(workspace_dir / "outreach.toml")
+    asked: list[str] = []
+
+    def login(box: Mailbox) -> list[Finding]:
+        asked.append(box.email)
+        return [Finding(box.email, "login", "failure", "smtp auth: 535 5.7.139 refused")]
+
+    resolver = make_resolver(ms365.nameserver, 2)
+    without = diagnose(ws.config, resolver, {"OUTREACH_SECRET": SECRET})
+    report = diagnose(ws.config, resolver, {"OUTREACH_SECRET": SECRET}, login=login)
+
+    assert not without.failed
+    assert asked == ["sanna.lehto@northwind.example"]
+    assert report.failed and report.findings[-1].check == "login"
+    assert report.summary() == "1 failure, 0 warnings, 6 ok"
