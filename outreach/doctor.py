@@ -167,10 +167,13 @@ def _check_records(
     mx, mx_hosts = check_mx(domain, resolver)
     if mx_hosts is None:  # the domain does not exist or its servers fail: nothing else can
         return mx
-    senders = [p for p in (provider_of_smtp_host(b.smtp_host) for b in boxes) if p]
-    providers = unique([*senders, *(provider_of_mx(host) for host in mx_hosts)])
-    spf, spf_passes = check_spf(domain, providers, resolver)
-    dkim_found, dkim_keys = dkim.check_dkim(domain, boxes, providers, resolver)
+    senders = unique([provider_of_smtp_host(b.smtp_host) for b in boxes])
+    hosts = unique([provider_of_mx(host) for host in mx_hosts])
+    # SPF must let both send: outreach's relay, and the mail host the rep writes from.
+    spf, spf_passes = check_spf(domain, unique([*senders, *hosts]), resolver)
+    # outreach's mail is signed by the relay it goes through; only when that is not one we
+    # know is the mail host's usual selectors the best guess.
+    dkim_found, dkim_keys = dkim.check_dkim(domain, boxes, senders or hosts, resolver)
     dmarc_found, tags = dmarc.check_dmarc(domain, resolver)
     findings = [*mx, *spf, *dkim_found, *dmarc_found]
     if tags is not None:

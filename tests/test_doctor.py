@@ -563,3 +563,54 @@ def test_the_login_step_is_one_hook_whose_failure_fails_doctor(
     assert asked == ["sanna.lehto@northwind.example"]
     assert report.failed and report.findings[-1].check == "login"
     assert report.summary() == "1 failure, 0 warnings, 6 ok"
+
+
+def test_two_spf_records_fail_because_receivers_then_ignore_both(
+    run: Cli, ms365: LoopbackDns
+) -> None:
+    ms365.zone.txt(DOMAIN, "v=spf1 include:_spf.google.com ~all")
+
+    result = doctor(run, ms365)
+
+    assert result.exit_code == 1
+    [line] = lines(result, "FAIL")
+    assert line.startswith(f"FAIL     {DOMAIN} spf: SPF: ")
+    assert line.endswith(
+        f"Fix: keep one TXT record at {DOMAIN}: v=spf1 include:spf.protection.outlook.com -all"
+    )
+
+
+def test_a_relay_with_its_own_envelope_sender_must_align_by_dkim(
+    run: Cli, ms365: LoopbackDns, workspace_dir: Path, dkim_2048: str
+) -> None:
+    edit_config(workspace_dir / "outreach.toml", smtp_host="smtp.sendgrid.net")
+    zone = ms365.zone
+    zone.remove(DOMAIN, "TXT")
+    zone.txt(DOMAIN, "v=spf1 include:spf.protection.outlook.com include:sendgrid.net -all")
+    zone.txt("sendgrid.net", "v=spf1 ip4:167.89.0.0/17 -all")
+
+    missing = doctor(run, ms365)
+    for selector in ("s1", "s2"):
+        zone.txt(f"{selector}._domainkey.{DOMAIN}", dkim_2048)
+    zone.remove(f"selector1._domainkey.{DOMAIN}")
+    zone.remove(f"selector2._domainkey.{DOMAIN}")
+    signed = doctor(run, ms365)
+
+    # SendGrid and the Microsoft 365 MX: both in SPF. SendGrid signs outreach's mail, so its
+    # selectors are the ones that count, and with its own envelope sender only DKIM can align.
+    assert "authorises SendGrid and Microsoft 365" in missing.stdout
+    assert missing.exit_code == 1
+    assert [line.split()[2] for line in lines(missing, "FAIL")] == ["dkim:", "alignment:"]
+    assert f"no usable DKIM key at s1._domainkey.{DOMAIN} or s2._domainkey.{DOMAIN}" in (
+        missing.stdout
+    )
+    assert "Fix: authenticate northwind.example in SendGrid" in missing.stdout
+    assert signed.exit_code == 0, signed.output
+    assert (
+        f"key at s1._domainkey.{DOMAIN} (RSA 2048), s2._domainkey.{DOMAIN} (RSA 2048)"
+        in signed.stdout
+    )
+    assert (
+        "DKIM aligns with From: @northwind.example (aspf=r, adkim=r); SPF does not "
+        "(SendGrid sends with its own envelope sender)"
+    ) in signed.stdout
