@@ -55,8 +55,11 @@ def check_dmarc(
             )
         ], None
     tags = {name: tag["value"] for name, tag in parsed["tags"].items()}
-    # Mail from a subdomain that has no record of its own follows the parent's sp=.
-    policy = tags["p"] if location == domain else tags.get("sp", tags["p"])
+    # Mail from a subdomain without a record of its own follows the parent's sp= (its p=
+    # when there is no sp=).
+    inherited = location != domain
+    tag = "sp" if inherited and parsed["tags"].get("sp", {}).get("explicit") else "p"
+    policy = tags[tag]
     data = {
         "record": record,
         "location": f"_dmarc.{location}",
@@ -64,18 +67,19 @@ def check_dmarc(
         "adkim": tags.get("adkim"),
         "aspf": tags.get("aspf"),
     }
-    at = f"_dmarc.{location}"
+    at = f"_dmarc.{location}" + (f" (which {domain} follows)" if inherited else "")
     findings: list[Finding] = []
     if policy == "none":
-        stronger = re.sub(r"(?i)\bp\s*=\s*none", "p=quarantine", record, count=1)
+        stronger = re.sub(rf"(?i)\b{tag}\s*=\s*none", f"{tag}=quarantine", record, count=1)
         findings.append(
             Finding(
                 domain,
                 "dmarc",
                 "warning",
-                f"policy p=none at {at}: receivers act on no "
+                f"policy {tag}=none at {at}: receivers act on no "
                 f"mail that fails DMARC, so {domain} can still be spoofed",
-                f"once the rua reports show all your mail passing, publish at {at}: {stronger}",
+                f"once the rua reports show all your mail passing, publish at _dmarc.{location}: "
+                f"{stronger}",
                 data,
             )
         )
@@ -87,7 +91,8 @@ def check_dmarc(
                 "warning",
                 f"'{record}' at {at} has no rua=: no reports "
                 "tell you what fails or who sends as you",
-                f"publish at {at}: {record.rstrip('; ')}; rua={report_to}",
+                f"publish at _dmarc.{location}: {record.rstrip('; ')}; "
+                f"rua=mailto:dmarc-reports@{location}",
                 data,
             )
         )
@@ -98,13 +103,13 @@ def check_dmarc(
                 domain,
                 "dmarc",
                 "warning",
-                f"pct={pct}: p={policy} applies to only {pct} % of failing mail",
-                f"drop pct= from the record at {at}",
+                f"pct={pct}: {tag}={policy} applies to only {pct} % of failing mail",
+                f"drop pct= from the record at _dmarc.{location}",
                 data,
             )
         )
     if not findings:
-        findings.append(Finding(domain, "dmarc", "ok", f"p={policy} at {at}", data=data))
+        findings.append(Finding(domain, "dmarc", "ok", f"{tag}={policy} at {at}", data=data))
     return findings, tags
 
 

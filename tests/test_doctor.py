@@ -614,3 +614,27 @@ def test_a_relay_with_its_own_envelope_sender_must_align_by_dkim(
         "DKIM aligns with From: @northwind.example (aspf=r, adkim=r); SPF does not "
         "(SendGrid sends with its own envelope sender)"
     ) in signed.stdout
+
+
+def test_a_subdomain_without_dmarc_follows_the_parents_sp(
+    run: Cli, ms365: LoopbackDns, workspace_dir: Path
+) -> None:
+    sub = f"sales.{DOMAIN}"
+    edit_config(workspace_dir / "outreach.toml", email=f"sanna.lehto@{sub}")
+    zone = ms365.zone
+    zone.mx(sub, "northwind-example.mail.protection.outlook.com", 0)
+    zone.txt(sub, "v=spf1 include:spf.protection.outlook.com -all")
+    for selector in ("selector1", "selector2"):
+        zone.cname(f"{selector}._domainkey.{sub}", f"{selector}._domainkey.{DOMAIN}")
+    zone.remove(f"_dmarc.{DOMAIN}")
+    zone.txt(f"_dmarc.{DOMAIN}", f"v=DMARC1; p=reject; sp=none; rua=mailto:dmarc@{DOMAIN}")
+
+    result = doctor(run, ms365)
+
+    assert result.exit_code == 0, result.output
+    assert lines(result, "warning") == [
+        f"warning  {sub} dmarc: policy sp=none at _dmarc.{DOMAIN} (which {sub} follows): "
+        f"receivers act on no mail that fails DMARC, so {sub} can still be spoofed. Fix: once "
+        f"the rua reports show all your mail passing, publish at _dmarc.{DOMAIN}: v=DMARC1; "
+        f"p=reject; sp=quarantine; rua=mailto:dmarc@{DOMAIN}"
+    ]
