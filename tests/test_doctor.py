@@ -638,3 +638,19 @@ def test_a_subdomain_without_dmarc_follows_the_parents_sp(
         f"the rua reports show all your mail passing, publish at _dmarc.{DOMAIN}: v=DMARC1; "
         f"p=reject; sp=quarantine; rua=mailto:dmarc@{DOMAIN}"
     ]
+
+
+def test_dmarc_without_reports_is_a_warning_with_the_rua_to_add(
+    run: Cli, ms365: LoopbackDns
+) -> None:
+    ms365.zone.remove(f"_dmarc.{DOMAIN}")
+    ms365.zone.txt(f"_dmarc.{DOMAIN}", "v=DMARC1; p=reject;")
+
+    result = doctor(run, ms365)
+
+    assert result.exit_code == 0, result.output
+    assert lines(result, "warning") == [
+        f"warning  {DOMAIN} dmarc: 'v=DMARC1; p=reject;' at _dmarc.{DOMAIN} has no rua=: no "
+        "reports tell you what fails or who sends as you. Fix: publish at "
+        f"_dmarc.{DOMAIN}: v=DMARC1; p=reject; rua=mailto:dmarc-reports@{DOMAIN}"
+    ]
