@@ -149,7 +149,7 @@ def check_mx(
                 domain,
                 "mx",
                 level,
-                f"MX {shown}: {', '.join(dead)} has no address",
+                f"MX {shown}: {', '.join(dead)} {'has' if len(dead) == 1 else 'have'} no address",
                 "point the MX at a host that exists, or add its A/AAAA record",
                 data,
             )
@@ -173,10 +173,13 @@ def check_spf(
         if isinstance(exc.error, dns.exception.Timeout):
             raise no_answer(resolver, exc.error) from None
         return [fail(domain, "spf", "no SPF record", f"add TXT at {domain}: {suggestion}")], False
-    except spf.SPFError as exc:
+    except spf.MultipleSPFRTXTRecords as exc:
+        # Two v=spf1 records are a permerror: receivers ignore both.
         return [
             fail(domain, "spf", f"SPF: {exc}", f"keep one TXT record at {domain}: {suggestion}")
         ], False
+    except spf.SPFError as exc:
+        return [fail(domain, "spf", f"SPF: {exc}", f"publish at {domain}: {suggestion}")], False
     try:
         parsed = spf.parse_spf_record(record, domain, ignore_too_many_lookups=True, **options)
     except spf.SPFError as exc:

@@ -654,3 +654,23 @@ def test_dmarc_without_reports_is_a_warning_with_the_rua_to_add(
         "reports tell you what fails or who sends as you. Fix: publish at "
         f"_dmarc.{DOMAIN}: v=DMARC1; p=reject; rua=mailto:dmarc-reports@{DOMAIN}"
     ]
+
+
+def test_mx_that_cannot_take_replies_fails(run: Cli, ms365: LoopbackDns) -> None:
+    zone = ms365.zone
+    zone.remove(DOMAIN, "MX")
+    no_mx = doctor(run, ms365)
+    zone.mx(DOMAIN, f"gone.{DOMAIN}")
+    dangling = doctor(run, ms365)
+    zone.remove(DOMAIN, "MX")
+    zone.mx(DOMAIN, ".", 0)
+    null_mx = doctor(run, ms365)
+
+    for result in (no_mx, dangling, null_mx):
+        assert result.exit_code == 1
+        assert [line.split()[2] for line in lines(result, "FAIL")] == ["mx:"]
+    assert f"{DOMAIN} mx: no MX record: replies and bounces to @{DOMAIN} cannot be" in (
+        no_mx.stdout
+    )
+    assert f"{DOMAIN} mx: MX 10 gone.{DOMAIN}: gone.{DOMAIN} has no address" in dangling.stdout
+    assert f"{DOMAIN} publishes a null MX (RFC 7505): it accepts no mail" in null_mx.stdout
