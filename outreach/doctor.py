@@ -47,6 +47,8 @@ class Report:
     """Every finding of one ``doctor`` run, in the order they were found."""
 
     findings: list[Finding] = field(default_factory=list)
+    # Each domain checked, with the addresses of the mailboxes that send from it.
+    domains: dict[str, list[str]] = field(default_factory=dict)
 
     def count(self, level: Level) -> int:
         return sum(1 for finding in self.findings if finding.level == level)
@@ -67,6 +69,7 @@ class Report:
             "ok": not self.failed,
             "failures": self.count("failure"),
             "warnings": self.count("warning"),
+            "domains": self.domains,
             "findings": [finding.as_json() for finding in self.findings],
         }
 
@@ -140,6 +143,7 @@ def diagnose(
     forget_cached_answers()
     report = Report()
     for domain, boxes in mailbox_domains(config.mailboxes).items():
+        report.domains[domain] = [box.email for box in boxes]
         report.findings += check_domain(domain, boxes, resolver)
     report.findings += check_unsubscribe(config, resolver, environ)
     if login is not None:

@@ -383,6 +383,7 @@ def test_json_is_one_document_with_the_records(run: Cli, ms365: LoopbackDns) -> 
     document = json.loads(result.stdout)
     assert result.stderr == ""
     assert (document["ok"], document["failures"], document["warnings"]) == (False, 1, 0)
+    assert document["domains"] == {DOMAIN: ["sanna.lehto@northwind.example"]}
     by_check = {f["check"]: f for f in document["findings"]}
     assert by_check["spf"]["record"] == "v=spf1 include:spf.protection.outlook.com -all"
     assert by_check["spf"]["dns_lookups"] == 1
