@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -40,6 +40,35 @@ DEFAULT_TIMEOUT = 5.0  # seconds for one DNS question, retries included
 # The one hook for the login step: given a mailbox, log in to SMTP and IMAP (and refresh an
 # OAuth token) without sending, and say how each step went, as findings with check="login".
 LoginCheck = Callable[[Mailbox], Iterable[Finding]]
+
+
+class LoginStep(Protocol):
+    """One step of a mailbox login check (``outreach mailboxes check``): True ok, False
+    failed, None skipped."""
+
+    mailbox: str
+    step: str
+    ok: bool | None
+    detail: str
+
+
+def login_findings(steps: Iterable[LoginStep]) -> list[Finding]:
+    """A login check's steps as doctor's findings: a failed step fails doctor, a skipped one
+    (no IMAP configured, nothing to log in with) is a warning."""
+    level: dict[bool | None, Level] = {True: "ok", False: "failure", None: "warning"}
+    return [
+        Finding(
+            step.mailbox,
+            "login",
+            level[step.ok],
+            f"{step.step}: {step.detail}",
+            f"fix the mailbox's settings in outreach.toml (or its secret), then "
+            f"`outreach mailboxes check {step.mailbox}`"
+            if step.ok is False
+            else None,
+        )
+        for step in steps
+    ]
 
 
 @dataclass

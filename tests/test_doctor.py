@@ -677,3 +677,36 @@ def test_mx_that_cannot_take_replies_fails(run: Cli, ms365: LoopbackDns) -> None
     )
     assert f"{DOMAIN} mx: MX 10 gone.{DOMAIN}: gone.{DOMAIN} has no address" in dangling.stdout
     assert f"{DOMAIN} publishes a null MX (RFC 7505): it accepts no mail" in null_mx.stdout
+
+
+def test_a_login_checks_steps_become_login_lines() -> None:
+    from dataclasses import dataclass
+
+    from outreach.doctor import login_findings
+
+    @dataclass
+    class Step:  # the shape of `outreach mailboxes check`'s steps
+        mailbox: str
+        step: str
+        ok: bool | None
+        detail: str
+
+    box = "sanna.lehto@northwind.example"
+    findings = login_findings(
+        [
+            Step(box, "smtp connect", True, "smtp.office365.com:587: ready"),
+            Step(box, "smtp auth", False, "535 5.7.139 Authentication unsuccessful"),
+            Step(box, "imap", None, "no imap_host: replies are not read"),
+        ]
+    )
+
+    assert [(f.check, f.level) for f in findings] == [
+        ("login", "ok"),
+        ("login", "failure"),
+        ("login", "warning"),
+    ]
+    assert findings[1].one_line() == (
+        f"{box} login: smtp auth: 535 5.7.139 Authentication unsuccessful. Fix: fix the "
+        f"mailbox's settings in outreach.toml (or its secret), then `outreach mailboxes check "
+        f"{box}`"
+    )

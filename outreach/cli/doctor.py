@@ -17,7 +17,9 @@ MARK = {"ok": "ok     ", "warning": "warning", "failure": "FAIL   "}
 
 
 def login_check(ctx: Context) -> LoginCheck | None:
-    """The login step, where one exists: the single place that wires it into ``doctor``."""
+    """The login step: the single place that wires one into ``doctor``. None until the
+    mailbox login check (``outreach mailboxes check``) is in this tree; then this returns
+    ``lambda box: doctor.login_findings(mailcheck.check_mailbox(box))``."""
     return None
 
 
