@@ -156,6 +156,10 @@ class Mailbox(_Strict):
     oauth_authorize_url: str | None = None
     # Bound by the workspace: where this mailbox's OAuth tokens come from (its database).
     _token_source: Any = PrivateAttr(default=None)
+    # The DKIM selector the mail of this mailbox is signed with (the s= of its DKIM-Signature);
+    # `outreach doctor` looks for the key at SELECTOR._domainkey.DOMAIN. Without it, doctor
+    # tries the provider's usual selectors (selector1/selector2 for Microsoft 365, google).
+    dkim_selector: str | None = None
 
     _zone = field_validator("timezone")(_check_zone)
     _window = field_validator("window")(_check_window)
@@ -207,6 +211,19 @@ class Mailbox(_Strict):
     def _one_line(cls, value: str | None) -> str | None:
         if value is not None and re.search(r"[\r\n\x00-\x1f]", value):
             raise ValueError("must be a single line (it goes into mail headers)")
+        return value
+
+    @field_validator("dkim_selector")
+    @classmethod
+    def _selector(cls, value: str | None) -> str | None:
+        # A selector is one or more DNS labels (RFC 6376 3.1), e.g. "selector1" or "2024.mail".
+        if value is not None and not re.fullmatch(
+            r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*", value
+        ):
+            raise ValueError(
+                f"'{value}' is not a DKIM selector (letters, digits, hyphens and dots, as in "
+                "the s= tag of a DKIM-Signature header)"
+            )
         return value
 
     @model_validator(mode="after")

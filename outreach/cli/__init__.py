@@ -14,6 +14,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "The A/B test of subjects and bodies: its report and its twice-weekly review.",
     ),
     "db": ("setup", "Database schema: create and migrate."),
+    "doctor": (
+        "doctor",
+        "MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the "
+        "logins: one line per finding with what to do; exit 1 on a failure, 0 with warnings "
+        "only.",
+    ),
     "enroll": (
         "people",
         "Import prospects from a CSV (creating or updating them) and enroll them in a sequence.",
