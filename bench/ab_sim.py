@@ -8,8 +8,9 @@ A cold step's subject factor, 150 new prospects a week (30 per business day) for
   that morning (the dispatcher reads them every 10 minutes; here once per business day);
 - what a send weighs: `outreach.abstats.reply_delays` learnt from this run's own replies to
   messages older than `[ab] reply_window_days`, and `ReplyDelays.exposure`;
-- the review: `outreach.abstats.review` with `[ab] min_sends_per_variant` and
-  `retire_below_probability`, all read from `outreach.config.ABSettings()` (the defaults).
+- the review: `outreach.abstats.review` with `[ab] min_sends_per_variant`,
+  `retire_below_probability`, `retire_margin` and `prior_sends`, all read from
+  `outreach.config.ABSettings()` (the defaults) unless a flag overrides one.
 
 Scenarios: A (2 %, 3 %, 5 %) and B (3 %, 3 %, 3.5 %, 6 %) with replies seen as soon as they are
 sent (issue #16's two); the same with reply delays (three in four within three days, the rest
@@ -20,8 +21,10 @@ an error.
 
 Measured per scenario, over seeded runs (the same prospects, reply draws and delays for every
 policy: common random numbers): % of runs in which the variant truly best at that moment was
-retired (95 % Clopper-Pearson interval), replies as % of an oracle that sends only the best
-variant there is at each send, variants retired, runs in which only the best was left.
+retired (95 % Clopper-Pearson interval; with all variants equal: any retired), replies as %
+of an oracle that sends only the best variant there is at each send (the mean of the replies
+drawn, and the mean of the true rates of the variants sent, which has less noise), variants
+retired, runs that ended with only the best left.
 
     python bench/ab_sim.py [--runs 1000] [--seed 1] [--workers 2] [--scenarios A,B,...]
         [--compare]    # also the previous defaults (balanced assignment)
@@ -92,6 +95,7 @@ class Policy:
     window_days: float = DEFAULTS.reply_window_days
     margin: float = DEFAULTS.retire_margin
     prior_sends: float = DEFAULTS.prior_sends
+    temper: float = 1.0
 
     @property
     def label(self) -> str:
@@ -210,7 +214,7 @@ def simulate(
         arms = arms_at(variants, now, policy.window_days)
         best_rate = max(variants[int(a.id)].rate for a in arms)
         if policy.assignment == "thompson":
-            choices = thompson_choices(arms, PER_DAY, rng)
+            choices = thompson_choices(arms, PER_DAY, rng, temper=policy.temper)
         else:
             choices = []
             for _ in range(PER_DAY):
@@ -292,8 +296,8 @@ def main() -> None:
         f" reply window {ours.window_days:g} days"
     )
     header = (
-        f"{'scenario':10}{'policy':44}{'best retired (95 % CI)':>24}{'of oracle':>11}"
-        f"{'retired':>9}{'best alone':>12}"
+        f"{'scenario':10}{'policy':56}{'best retired (95 % CI)':>24}{'of oracle':>11}"
+        f"{'expected':>10}{'retired':>9}{'best alone':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -305,14 +309,16 @@ def main() -> None:
             for i, policy in enumerate(policies):
                 outcomes = [o[i] for o in per_run]
                 lost = sum(o.best_retired for o in outcomes)
-                share = np.mean([o.replies for o in outcomes]) / np.mean(
-                    [o.oracle for o in outcomes]
-                )
-                what = "any retired" if scenario.equal else ""
+                oracle = np.mean([o.oracle for o in outcomes])
+                share = np.mean([o.replies for o in outcomes]) / oracle
+                expected = np.mean([o.expected for o in outcomes]) / oracle
+                what = "(any retired: all equal)" if scenario.equal else ""
                 print(
-                    f"{name:10}{policy.label:44}{proportion(lost, args.runs):>24}"
-                    f"{share:>10.1%} {np.mean([o.retired for o in outcomes]):>9.2f}"
-                    f"{np.mean([o.best_alone for o in outcomes]):>12.1%} {what}"
+                    f"{name:10}{policy.label:56}{proportion(lost, args.runs):>24}"
+                    f"{share:>10.1%} {expected:>9.1%}"
+                    f" {np.mean([o.retired for o in outcomes]):>9.2f}"
+                    f"{np.mean([o.best_alone for o in outcomes]):>12.1%} {what}",
+                    flush=True,
                 )
     print(f"\nwall time {time.perf_counter() - start:.0f} s on {args.workers} worker(s)")
 

@@ -300,13 +300,20 @@ def thompson_choice(
 
 
 def thompson_choices(
-    arms: Sequence[Arm], n: int, rng: random.Random, prior: tuple[float, float] = PRIOR
+    arms: Sequence[Arm],
+    n: int,
+    rng: random.Random,
+    prior: tuple[float, float] = PRIOR,
+    temper: float = 1.0,
 ) -> list[str]:
     """``n`` Thompson choices from the same posteriors (what the dispatcher gives the
-    prospects it assigns before it next reads the tallies), drawn at once."""
+    prospects it assigns before it next reads the tallies), drawn at once. ``temper`` > 1
+    counts the data that many times (narrower posteriors: less exploration)."""
     if not arms:
         raise ValueError("no variant to choose from")
     a, b = _posteriors(arms, prior)
+    a = prior[0] + temper * (a - prior[0])
+    b = prior[1] + temper * (b - prior[1])
     draws = np.random.default_rng(rng.getrandbits(64)).beta(a, b, size=(n, len(arms)))
     return [arms[i].id for i in draws.argmax(axis=1)]
 
