@@ -44,7 +44,7 @@ import numpy as np
 from scipy import stats
 
 from outreach.ab import balanced_choice
-from outreach.abstats import Arm, reply_delays, review, thompson_choices
+from outreach.abstats import THOMPSON_TEMPER, Arm, reply_delays, review, thompson_choices
 from outreach.config import ABSettings
 
 DEFAULTS = ABSettings()
@@ -95,7 +95,7 @@ class Policy:
     window_days: float = DEFAULTS.reply_window_days
     margin: float = DEFAULTS.retire_margin
     prior_sends: float = DEFAULTS.prior_sends
-    temper: float = 1.0
+    temper: float = THOMPSON_TEMPER
 
     @property
     def label(self) -> str:

@@ -288,15 +288,26 @@ def reply_delays(
     return ReplyDelays(tuple(days), float(window_days), len(observed))
 
 
+# Thompson sampling draws from posteriors that count the data this many times: plain Thompson
+# sampling explores for an infinite horizon, and a subject line lives a few months. In
+# bench/ab_sim.py's scenario B (30 seeded runs each, expected replies) plain Thompson earned
+# 89.1 % of the oracle and 2x 92.8 %, 4x 88.8 % (it then sticks to an early leader too long).
+# The review, which alone retires, sees the plain posteriors.
+THOMPSON_TEMPER = 2.0
+
+
 def thompson_choice(
-    arms: Sequence[Arm], rng: random.Random, prior: tuple[float, float] = PRIOR
+    arms: Sequence[Arm],
+    rng: random.Random,
+    prior: tuple[float, float] = PRIOR,
+    temper: float = THOMPSON_TEMPER,
 ) -> str:
-    """Thompson sampling: one draw from each posterior, the arm with the highest draw.
+    """Thompson sampling: one draw from each (tempered) posterior, the arm with the highest.
 
     The uniform prior, not the review's pooled one: it lets the assignment move to a likely
     winner sooner (more replies in the simulation), while the review, which takes the
     irreversible step, is the one that must not be fooled by a dry start."""
-    return thompson_choices(arms, 1, rng, prior)[0]
+    return thompson_choices(arms, 1, rng, prior, temper)[0]
 
 
 def thompson_choices(
@@ -304,13 +315,15 @@ def thompson_choices(
     n: int,
     rng: random.Random,
     prior: tuple[float, float] = PRIOR,
-    temper: float = 1.0,
+    temper: float = THOMPSON_TEMPER,
 ) -> list[str]:
     """``n`` Thompson choices from the same posteriors (what the dispatcher gives the
     prospects it assigns before it next reads the tallies), drawn at once. ``temper`` > 1
     counts the data that many times (narrower posteriors: less exploration)."""
     if not arms:
         raise ValueError("no variant to choose from")
+    if temper <= 0:
+        raise ValueError(f"temper must be positive, got {temper}")
     a, b = _posteriors(arms, prior)
     a = prior[0] + temper * (a - prior[0])
     b = prior[1] + temper * (b - prior[1])

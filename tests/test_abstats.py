@@ -245,7 +245,7 @@ def test_thompson_picks_each_arm_as_often_as_it_is_likely_best() -> None:
     arms = [Arm("a", 120, 3), Arm("b", 115, 8), Arm("c", 100, 5)]
     rng = random.Random(7)
     n = 20_000
-    chosen = [thompson_choice(arms, rng, PRIOR) for _ in range(n)]
+    chosen = [thompson_choice(arms, rng, PRIOR, temper=1.0) for _ in range(n)]
     for arm, p in zip(arms, prob_best(arms), strict=True):
         share = chosen.count(arm.id) / n
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n), (arm, share, p)
@@ -446,7 +446,7 @@ def test_pooled_prior_takes_a_dry_start_for_bad_luck() -> None:
 def test_thompson_choices_draw_like_thompson_choice() -> None:
     arms = [Arm("a", 120, 3), Arm("b", 115, 8), Arm("c", 100, 5)]
     n = 20_000
-    chosen = thompson_choices(arms, n, random.Random(11), PRIOR)
+    chosen = thompson_choices(arms, n, random.Random(11), PRIOR, temper=1.0)
     for arm, p in zip(arms, prob_best(arms), strict=True):
         share = chosen.count(arm.id) / n
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n), (arm, share, p)
