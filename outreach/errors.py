@@ -73,3 +73,15 @@ class Problems(OutreachError):
 
     def one_line(self) -> str:
         return self.problems[0].one_line() if self.problems else self.message
+
+
+class TemplateProblems(TemplateError):
+    """Every problem of one template file. It reads as its first problem (what a command that
+    needs the file says); ``validate`` lists :attr:`problems`."""
+
+    def __init__(self, problems: list[TemplateError]) -> None:
+        first = problems[0]
+        super().__init__(
+            first.message, file=first.file, line=first.line, field=first.field, hint=first.hint
+        )
+        self.problems = problems

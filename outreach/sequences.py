@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -128,70 +129,134 @@ class _StepError(ValueError):
         self.loc = ("steps", index, key)
 
 
+@dataclass
+class TemplateRef:
+    """A step's template as its sequence file names it: read even from a broken file, so that
+    ``validate`` checks the templates of a sequence it also reports problems in."""
+
+    step: str
+    template: str
+    line: int | None
+
+
+@dataclass
+class SequenceFile:
+    """One file of ``sequences/``: the sequence, when it is valid, and every problem in it."""
+
+    source: str
+    sequence: Sequence | None
+    problems: list[OutreachError] = field(default_factory=list)
+    templates: list[TemplateRef] = field(default_factory=list)
+
+
 def load_sequence(path: Path, display: str | None = None) -> Sequence:
-    """Load one sequence file; its name is the file name without ``.yaml``."""
+    """Load one sequence file; its name is the file name without ``.yaml``. A broken file
+    raises its first problem."""
+    result = read_sequence(path, display)
+    if result.sequence is None:
+        raise result.problems[0]
+    return result.sequence
+
+
+def read_sequence(path: Path, display: str | None = None) -> SequenceFile:
+    """Read one sequence file with every problem in it, each at its line."""
     name = display or str(path)
-    doc = load_yaml(path, SequenceError, name)
+    try:
+        doc = load_yaml(path, SequenceError, name)
+    except SequenceError as exc:
+        return SequenceFile(name, None, [exc])
+    result = SequenceFile(name, None, list(doc.problems))
     if not isinstance(doc.data, dict):
-        raise SequenceError("a sequence file is a mapping with `steps:`", file=name, line=1)
+        result.problems.append(
+            SequenceError("a sequence file is a mapping with `steps:`", file=name, line=1)
+        )
+        return result
     data = dict(doc.data)
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        result.templates = [
+            TemplateRef(
+                str(step.get("name", i + 1)), step["template"], doc.line(("steps", i, "template"))
+            )
+            for i, step in enumerate(steps)
+            if isinstance(step, dict) and isinstance(step.get("template"), str)
+        ]
     stem = path.stem
     if data.setdefault("name", stem) != stem:
-        raise SequenceError(
-            f"name '{data['name']}' differs from the file name '{stem}'",
-            file=name,
-            line=doc.line(("name",)),
+        result.problems.append(
+            SequenceError(
+                f"name '{data['name']}' differs from the file name '{stem}'",
+                file=name,
+                line=doc.line(("name",)),
+            )
         )
+        data["name"] = stem
     try:
-        return Sequence.model_validate(
+        sequence = Sequence.model_validate(
             {
                 **data,
                 "source": name,
                 "next_line": doc.line(("next", "sequence")),
-                "template_lines": [
-                    doc.line(("steps", i, "template")) for i in range(len(data.get("steps") or []))
-                ]
-                if isinstance(data.get("steps"), list)
+                "template_lines": [doc.line(("steps", i, "template")) for i in range(len(steps))]
+                if isinstance(steps, list)
                 else [],
             }
         )
     except ValidationError as exc:
-        raise _to_sequence_error(exc, doc, name) from None
+        for problem in _to_sequence_errors(exc, doc, name):
+            if problem.one_line() not in {p.one_line() for p in result.problems}:
+                result.problems.append(problem)
+        return result
+    if not result.problems:
+        result.sequence = sequence
+    return result
 
 
-def _to_sequence_error(exc: ValidationError, doc: YamlDoc, name: str) -> SequenceError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    cause = err.get("ctx", {}).get("error")
-    if isinstance(cause, _StepError):
-        loc = cause.loc
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = f"unknown key '{loc[-1]}'"
-    elif err["type"] == "missing":
-        message = f"'{loc[-1]}' is required"
-    field = ".".join(str(part) for part in loc)
-    return SequenceError(message, file=name, line=doc.line(loc), field=field or None)
+def _to_sequence_errors(exc: ValidationError, doc: YamlDoc, name: str) -> list[SequenceError]:
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, _StepError):
+            loc = cause.loc
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key '{loc[-1]}'"
+        elif err["type"] == "missing":
+            message = f"'{loc[-1]}' is required"
+        field_name = ".".join(str(part) for part in loc)
+        errors.append(
+            SequenceError(message, file=name, line=doc.line(loc), field=field_name or None)
+        )
+    return errors
+
+
+def read_sequences(directory: Path, root: Path | None = None) -> list[SequenceFile]:
+    """Every ``*.yaml`` in ``directory``, good or broken, in name order."""
+    files = []
+    for path in sorted(directory.glob("*.y*ml")):
+        display = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
+        files.append(read_sequence(path, display))
+    return files
 
 
 def load_sequences(
     directory: Path, root: Path | None = None
 ) -> tuple[dict[str, Sequence], list[OutreachError]]:
-    """Every ``*.yaml`` in ``directory``; returns the good ones and a problem per bad file."""
+    """Every ``*.yaml`` in ``directory``; returns the good ones and every problem of the bad."""
     sequences: dict[str, Sequence] = {}
     problems: list[OutreachError] = []
     if not directory.is_dir():
         return {}, [SequenceError("sequences folder not found", file=directory)]
-    for path in sorted(directory.glob("*.y*ml")):
-        display = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
-        try:
-            sequence = load_sequence(path, display)
-        except SequenceError as exc:
-            problems.append(exc)
-            continue
-        sequences[sequence.name] = sequence
+    files = read_sequences(directory, root)
+    for result in files:
+        problems.extend(result.problems)
+        if result.sequence is not None:
+            sequences[result.sequence.name] = result.sequence
+    # A file that is there but broken has its own problems; naming it is not one more.
+    written = {Path(result.source).stem for result in files}
     for sequence in sequences.values():
-        if sequence.next and sequence.next.sequence not in sequences:
+        if sequence.next and sequence.next.sequence not in written:
             problems.append(
                 SequenceError(
                     f"next.sequence '{sequence.next.sequence}' does not exist",

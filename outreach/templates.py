@@ -32,13 +32,20 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from outreach.errors import TemplateError
+from outreach.errors import TemplateError, TemplateProblems
 from outreach.prospects import LANGUAGES, PERSONAS
+from outreach.sandbox import BoundedSandbox, RenderLimit, Runaway, render_bounded
 from outreach.yamlfile import Loc, YamlDoc, load_yaml
 
 PERSONA_KEYS = ("default", *PERSONAS)
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 Kind = Literal["subject", "body"]
+# Longer than any mail client shows in a list, so longer is a slip (a variable holding a
+# paragraph), not a subject.
+MAX_SUBJECT_CHARS = 250
+# Gmail clips a message over 102 KB behind "[Message clipped]"; a cold email is a few hundred
+# words.
+MAX_BODY_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -118,85 +125,147 @@ class StepTemplate:
 
 
 def load_step_template(path: Path, display: str | None = None) -> StepTemplate:
-    """Load and check one template file (structure only; rendering is checked separately)."""
+    """Load and check one template file (structure only; rendering is checked separately).
+    A broken file raises its first problem (``TemplateProblems`` carries them all)."""
+    template, problems = read_step_template(path, display)
+    if problems:
+        raise problems[0] if len(problems) == 1 else TemplateProblems(problems)
+    assert template is not None
+    return template
+
+
+def read_step_template(
+    path: Path, display: str | None = None
+) -> tuple[StepTemplate | None, list[TemplateError]]:
+    """The file's usable variants and every problem in it, each at its line, so that
+    ``validate`` lists them all in one run. ``None`` when nothing of the file is usable."""
     name = display or str(path)
-    doc = load_yaml(path, TemplateError, name)
+    try:
+        doc = load_yaml(path, TemplateError, name)
+    except TemplateError as exc:
+        return None, [exc]
+    problems: list[TemplateError] = [p for p in doc.problems if isinstance(p, TemplateError)]
     if not isinstance(doc.data, dict):
-        raise TemplateError(
-            "a template file is a mapping with `subjects:` and `bodies:`", file=name, line=1
+        problems.append(
+            TemplateError(
+                "a template file is a mapping with `subjects:` and `bodies:`", file=name, line=1
+            )
         )
-    unknown = set(doc.data) - {"subjects", "bodies"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise TemplateError(
-            f"unknown key '{key}' (use subjects and bodies)", file=name, line=doc.line((key,))
+        return None, problems
+    for key in sorted(set(doc.data) - {"subjects", "bodies"}, key=lambda k: doc.line((k,)) or 0):
+        problems.append(
+            TemplateError(
+                f"unknown key '{key}' (use subjects and bodies)", file=name, line=doc.line((key,))
+            )
         )
-    subjects = _variants(doc, name, "subjects", "subject")
-    bodies = _variants(doc, name, "bodies", "body")
-    if not bodies:
-        raise TemplateError("a step needs at least one body variant", file=name, line=1)
-    return StepTemplate(path=name, subjects=subjects, bodies=bodies)
+    subjects = _variants(doc, name, "subjects", "subject", problems)
+    bodies = _variants(doc, name, "bodies", "body", problems)
+    if not doc.data.get("bodies"):
+        problems.append(TemplateError("a step needs at least one body variant", file=name, line=1))
+    problems.sort(key=lambda problem: problem.line or 0)  # in the order a reader meets them
+    return StepTemplate(path=name, subjects=subjects, bodies=bodies), problems
 
 
-def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
+def _variants(
+    doc: YamlDoc, name: str, key: str, kind: Kind, problems: list[TemplateError]
+) -> list[Variant]:
+    """The usable variants under ``key``; each problem found goes to ``problems``, and a
+    variant without a usable id or text is left out (the rest of the file is still read)."""
     items = doc.data.get(key) or []
     if not isinstance(items, list):
-        raise TemplateError(f"`{key}` is a list of variants", file=name, line=doc.line((key,)))
-    seen: set[str] = set()
+        problems.append(
+            TemplateError(f"`{key}` is a list of variants", file=name, line=doc.line((key,)))
+        )
+        return []
+    seen: dict[str, int] = {}
     result = []
     for i, item in enumerate(items):
         loc: Loc = (key, i)
         line = doc.line(loc) or 1
         if not isinstance(item, dict):
-            raise TemplateError(
-                f"each {kind} variant is a mapping with an `id`", file=name, line=line
+            problems.append(
+                TemplateError(
+                    f"each {kind} variant is a mapping with an `id`", file=name, line=line
+                )
             )
+            continue
         variant_id = item.get("id")
+        usable = True
         if not isinstance(variant_id, str) or not ID_PATTERN.match(variant_id):
-            raise TemplateError(
-                f"{kind} variant needs an `id` of lowercase letters, digits and dashes",
-                file=name,
-                line=line,
+            problems.append(
+                TemplateError(
+                    f"{kind} variant needs an `id` of lowercase letters, digits and dashes",
+                    file=name,
+                    line=line,
+                )
             )
-        if variant_id in seen:
-            raise TemplateError(f"{kind} id '{variant_id}' is used twice", file=name, line=line)
-        seen.add(variant_id)
+            usable = False
+        elif variant_id in seen:
+            problems.append(
+                TemplateError(
+                    f"{kind} id '{variant_id}' is used twice (first on line {seen[variant_id]})",
+                    file=name,
+                    line=doc.line((*loc, "id")) or line,
+                )
+            )
+            usable = False
+        else:
+            seen[variant_id] = doc.line((*loc, "id")) or line
         texts: dict[tuple[str, str], Text] = {}
         html: dict[tuple[str, str], Text] = {}
         retired = item.get("retired", False)
         if not isinstance(retired, bool):
-            raise TemplateError(
-                "retired is true or false", file=name, line=doc.line((*loc, "retired"))
+            problems.append(
+                TemplateError(
+                    "retired is true or false", file=name, line=doc.line((*loc, "retired"))
+                )
             )
+            retired = False
         for field_name, value in item.items():
             if field_name in ("id", "retired", "note"):
                 continue
             if field_name == "html" and kind == "body":
                 if not isinstance(value, dict):
-                    raise TemplateError(
-                        "html maps languages to texts", file=name, line=doc.line((*loc, "html"))
+                    problems.append(
+                        TemplateError(
+                            "html maps languages to texts",
+                            file=name,
+                            line=doc.line((*loc, "html")),
+                        )
                     )
+                    continue
                 for language, per_persona in value.items():
-                    _texts(doc, name, (*loc, "html", language), language, per_persona, html)
+                    _texts(
+                        doc, name, (*loc, "html", language), language, per_persona, html, problems
+                    )
                 continue
             if field_name not in LANGUAGES:
-                raise TemplateError(
-                    f"unknown key '{field_name}' in {kind} '{variant_id}' "
-                    f"(languages: {', '.join(LANGUAGES)}; also id, note, retired"
-                    + (", html)" if kind == "body" else ")"),
-                    file=name,
-                    line=doc.line((*loc, field_name)),
+                problems.append(
+                    TemplateError(
+                        f"unknown key '{field_name}' in {kind} '{variant_id}' "
+                        f"(languages: {', '.join(LANGUAGES)}; also id, note, retired"
+                        + (", html)" if kind == "body" else ")"),
+                        file=name,
+                        line=doc.line((*loc, field_name)),
+                    )
                 )
-            _texts(doc, name, (*loc, field_name), field_name, value, texts)
+                continue
+            _texts(doc, name, (*loc, field_name), field_name, value, texts, problems)
         if not texts:
-            raise TemplateError(
-                f"{kind} '{variant_id}' has no text in any language", file=name, line=line
-            )
+            if not any(f in LANGUAGES for f in item):  # not when its one language was broken
+                problems.append(
+                    TemplateError(
+                        f"{kind} '{variant_id}' has no text in any language", file=name, line=line
+                    )
+                )
+            continue
+        if not usable:
+            continue
         note = item.get("note")
         result.append(
             Variant(
                 kind=kind,
-                id=variant_id,
+                id=str(variant_id),
                 line=line,
                 texts=texts,
                 html=html,
@@ -208,36 +277,53 @@ def _variants(doc: YamlDoc, name: str, key: str, kind: Kind) -> list[Variant]:
 
 
 def _texts(
-    doc: YamlDoc, name: str, loc: Loc, language: str, value: Any, out: dict[tuple[str, str], Text]
+    doc: YamlDoc,
+    name: str,
+    loc: Loc,
+    language: str,
+    value: Any,
+    out: dict[tuple[str, str], Text],
+    problems: list[TemplateError],
 ) -> None:
     if language not in LANGUAGES:
-        raise TemplateError(f"unknown language '{language}'", file=name, line=doc.line(loc))
+        problems.append(
+            TemplateError(f"unknown language '{language}'", file=name, line=doc.line(loc))
+        )
+        return
     if isinstance(value, str):
         out[(language, "default")] = Text(value, doc.text_line(loc) or 1)
         return
     if not isinstance(value, dict):
-        raise TemplateError(
-            "a language holds a text, or a mapping of persona to text",
-            file=name,
-            line=doc.line(loc),
+        problems.append(
+            TemplateError(
+                "a language holds a text, or a mapping of persona to text",
+                file=name,
+                line=doc.line(loc),
+            )
         )
+        return
     for persona, text in value.items():
         if persona not in PERSONA_KEYS:
-            raise TemplateError(
-                f"unknown persona '{persona}' (use {', '.join(PERSONA_KEYS)})",
-                file=name,
-                line=doc.line((*loc, persona)),
+            problems.append(
+                TemplateError(
+                    f"unknown persona '{persona}' (use {', '.join(PERSONA_KEYS)})",
+                    file=name,
+                    line=doc.line((*loc, persona)),
+                )
             )
-        if not isinstance(text, str):
-            raise TemplateError(
-                "a text must be a string", file=name, line=doc.line((*loc, persona))
+        elif not isinstance(text, str):
+            problems.append(
+                TemplateError("a text must be a string", file=name, line=doc.line((*loc, persona)))
             )
-        out[(language, persona)] = Text(text, doc.text_line((*loc, persona)) or 1)
+        else:
+            out[(language, persona)] = Text(text, doc.text_line((*loc, persona)) or 1)
     if "default" not in value:
-        raise TemplateError(
-            "give a `default` text too: a prospect without one of these personas needs one",
-            file=name,
-            line=doc.line(loc),
+        problems.append(
+            TemplateError(
+                "give a `default` text too: a prospect without one of these personas needs one",
+                file=name,
+                line=doc.line(loc),
+            )
         )
 
 
@@ -249,14 +335,18 @@ class Rendered:
 
 
 class Renderer:
-    """Renders variant texts in a sandbox where an undefined variable is an error."""
+    """Renders variant texts in the bounded sandbox (:mod:`outreach.sandbox`), where an
+    undefined variable is an error and a text may not run away in time or size."""
 
     def __init__(self) -> None:
-        self._text_env = SandboxedEnvironment(
+        self._text_env = BoundedSandbox(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
         )
-        self._html_env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=True)
+        self._html_env = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=True)
         self._compiled: dict[tuple[bool, str], jinja2.Template] = {}
+        # Texts that ran past the step or time bound, refused at once from then on (until
+        # they are edited): a runaway text costs its second once, not once per prospect.
+        self._runaway: dict[tuple[bool, str], tuple[str, int]] = {}  # (why, line in text)
 
     def _template(self, text: Text, where: str, html: bool) -> jinja2.Template:
         key = (html, text.source)
@@ -271,16 +361,36 @@ class Renderer:
                     file=_file(where),
                     line=text.line + (exc.lineno or 1) - 1,
                 ) from None
+            except Exception as exc:  # noqa: BLE001 - nesting so deep the compiler gives up
+                raise TemplateError(
+                    f"{_what(where)}: cannot be compiled: {type(exc).__name__}: {exc}",
+                    file=_file(where),
+                    line=text.line,
+                ) from None
             self._compiled[key] = compiled
         return compiled
 
     def render(
-        self, text: Text, variables: Mapping[str, Any], where: str, *, html: bool = False
+        self,
+        text: Text,
+        variables: Mapping[str, Any],
+        where: str,
+        *,
+        html: bool = False,
+        limit: int = MAX_BODY_CHARS,
+        what: str = "body",
     ) -> str:
-        """Render ``text``; ``where`` is ``file#what`` for error messages."""
+        """Render ``text``; ``where`` is ``file#what`` for error messages. The output may have
+        at most ``limit`` characters (a ``what``)."""
         template = self._template(text, where, html)
+        known = self._runaway.get((html, text.source))
+        if known is not None:
+            why, offset = known
+            raise TemplateError(
+                f"{_what(where)}: {why}", file=_file(where), line=text.line + offset
+            )
         try:
-            return template.render(variables)
+            return render_bounded(template, variables, limit, what)
         except jinja2.UndefinedError as exc:
             missing = _undefined_name(str(exc.message))
             raise TemplateError(
@@ -289,13 +399,20 @@ class Renderer:
                 line=_line_of(text, missing),
                 hint=_default_hint(str(exc.message), missing),
             ) from None
+        except RenderLimit as exc:
+            line = _failing_line(text, exc)
+            if isinstance(exc, Runaway):
+                self._runaway[(html, text.source)] = (str(exc), line - text.line)
+            raise TemplateError(f"{_what(where)}: {exc}", file=_file(where), line=line) from None
         except jinja2.TemplateError as exc:  # includes SecurityError from the sandbox
             raise TemplateError(
-                f"{_what(where)}: {exc}", file=_file(where), line=text.line
+                f"{_what(where)}: {exc}", file=_file(where), line=_failing_line(text, exc)
             ) from None
         except Exception as exc:  # noqa: BLE001 - user code: a filter on a bad value and the like
             raise TemplateError(
-                f"{_what(where)}: {type(exc).__name__}: {exc}", file=_file(where), line=text.line
+                f"{_what(where)}: {type(exc).__name__}: {exc}",
+                file=_file(where),
+                line=_failing_line(text, exc),
             ) from None
 
     def render_subject(
@@ -308,10 +425,17 @@ class Renderer:
     ) -> str:
         text = _require(variant, language, persona, path)
         where = f"{path}#subject '{variant.id}' [{language}/{persona or 'default'}]"
-        subject = " ".join(self.render(text, variables, where).split())
+        subject = " ".join(self.render(text, variables, where, what="subject").split())
         if not subject:
             raise TemplateError(
                 f"{_what(where)}: renders to an empty subject", file=path, line=text.line
+            )
+        if len(subject) > MAX_SUBJECT_CHARS:
+            raise TemplateError(
+                f"{_what(where)}: renders to a subject of {len(subject):,} characters; "
+                f"at most {MAX_SUBJECT_CHARS}",
+                file=path,
+                line=text.line,
             )
         return subject
 
@@ -331,8 +455,24 @@ class Renderer:
                 f"{_what(where)}: renders to an empty body", file=path, line=text.line
             )
         html_text = variant.html_for(language, persona)
-        html = self.render(html_text, variables, where, html=True) if html_text else None
+        html = (
+            self.render(html_text, variables, where, html=True, what="HTML body")
+            if html_text
+            else None
+        )
         return body, html
+
+
+def _failing_line(text: Text, exc: BaseException) -> int:
+    """The file line of the template line that was running when ``exc`` was raised (Jinja
+    rewrites the traceback so that template frames carry template line numbers)."""
+    line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return text.line + (line or 1) - 1
 
 
 def steering_names(source: str) -> frozenset[str]:
@@ -342,7 +482,7 @@ def steering_names(source: str) -> frozenset[str]:
     these values render alike, so the import's pre-flight check can be shared between them."""
     try:
         tree = SandboxedEnvironment().parse(source)
-    except jinja2.TemplateSyntaxError:
+    except Exception:  # noqa: BLE001 - a syntax error or runaway nesting: the render reports it
         return frozenset()
     names: set[str] = set()
 
@@ -420,7 +560,7 @@ class TemplateLibrary:
     def __init__(self, directory: Path, root: Path | None = None) -> None:
         self.directory = directory
         self.root = root
-        self._loaded: dict[str, StepTemplate] = {}
+        self._loaded: dict[str, tuple[StepTemplate | None, list[TemplateError]]] = {}
 
     def display(self, relative: str) -> str:
         path = self.directory / relative
@@ -428,15 +568,31 @@ class TemplateLibrary:
             return str(path.relative_to(self.root))
         return str(path)
 
-    def get(self, relative: str) -> StepTemplate:
+    def check(self, relative: str) -> tuple[StepTemplate | None, list[TemplateError]]:
+        """The file's usable variants and every problem in it (what ``validate`` lists)."""
         if relative not in self._loaded:
             path = self.directory / relative
             if not path.resolve().is_relative_to(self.directory.resolve()):
-                raise TemplateError(
-                    "templates must live under the templates folder", file=self.display(relative)
+                self._loaded[relative] = (
+                    None,
+                    [
+                        TemplateError(
+                            "templates must live under the templates folder",
+                            file=self.display(relative),
+                        )
+                    ],
                 )
-            self._loaded[relative] = load_step_template(path, self.display(relative))
+            else:
+                self._loaded[relative] = read_step_template(path, self.display(relative))
         return self._loaded[relative]
+
+    def get(self, relative: str) -> StepTemplate:
+        """The template, or its first problem raised (all of them in ``TemplateProblems``)."""
+        template, problems = self.check(relative)
+        if problems:
+            raise problems[0] if len(problems) == 1 else TemplateProblems(problems)
+        assert template is not None
+        return template
 
     def files(self) -> Iterator[str]:
         for path in sorted(self.directory.rglob("*.y*ml")):

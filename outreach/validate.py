@@ -1,12 +1,26 @@
-"""Check a whole workspace: config, every sequence, every template, every variant rendered."""
+"""Check a whole workspace: config, every sequence, every template, every variant rendered.
+
+Every problem is listed in one run, each once, at its line: a broken sequence file still has
+its templates checked, a broken template file still has its good variants rendered, and a
+template that several steps share is checked once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
 
 from outreach import ab
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
+from outreach.models import Prospect
+from outreach.models import Variant as VariantRow
+from outreach.sequences import Sequence, read_sequences
+from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace, template_variables
 
 SAMPLE_PROSPECT = {
@@ -21,19 +35,135 @@ PLACEHOLDER_SENDER = Mailbox(name="Sample Sender", email="sender@example.com")
 
 
 @dataclass
+class Retired:
+    """A variant kept in its file but out of the test: by ``retired: true`` or by a review."""
+
+    file: str
+    line: int
+    sequence: str
+    step: str
+    kind: str
+    variant: str
+    by: str  # "the template file", or the review: "review 3"
+    date: str | None = None  # the review's, YYYY-MM-DD
+
+    def one_line(self) -> str:
+        how = "retired: true in the file" if self.date is None else f"{self.by}, {self.date}"
+        return (
+            f"{self.file}:{self.line}: {self.sequence}/{self.step} {self.kind} "
+            f"'{self.variant}' ({how})"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Report:
     problems: list[OutreachError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    retired: list[Retired] = field(default_factory=list)
     rendered: int = 0
     sequences: int = 0
     templates: int = 0
 
+    def problem(self, error: OutreachError) -> None:
+        """Add ``error`` unless the same line is already listed."""
+        if all(p.one_line() != error.one_line() for p in self.problems):
+            self.problems.append(error)
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
 
 def validate(ws: Workspace) -> Report:
     """Everything wrong with the workspace, each problem with its file and line."""
-    report = Report(problems=list(ws.sequence_problems))
+    report = Report()
+    for problem in ws.sequence_problems:
+        report.problem(problem)
     sequences, _ = ws._sequences
     report.sequences = len(sequences)
+    try:  # what the A/B registry says: texts edited after they were sent, retired variants
+        state, edited = ab.check_variants(ws)
+    except OutreachError:  # a broken sequence or template: reported file by file below
+        state, edited = ab.AssignmentState(), []
+    for problem in edited:
+        report.problem(problem)
+    reviewed, languages = _stored(ws)
+
+    references = _template_references(ws, sequences)
+    for relative, source, line, step_name in references:
+        template, problems = ws.templates.check(relative)
+        for problem in problems:
+            if problem.line is None:  # missing, or outside templates/: the sequence names it
+                report.problem(
+                    TemplateError(
+                        f"step '{step_name}': template {relative}: {problem.message}",
+                        file=source,
+                        line=line,
+                    )
+                )
+    try:
+        files = list(ws.templates.files())
+    except OSError:
+        files = []
+    report.templates = len(files)
+    used = {relative for relative, *_ in references}
+    for relative in dict.fromkeys([*files, *(r for r, *_ in references)]):
+        template, problems = ws.templates.check(relative)
+        for problem in problems:
+            if problem.line is not None or relative not in used:
+                report.problem(problem)
+        if template is not None:
+            _render_every_text(ws, template, report)
+        if relative not in used and not ws.sequence_problems:  # else maybe a false alarm
+            report.warn(f"{ws.templates.display(relative)}: not used by any sequence")
+
+    for sequence in sequences.values():
+        for index, step in enumerate(sequence.steps):
+            template, problems = ws.templates.check(step.template)
+            if template is None or problems:  # its own problems are listed already
+                continue
+            _check_step(ws, report, sequence, index, template, state)
+            _check_languages(report, sequence, step.name, template, state, languages)
+            _list_retired(report, sequence, step.name, template, reviewed)
+
+    for box in ws.config.mailboxes:
+        if box.password_env and box.password() is None and box.smtp_security != "none":
+            report.warn(
+                f"mailboxes {box.email}: environment variable {box.password_env} is not set "
+                "(needed to send)"
+            )
+    return report
+
+
+def _template_references(
+    ws: Workspace, sequences: dict[str, Sequence]
+) -> list[tuple[str, str, int | None, str]]:
+    """(template, sequence file, line, step) for every step of every sequence file, the
+    broken ones included."""
+    references = [
+        (
+            step.template,
+            sequence.source,
+            sequence.template_lines[i] if i < len(sequence.template_lines) else None,
+            step.name,
+        )
+        for sequence in sequences.values()
+        for i, step in enumerate(sequence.steps)
+    ]
+    if ws.sequence_problems and ws.config.sequences_dir.is_dir():
+        for result in read_sequences(ws.config.sequences_dir, ws.config.root):
+            if result.sequence is None:
+                references.extend(
+                    (ref.template, result.source, ref.line, ref.step) for ref in result.templates
+                )
+    return references
+
+
+def _render_every_text(ws: Workspace, template: StepTemplate, report: Report) -> None:
+    """Render each text of the file, every language and persona, for the sample prospect."""
     settings = ws.config.settings
     mailbox = ws.config.mailboxes[0] if ws.config.mailboxes else PLACEHOLDER_SENDER
     sender = ws.sender_variables(mailbox)
@@ -44,125 +174,170 @@ def validate(ws: Workspace) -> Report:
         if k in SAMPLE_PROSPECT or k in ("persona", "language", "timezone")
     }
     extra = {k: v for k, v in sample.items() if k not in standard}
-    try:  # what the A/B registry says: texts edited after they were sent, retired variants
-        retired, edited = ab.check_variants(ws)
-    except OutreachError:  # a broken sequence or template: reported below, file by file
-        retired, edited = ab.AssignmentState(), []
-    report.problems.extend(edited)
-    used: set[str] = set()
-    for sequence in sequences.values():
-        for index, step in enumerate(sequence.steps):
-            used.add(step.template)
-            where = f"step '{step.name}' of {sequence.source}"
-            try:
-                template = ws.templates.get(step.template)
-            except TemplateError as exc:
-                if exc.line is not None:  # a problem inside the template file
-                    report.problems.append(exc)
-                else:  # the file is missing or outside templates/: the sequence names it
-                    report.problems.append(
-                        TemplateError(
-                            f"step '{step.name}': template {step.template}: {exc.message}",
-                            file=sequence.source,
-                            line=sequence.template_lines[index]
-                            if index < len(sequence.template_lines)
-                            else None,
-                        )
-                    )
-                continue
-            starts_thread = step.is_email and step.thread == "new"
-            if starts_thread and not template.active("subject"):
-                report.problems.append(
-                    TemplateError(
-                        f"{where} starts a thread but has no active subject",
-                        file=template.path,
-                        line=template.subjects[0].line if template.subjects else 1,
-                    )
-                )
-            if not starts_thread and template.subjects:
-                report.problems.append(
-                    TemplateError(
-                        "subjects are never used here: the step "
-                        + (
-                            "replies in a thread and inherits its subject"
-                            if step.is_email
-                            else f"is a {step.channel} step"
-                        ),
-                        file=template.path,
-                        line=template.subjects[0].line,
-                    )
-                )
-            if not template.active("body"):
-                report.problems.append(
-                    TemplateError(f"{where} has no active body", file=template.path)
-                )
-            if step.is_email:
-                for kind in ("subject", "body") if starts_thread else ("body",):
-                    active = retired.active(template, sequence.name, step.name, kind)
-                    in_file = template.active(kind)
-                    if in_file and not active:  # the file has some, reviews retired them all
-                        report.problems.append(
-                            TemplateError(
-                                f"{where}: every active {kind} in the file was retired by an "
-                                f"A/B review ({', '.join(v.id for v in in_file)}); nothing "
-                                "can be sent",
-                                file=template.path,
-                                line=in_file[0].line,
-                                hint="add a new variant, or `outreach ab restore "
-                                f"{sequence.name} {step.name} {kind} ID`",
-                            )
-                        )
-                    elif len(active) < ab.wanted(ws, kind):
-                        report.warnings.append(
-                            f"{template.path}: {sequence.name}/{step.name} has "
-                            f"{len(active)} active {ab.plural(kind, len(active))}, fewer than "
-                            f"[ab] min_active_{ab.plural(kind)} = {ab.wanted(ws, kind)}: "
-                            "write new copy"
-                        )
-            for variant in template.subjects + template.bodies:
-                for language, persona in sorted(variant.texts):
-                    variables = template_variables(
-                        {
-                            **standard,
-                            "language": language,
-                            "persona": None if persona == "default" else persona,
-                        },
-                        extra,
-                        sender,
-                        settings.variables,
-                    )
-                    who = None if persona == "default" else persona
-                    try:
-                        if variant.kind == "subject":
-                            ws.renderer.render_subject(
-                                variant, language, who, variables, template.path
-                            )
-                        else:
-                            ws.renderer.render_body(
-                                variant, language, who, variables, template.path
-                            )
-                        report.rendered += 1
-                    except TemplateError as exc:
-                        report.problems.append(exc)
-    try:
-        files = list(ws.templates.files())
-    except OSError:
-        files = []
-    report.templates = len(files)
-    for relative in files:
-        if relative not in used:
-            try:
-                ws.templates.get(relative)
-            except TemplateError as exc:
-                report.problems.append(exc)
-            if not ws.sequence_problems:  # a broken sequence file would make this a false alarm
-                report.warnings.append(
-                    f"{ws.templates.display(relative)}: not used by any sequence"
-                )
-    for box in ws.config.mailboxes:
-        if box.password_env and box.password() is None and box.smtp_security != "none":
-            report.warnings.append(
-                f"mailboxes {box.email}: environment variable {box.password_env} is not set "
-                "(needed to send)"
+    for variant in template.subjects + template.bodies:
+        for language, persona in sorted(variant.texts):
+            who = None if persona == "default" else persona
+            variables = template_variables(
+                {**standard, "language": language, "persona": who},
+                extra,
+                sender,
+                settings.variables,
             )
-    return report
+            try:
+                if variant.kind == "subject":
+                    ws.renderer.render_subject(variant, language, who, variables, template.path)
+                else:
+                    ws.renderer.render_body(variant, language, who, variables, template.path)
+                report.rendered += 1
+            except TemplateError as exc:
+                report.problem(exc)
+
+
+def _check_step(
+    ws: Workspace,
+    report: Report,
+    sequence: Sequence,
+    index: int,
+    template: StepTemplate,
+    state: ab.AssignmentState,
+) -> None:
+    """What the step needs of its template: subjects where it starts a thread, a body, and
+    enough variants left in the A/B test."""
+    step = sequence.steps[index]
+    where = f"step '{step.name}' of {sequence.source}"
+    starts_thread = step.is_email and step.thread == "new"
+    if starts_thread and not template.active("subject"):
+        report.problem(
+            TemplateError(
+                f"{where} starts a thread but has no active subject",
+                file=template.path,
+                line=template.subjects[0].line if template.subjects else 1,
+            )
+        )
+    if not starts_thread and template.subjects:
+        report.problem(
+            TemplateError(
+                "subjects are never used here: the step "
+                + (
+                    "replies in a thread and inherits its subject"
+                    if step.is_email
+                    else f"is a {step.channel} step"
+                ),
+                file=template.path,
+                line=template.subjects[0].line,
+            )
+        )
+    if not template.active("body"):
+        report.problem(TemplateError(f"{where} has no active body", file=template.path))
+    if not step.is_email:
+        return
+    for kind in ("subject", "body") if starts_thread else ("body",):
+        active = state.active(template, sequence.name, step.name, kind)
+        in_file = template.active(kind)
+        if in_file and not active:  # the file has some, reviews retired them all
+            report.problem(
+                TemplateError(
+                    f"{where}: every active {kind} in the file was retired by an "
+                    f"A/B review ({', '.join(v.id for v in in_file)}); nothing "
+                    "can be sent",
+                    file=template.path,
+                    line=in_file[0].line,
+                    hint="add a new variant, or `outreach ab restore "
+                    f"{sequence.name} {step.name} {kind} ID`",
+                )
+            )
+        elif len(active) < ab.wanted(ws, kind):
+            report.warn(
+                f"{template.path}: {sequence.name}/{step.name} has "
+                f"{len(active)} active {ab.plural(kind, len(active))}, fewer than "
+                f"[ab] min_active_{ab.plural(kind)} = {ab.wanted(ws, kind)}: "
+                "write new copy"
+            )
+
+
+def _kinds(sequence: Sequence, step_name: str) -> tuple[Kind, ...]:
+    step = next(s for s in sequence.steps if s.name == step_name)
+    return ("subject", "body") if step.is_email and step.thread == "new" else ("body",)
+
+
+def _check_languages(
+    report: Report,
+    sequence: Sequence,
+    step: str,
+    template: StepTemplate,
+    state: ab.AssignmentState,
+    languages: Counter[str],
+) -> None:
+    """Warn where the workspace's prospects speak a language that an active variant (or
+    every active variant) of the step has no text in."""
+    for kind in _kinds(sequence, step):
+        active = state.active(template, sequence.name, step, kind)
+        if not active:
+            continue
+        for language, count in sorted(languages.items()):
+            people = f"{count} prospect{'s' if count != 1 else ''} in '{language}'"
+            lacking = [v for v in active if language not in v.languages]
+            if len(lacking) == len(active):
+                report.warn(
+                    f"{template.path}:{active[0].line}: {sequence.name}/{step}: no active "
+                    f"{kind} has a text in '{language}'; {people} cannot be sent this step"
+                )
+                continue
+            for variant in lacking:
+                report.warn(
+                    f"{template.path}:{variant.line}: {sequence.name}/{step} {kind} "
+                    f"'{variant.id}' has no text in '{language}'; {people} get only the other "
+                    f"{ab.plural(kind)}"
+                )
+
+
+def _list_retired(
+    report: Report,
+    sequence: Sequence,
+    step: str,
+    template: StepTemplate,
+    reviewed: dict[tuple[str, str, str, str], VariantRow],
+) -> None:
+    """The variants of the step out of the test, by the file or by a review, one way."""
+    variants: list[Variant] = template.subjects + template.bodies
+    for variant in variants:
+        if variant.kind == "subject" and "subject" not in _kinds(sequence, step):
+            continue
+        row = reviewed.get((sequence.name, step, variant.kind, variant.id))
+        if variant.retired:
+            by, date = "the template file", None
+        elif row is not None and row.retired_at is not None:
+            by, date = row.retired_by or "a review", f"{row.retired_at:%Y-%m-%d}"
+        else:
+            continue
+        report.retired.append(
+            Retired(
+                template.path, variant.line, sequence.name, step, variant.kind, variant.id, by, date
+            )
+        )
+
+
+def _stored(ws: Workspace) -> tuple[dict[tuple[str, str, str, str], VariantRow], Counter[str]]:
+    """What the database says, read only: the variants a review retired, and how many
+    prospects speak each language (theirs, else ``[sending] language``). Nothing before the
+    database exists: validate must not create it."""
+    if not ab._database_exists(ws):
+        return {}, Counter()
+    default = ws.config.settings.sending.language
+    language = func.coalesce(func.nullif(Prospect.language, ""), default)
+    with ws.store.session() as session:
+        rows = {
+            (r.sequence, r.step, r.kind, r.variant): r
+            for r in session.exec(
+                select(VariantRow).where(col(VariantRow.retired_at).is_not(None))
+            ).all()
+        }
+        counts = Counter(
+            {
+                str(lang): int(n)
+                for lang, n in session.exec(
+                    select(language, func.count()).select_from(Prospect).group_by(language)
+                ).all()
+            }
+        )
+    return rows, counts

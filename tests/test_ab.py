@@ -598,6 +598,41 @@ def test_report_and_digest_failures_are_one_line(
     assert "outreach.toml:" in bad.stderr
 
 
+def test_validate_lists_the_variants_a_review_retired_as_it_lists_retired_true(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(
+            ws,
+            tmp_path,
+            frozen,
+            {"quick-question": 9, "same-numbers": 0, "idea-for-company": 6, "persona-outcome": 5},
+        )
+        review = run.json("ab", "review")
+        path = ws.config.root / INTRO
+        text = path.read_text(encoding="utf-8")
+        # The marketer retires another subject in the file (and adds one, to keep three).
+        path.write_text(
+            text.replace(
+                "  - id: persona-outcome\n", "  - id: persona-outcome\n    retired: true\n"
+            ).replace("subjects:\n", "subjects:" + NEW_SUBJECT, 1),
+            encoding="utf-8",
+        )
+        validate = run("validate")
+    assert validate.exit_code == 0, validate.stderr
+    lines = path.read_text(encoding="utf-8").splitlines()
+    same, persona = (lines.index(f"  - id: {v}") + 1 for v in ("same-numbers", "persona-outcome"))
+    decisions = {d["variant"]: d["action"] for d in review["factors"][0]["decisions"]}
+    assert decisions["same-numbers"] == "retire"
+    retired = [row for row in validate.stdout.splitlines() if row.startswith("retired: ")]
+    assert retired == [
+        f"retired: {INTRO}:{same}: cold/intro subject 'same-numbers' "
+        f"(review {review['review']}, 2027-01-18)",
+        f"retired: {INTRO}:{persona}: cold/intro subject 'persona-outcome' "
+        "(retired: true in the file)",
+    ]
+
+
 # ------------------------------------------------------------------------------ the report
 
 

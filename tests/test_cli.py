@@ -60,15 +60,9 @@ def test_validate_lists_every_problem_with_file_and_line(run: Cli, workspace_dir
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert any(line.startswith("sequences/cold.yaml:") and "wait" in line for line in lines)
-    assert lines[-1] == "1 problem(s) found" or lines[-1].endswith("problem(s) found")
-    # the broken nudge template belongs to the broken sequence, so it is reported once the
-    # sequence is fixed
-    cold.write_text(cold.read_text().replace("3-5 fortnights", "3-5 business days"))
-    result = run("validate")
-    assert result.exit_code == 1
-    assert any(
-        line.startswith("templates/cold/2-nudge.yaml:") for line in result.stderr.splitlines()
-    )
+    # the broken nudge template belongs to the broken sequence: reported in the same run
+    assert any(line.startswith("templates/cold/2-nudge.yaml:") for line in lines)
+    assert lines[-1] == "2 problem(s) found"
 
 
 def test_enroll_rejection_is_one_line_per_row_and_exit_1(run: Cli, tmp_path: Path) -> None:

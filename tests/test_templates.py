@@ -144,3 +144,28 @@ def test_structure_errors_name_file_and_line(
         load_step_template(write(tmp_path, STEP.replace(*change)))
     assert message in info.value.message
     assert info.value.line == line
+
+
+def test_a_broken_file_gives_every_problem_and_keeps_its_good_variants(tmp_path: Path) -> None:
+    from outreach.errors import TemplateProblems
+    from outreach.templates import read_step_template
+
+    broken = (
+        STEP.replace("id: old-one", "id: quick-question")  # line 5: a duplicate id
+        .replace("    fi: |\n", "    de: |\n")  # line 16: an unknown key
+        .replace("      decision_maker:", "      ceo:")  # line 14: an unknown persona
+        + "colour: red\n"  # line 18: an unknown top-level key
+    )
+    template, problems = read_step_template(write(tmp_path, broken))
+    assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
+        (5, "subject id 'quick-question' is used twice"),
+        (14, "unknown persona 'ceo'"),
+        (16, "unknown key 'de' in body 'short'"),
+        (18, "unknown key 'colour'"),
+    ]
+    assert template is not None
+    assert [v.id for v in template.subjects] == ["quick-question"]  # the first one kept
+    assert template.bodies[0].text_for("en", None) is not None  # still rendered by validate
+    with pytest.raises(TemplateProblems) as info:
+        load_step_template(write(tmp_path, broken))
+    assert info.value.line == 5 and len(info.value.problems) == 4

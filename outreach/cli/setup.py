@@ -54,6 +54,7 @@ def validate(ctx: Context, as_json: bool) -> None:
                 "ok": not report.problems,
                 "problems": [p.one_line() for p in report.problems],
                 "warnings": report.warnings,
+                "retired": [r.as_json() for r in report.retired],
                 "sequences": report.sequences,
                 "templates": report.templates,
                 "rendered": report.rendered,
@@ -62,6 +63,8 @@ def validate(ctx: Context, as_json: bool) -> None:
     else:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
+        for retired in report.retired:
+            click.echo(f"retired: {retired.one_line()}")
         if not report.problems:
             click.echo(
                 f"ok: {report.sequences} sequences, {report.templates} template files, "
