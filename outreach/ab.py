@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from outreach import clock
@@ -41,8 +42,9 @@ ATTRIBUTION = (
     "A human reply (not an auto-reply, not a bounce), or a meeting or webinar booked, counts "
     "for the subject variant of the thread's first message and for the body variant of the last "
     "email sent to the prospect before it; a prospect counts once per variant. Sends are "
-    "messages delivered (bounces excluded) at least [ab] mature_after_days ago, so that each "
-    "has had time to be answered."
+    "messages delivered (bounces excluded); one younger than [ab] reply_window_days and not "
+    "answered weighs the share of replies that come by its age, learnt from this workspace's "
+    "own reply delays."
 )
 METRICS = {
     "positive_or_neutral": "replies classed positive or neutral (not negative, not unsubscribe)",
@@ -365,61 +367,166 @@ def human_replies(session: Session) -> list[Reply]:
 class Tally:
     sends: int = 0
     wins: int = 0
+    exposure: float = 0.0  # what the sends weigh (a young unanswered send weighs < 1)
 
 
-Tallies = dict[tuple[str, int, str], dict[str, Tally]]
+Segment = tuple[str, str]  # (language, persona); "" where the message had none
+FactorKey = tuple[str, int, str]  # (sequence, step index, kind)
 
 
-def tallies(session: Session, metric: str, until: datetime | None = None) -> Tallies:
-    """Sends and wins per (sequence, step index, kind) and variant, under ``metric``.
+class Tallies(dict[FactorKey, dict[str, Tally]]):
+    """Sends, wins and exposure per factor and variant, and the same per language and persona
+    (``segments``), with the reply-delay curve each factor kind was weighed by."""
 
-    ``until`` leaves out messages sent after it, and the replies credited to them: a send too
-    recent to have had its reply would count against its variant.
+    def __init__(self) -> None:
+        super().__init__()
+        self.segments: dict[FactorKey, dict[Segment, dict[str, Tally]]] = {}
+        self.curves: dict[str, abstats.ReplyDelays] = {}
+
+
+@dataclass(frozen=True)
+class _Credit:
+    key: FactorKey
+    variant: str
+    prospect_id: int
+    message: Message  # the message credited (the thread's first for a subject)
+    reply_at: datetime
+
+
+def tallies(
+    session: Session,
+    metric: str,
+    until: datetime | None = None,
+    window_days: float = 14,
+) -> Tallies:
+    """Sends, wins and exposure per (sequence, step index, kind) and variant, under ``metric``,
+    as they stood at ``until`` (None: everything, every send weighing 1).
+
+    A send is never hidden for being young: one answered, or sent at least ``window_days``
+    before ``until``, weighs 1; a younger unanswered one weighs the share of replies that come
+    by its age, from the reply delays of this workspace's messages older than ``window_days``
+    (:func:`outreach.abstats.reply_delays`). So 37 sends of yesterday tell what they can.
     """
-    out: Tallies = defaultdict(lambda: defaultdict(Tally))
+    from outreach import abstats
+
+    out = Tallies()
+    young_since = until - timedelta(days=window_days) if until is not None else None
     for kind in ("subject", "body"):
         column = _variant_column(kind)
+        # Five grouping columns: more than sqlmodel's select() is typed for.
         query = (
-            select(Message.sequence, Message.step_index, column, func.count())
+            sa_select(
+                col(Message.sequence),
+                col(Message.step_index),
+                column,
+                col(Message.language),
+                col(Message.persona),
+                func.count(),
+            )
             .where(
                 column.is_not(None),
-                Message.channel == "email",
+                col(Message.channel) == "email",
                 col(Message.state).in_(DELIVERED),
             )
-            .group_by(col(Message.sequence), col(Message.step_index), column)
+            .group_by(
+                col(Message.sequence),
+                col(Message.step_index),
+                column,
+                col(Message.language),
+                col(Message.persona),
+            )
         )
         if until is not None:
             query = query.where(col(Message.sent_at) <= until)
-        for sequence, step_index, variant, n in session.exec(query).all():
-            out[(sequence, step_index, kind)][variant].sends = n
-    for (key, variant), n in _wins(session, metric, until).items():
-        out[key][variant].wins += n
+        for sequence, step_index, variant, language, persona, n in session.execute(query).all():
+            key = (sequence, step_index, kind)
+            tally = out.setdefault(key, {}).setdefault(variant, Tally())
+            tally.sends += n
+            tally.exposure += n
+            segment = (language or "", persona or "")
+            seg = out.segments.setdefault(key, {}).setdefault(segment, {})
+            seg.setdefault(variant, Tally(0, 0, 0.0))
+            seg[variant].sends += n
+            seg[variant].exposure += n
+    credits = _credits(session, metric, until)
+    won: dict[tuple[FactorKey, str], set[int]] = defaultdict(set)
+    won_in: dict[tuple[FactorKey, Segment, str], set[int]] = defaultdict(set)
+    answered: set[tuple[int | None, str]] = set()
+    delays: dict[str, list[float]] = {"subject": [], "body": []}
+    for c in credits:
+        won[(c.key, c.variant)].add(c.prospect_id)
+        won_in[(c.key, _segment(c.message), c.variant)].add(c.prospect_id)
+        answered.add((c.message.id, c.key[2]))
+        sent = c.message.sent_at
+        if young_since is not None and sent is not None and sent <= young_since:
+            delays[c.key[2]].append((c.reply_at - sent).total_seconds() / 86400)
+    for (key, variant), ids in won.items():
+        out.setdefault(key, {}).setdefault(variant, Tally()).wins += len(ids)
+    for (key, segment, variant), ids in won_in.items():
+        seg = out.segments.setdefault(key, {}).setdefault(segment, {})
+        seg.setdefault(variant, Tally()).wins += len(ids)
+    if until is None or young_since is None:
+        return out
+    out.curves = {kind: abstats.reply_delays(d, window_days) for kind, d in delays.items()}
+    young = session.exec(
+        select(Message).where(
+            Message.channel == "email",
+            col(Message.state).in_(DELIVERED),
+            col(Message.sent_at) > young_since,
+            col(Message.sent_at) <= until,
+        )
+    ).all()
+    for message in young:
+        assert message.sent_at is not None
+        age = (until - message.sent_at).total_seconds() / 86400
+        for kind in ("subject", "body"):
+            variant = message.subject_variant if kind == "subject" else message.body_variant
+            if not variant or (message.id, kind) in answered:
+                continue  # an answered send weighs 1, as counted
+            missing = 1.0 - float(out.curves[kind].weight(age))
+            key = (message.sequence, message.step_index, kind)
+            out[key][variant].exposure -= missing
+            out.segments[key][_segment(message)][variant].exposure -= missing
     return out
 
 
-def arms_of(tally: Tallies, key: tuple[str, int, str], variants: list[str]) -> list[abstats.Arm]:
+def _segment(message: Message) -> Segment:
+    return (message.language or "", message.persona or "")
+
+
+def arms_of(tally: Tallies, key: FactorKey, variants: list[str]) -> list[abstats.Arm]:
     """The statistics' view of ``variants`` of one factor (none sent yet: 0 of 0)."""
+    return arms_from(tally.get(key, {}), variants)
+
+
+def arms_from(seen: Mapping[str, Tally], variants: list[str]) -> list[abstats.Arm]:
     from outreach import abstats
 
-    seen = tally.get(key, {})
-    return [
-        abstats.Arm(v, seen[v].sends if v in seen else 0, seen[v].wins if v in seen else 0)
-        for v in variants
-    ]
+    out = []
+    for v in variants:
+        t = seen.get(v, Tally())
+        # Rounding can leave an exposure a hair outside [wins, sends]: clip it.
+        out.append(
+            abstats.Arm(v, t.sends, t.wins, max(float(t.wins), min(float(t.sends), t.exposure)))
+        )
+    return out
 
 
 def mature_until(ws: Workspace, now: datetime) -> datetime:
-    """Sends up to this moment have had ``[ab] mature_after_days`` to be answered."""
-    return now - timedelta(days=ws.config.settings.ab.mature_after_days)
+    """The moment the statistics are taken at: now. Young sends are no longer left out (they
+    are weighed, see :func:`tallies`); kept so that callers read one moment."""
+    return now
 
 
-def _wins(
-    session: Session, metric: str, until: datetime | None = None
-) -> dict[tuple[tuple[str, int, str], str], int]:
-    """Which variants each counted reply is credited to (one credit per prospect)."""
-    replies = [r for r in human_replies(session) if counts(r.reply_class, metric)]
+def _credits(session: Session, metric: str, until: datetime | None = None) -> list[_Credit]:
+    """Which variants each counted reply (up to ``until``) is credited to."""
+    replies = [
+        r
+        for r in human_replies(session)
+        if counts(r.reply_class, metric) and (until is None or r.at <= until)
+    ]
     if not replies:
-        return {}
+        return []
     prospects = sorted({r.prospect_id for r in replies})
     sent: dict[int, list[Message]] = defaultdict(list)
     by_message_id: dict[str, Message] = {}
@@ -437,7 +544,7 @@ def _wins(
             sent[message.prospect_id].append(message)
             if message.message_id:
                 by_message_id[message.message_id] = message
-    credited: dict[tuple[tuple[str, int, str], str], set[int]] = defaultdict(set)
+    out = []
     for reply in replies:
         before = [m for m in sent[reply.prospect_id] if m.sent_at and m.sent_at <= reply.at]
         if not before:
@@ -445,14 +552,14 @@ def _wins(
         last = before[-1]
         answered = next((m for m in before if m.id == reply.message_id), last)
         root = by_message_id.get(answered.thread_root or "", answered)
-        # A message too recent to count as a send does not count a reply either.
+        # A message sent after ``until`` does not count as a send, nor its reply.
         if root.subject_variant and _counted(root, until):
-            key = ((root.sequence, root.step_index, "subject"), root.subject_variant)
-            credited[key].add(reply.prospect_id)
+            key = (root.sequence, root.step_index, "subject")
+            out.append(_Credit(key, root.subject_variant, reply.prospect_id, root, reply.at))
         if last.body_variant and _counted(last, until):
-            key = ((last.sequence, last.step_index, "body"), last.body_variant)
-            credited[key].add(reply.prospect_id)
-    return {key: len(ids) for key, ids in credited.items()}
+            key = (last.sequence, last.step_index, "body")
+            out.append(_Credit(key, last.body_variant, reply.prospect_id, last, reply.at))
+    return out
 
 
 def _counted(message: Message, until: datetime | None) -> bool:
@@ -590,7 +697,7 @@ def review(
     until = mature_until(ws, now)
     with ws.store.session() as session:
         state = sync_variants(ws, session, now)
-        tally = tallies(session, settings.metric, until)
+        tally = tallies(session, settings.metric, until, settings.reply_window_days)
         results = []
         for factor in factors(ws):
             active = state.active(factor.template, factor.sequence, factor.step, factor.kind)
@@ -600,6 +707,8 @@ def review(
                     arms,
                     min_sends=settings.min_sends_per_variant,
                     retire_below=settings.retire_below_probability,
+                    margin=settings.retire_margin,
+                    prior_strength=settings.prior_sends,
                 )
                 if arms
                 else []
@@ -618,6 +727,10 @@ def review(
             settings={
                 "min_sends_per_variant": settings.min_sends_per_variant,
                 "retire_below_probability": settings.retire_below_probability,
+                "retire_margin": settings.retire_margin,
+                "prior_sends": settings.prior_sends,
+                "reply_window_days": settings.reply_window_days,
+                "assignment": settings.assignment,
             },
         )
         session.add(row)
@@ -654,116 +767,6 @@ def review(
     return result
 
 
-# ------------------------------------------------------------------------------ the report
-
-
-def report(ws: Workspace, now: datetime) -> dict[str, Any]:
-    """Per sequence, step and factor, every variant ever tested: sends, replies, rate, its 95 %
-    credible interval, the probability to be best (among the active ones) and the status,
-    with each review's numbers as history (oldest first)."""
-    from outreach import abstats
-
-    settings = ws.config.settings.ab
-    with ws.store.session() as session:
-        rows = {
-            (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow))
-        }
-        tally = tallies(session, settings.metric, mature_until(ws, now))
-        history: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
-        for decision, ran_at in session.exec(
-            select(Decision, Review.ran_at)
-            .join(Review, col(Review.id) == col(Decision.review_id))
-            .order_by(col(Decision.id))
-        ).all():
-            history[(decision.sequence, decision.step, decision.kind, decision.variant)].append(
-                {
-                    "review": decision.review_id,
-                    "at": ran_at.isoformat(),
-                    "sends": decision.sends,
-                    "replies": decision.wins,
-                    "rate": round(decision.rate, 6),
-                    "interval": [round(decision.low, 6), round(decision.high, 6)],
-                    "p_best": round(decision.p_best, 6),
-                    "action": decision.action,
-                    "reason": decision.reason,
-                }
-            )
-        reviews = session.exec(select(Review).order_by(col(Review.id).desc()).limit(1)).all()
-    steps = []
-    for factor in factors(ws):
-        seen = tally.get(factor.key, {})
-        in_file = {v.id: v for v in factor.variants}
-        known = [
-            key[3]
-            for key in rows
-            if key[:3] == (factor.sequence, factor.step, factor.kind) and key[3] not in in_file
-        ]
-        ids = list(in_file) + sorted(set(known) | {v for v in seen if v not in in_file})
-        variants: list[dict[str, Any]] = []
-        for variant_id in ids:
-            row = rows.get((factor.sequence, factor.step, factor.kind, variant_id))
-            if variant_id not in in_file:
-                status, since = "removed", None
-            elif in_file[variant_id].retired:
-                status, since = "retired", "in the template file"
-            elif row is not None and row.retired_at is not None:
-                status, since = "retired", f"{row.retired_by}, {row.retired_at:%Y-%m-%d}"
-            else:
-                status, since = "active", None
-            t = seen.get(variant_id, Tally())
-            low, high = abstats.credible_interval(t.sends, t.wins)
-            variants.append(
-                {
-                    "variant": variant_id,
-                    "status": status,
-                    "retired": since,
-                    "sends": t.sends,
-                    "replies": t.wins,
-                    "rate": round(t.wins / t.sends, 6) if t.sends else 0.0,
-                    "interval": [round(low, 6), round(high, 6)],
-                    "p_best": None,
-                    "history": history.get(
-                        (factor.sequence, factor.step, factor.kind, variant_id), []
-                    ),
-                }
-            )
-        active = [v for v in variants if v["status"] == "active"]
-        if active:
-            p_best = abstats.prob_best(
-                [abstats.Arm(v["variant"], v["sends"], v["replies"]) for v in active]
-            )
-            for v, p in zip(active, p_best, strict=True):
-                v["p_best"] = round(p, 6)
-        steps.append(
-            {
-                "sequence": factor.sequence,
-                "step": factor.step,
-                "step_index": factor.step_index,
-                "kind": factor.kind,
-                "template": factor.template.path,
-                "active": len(active),
-                "wanted": wanted(ws, factor.kind),
-                "variants": variants,
-            }
-        )
-    return {
-        "generated_at": now.isoformat(),
-        "metric": settings.metric,
-        "metric_means": METRICS[settings.metric],
-        "attribution": ATTRIBUTION,
-        "last_review": (
-            {
-                "id": reviews[0].id,
-                "at": reviews[0].ran_at.isoformat(),
-                "trigger": reviews[0].trigger,
-            }
-            if reviews
-            else None
-        ),
-        "steps": steps,
-    }
-
-
 # ------------------------------------------------------------------------------ the digest
 
 
@@ -775,8 +778,10 @@ def describe(d: abstats.Decision) -> str:
     """One decision's numbers as a person reads them."""
     if not d.sends:
         return f"not sent yet, P(best) {d.p_best:.3f}"
+    # Young sends weigh less than 1 (see `tallies`): say so where it changed the rate.
+    weighed = f" (weighing {d.exposure:.1f})" if d.exposure < d.sends - 0.05 else ""
     return (
-        f"{d.wins}/{d.sends} = {_pct(d.rate)} (95 % {_pct(d.low)}-{_pct(d.high)}), "
+        f"{d.wins}/{d.sends}{weighed} = {_pct(d.rate)} (95 % {_pct(d.low)}-{_pct(d.high)}), "
         f"P(best) {d.p_best:.3f}"
     )
 
@@ -831,7 +836,10 @@ def publish_digest(
     if settings.ab.digest_file:
         path = ws.config.root / settings.ab.digest_file
         try:
-            path.write_text(text, encoding="utf-8")
+            # A running history, newest first: each review's decisions stay readable after the
+            # next one (the mail carries only the new review).
+            earlier = path.read_text(encoding="utf-8") if path.exists() else ""
+            path.write_text(text + ("\n---\n\n" + earlier if earlier.strip() else ""), "utf-8")
         except OSError as exc:
             done.append(f"digest not written to {path}: {exc.strerror} ([ab] digest_file)")
         else:

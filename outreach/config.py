@@ -374,15 +374,26 @@ class ABSettings(_Strict):
     review: str = "0 7 * * mon,thu"
     min_sends_per_variant: int = Field(default=100, ge=1)
     retire_below_probability: float = Field(default=0.05, gt=0, lt=1)
+    # A variant is retired only when it is probably more than this share worse than the best
+    # (0: when it is probably not the best), so that equal variants are not retired by chance.
+    retire_margin: float = Field(default=0.2, ge=0, lt=1)
+    # The review takes a variant to be like the others until its data say otherwise: a prior
+    # worth this many sends at the step's pooled reply rate (0: uniform).
+    prior_sends: float = Field(default=50, ge=0)
     min_active_subjects: int = Field(default=3, ge=1)
     min_active_bodies: int = Field(default=2, ge=1)
     # What counts as a win: "positive_or_neutral" replies (not refusals, not "remove me"), or
     # "any_reply" (every human reply).
     metric: Literal["positive_or_neutral", "any_reply"] = "positive_or_neutral"
-    # A send counts (with its replies) once it has had this long to be answered.
-    mature_after_days: int = Field(default=3, ge=0)
-    # "balanced": equal counts among the active variants; "thompson": draws from the posteriors.
-    assignment: Literal["balanced", "thompson"] = "balanced"
+    # Replies come within this many days of their message (later ones still count as wins): a
+    # send younger than this weighs the share of replies that come by its age, learnt from
+    # the workspace's own replies to messages older than this.
+    reply_window_days: int = Field(default=14, ge=1)
+    # Accepted so that older files load; sends are no longer hidden (reply_window_days).
+    mature_after_days: int | None = Field(default=None, ge=0)
+    # "thompson": draws from the posteriors (more prospects to the likely winner); "balanced":
+    # equal counts among the active variants.
+    assignment: Literal["balanced", "thompson"] = "thompson"
     # After each review the marketer's digest is written here (relative to this file; "" for
     # none), and mailed to digest_to (from the first mailbox) when that is set.
     digest_file: str = "ab-digest.md"

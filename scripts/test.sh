@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Dovecot (the real IMAP server of the Sent-folder and reply tests) and PostgreSQL (the store
-# and dispatch tests run on SQLite and on a throwaway PostgreSQL cluster): Debian/Ubuntu packages.
+# Dovecot (the real IMAP server of the Sent-folder and reply tests), PostgreSQL (the store
+# and dispatch tests run on SQLite and on a throwaway PostgreSQL cluster) and Chromium (the
+# A/B HTML report is rendered in a real headless browser): Debian/Ubuntu packages.
 missing=()
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

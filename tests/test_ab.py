@@ -6,7 +6,6 @@ Messages really leave through a real SMTP server (RecordingSMTP); replies go thr
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from freezegun import freeze_time
 from sqlmodel import select
 
-from outreach import ab, clock, inbox
+from outreach import ab, abreport, abstats, clock, inbox
 from outreach.daemon import Daemon, review_trigger, send_once
 from outreach.enroll import enroll_csv
 from outreach.models import Decision, Message, Prospect, Review
@@ -51,6 +50,12 @@ def ws(workspace_dir: Path, smtp: RecordingSMTP) -> Iterator[Workspace]:
         max_gap_seconds=0,
         daily_limit=1000,
         min_sends_per_variant=15,
+        assignment="balanced",  # these tests seed equal counts; Thompson has its own test
+        # The P(best) rule with the uniform prior: 20 sends a variant at reply rates far above
+        # life decide there. The defaults (margin, pooled prior) are the simulation's and
+        # test_abstats'; test_the_defaults_retire_a_clear_loser runs them end to end.
+        retire_margin=0,
+        prior_sends=0,
     )
     workspace = Workspace.load(workspace_dir / "outreach.toml")
     yield workspace
@@ -229,15 +234,15 @@ def test_the_metric_skips_refusals_until_a_rep_corrects_the_class(
 
 def seed_results(ws: Workspace, tmp_path: Path, frozen, replies: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
     """Send the intro to 80 prospects (20 per subject) on Monday, reply to the first ``n`` of
-    each subject's messages an hour later, and move to Thursday: the sends have had the
-    3 days ([ab] mature_after_days) a review waits for."""
+    each subject's messages an hour later, and move two weeks on: every send is older than
+    [ab] reply_window_days, so each weighs 1."""
     enroll(ws, tmp_path, 0, 80)
     send_once(ws, wait_for_gaps=False)
     frozen.tick(timedelta(hours=1))
     for variant, messages in by_variant(intro_messages(ws), "subject").items():
         for message in messages[: replies.get(variant, 0)]:
             assert reply(ws, message, "Yes please, tell me more.") == "reply"
-    frozen.tick(timedelta(days=3))
+    frozen.tick(timedelta(days=14))
 
 
 def test_review_retires_the_clear_loser_keeps_the_leader_and_records_the_numbers(
@@ -277,6 +282,25 @@ def test_review_retires_the_clear_loser_keeps_the_leader_and_records_the_numbers
         send_once(ws, wait_for_gaps=False)
     new = Counter(m.subject_variant for m in intro_messages(ws) if m.prospect_id > 80)
     assert "same-numbers" not in new and sum(new.values()) == 12
+
+
+def test_the_defaults_retire_a_clear_loser_and_keep_a_close_one(
+    ws: Workspace, tmp_path: Path, workspace_dir: Path
+) -> None:
+    """The default rule: P(within 20 % of the best) < 0.05, the prior worth 50 sends at the
+    pooled rate. 0 of 20 against 12 of 20 goes; 9 of 20 against 12 of 20 stays."""
+    edit_config(workspace_dir / "outreach.toml", retire_margin=0.2, prior_sends=50)
+    ws = reload(ws)
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 12, "idea-for-company": 9})
+        result = ab.review(ws, clock.now(), dry_run=True)
+    decisions = {d.variant: d for d in result.factors[0].decisions}
+    for loser in ("same-numbers", "persona-outcome"):
+        assert decisions[loser].action == "retire"
+        assert decisions[loser].p_near is not None and decisions[loser].p_near < 0.05
+        assert decisions[loser].reason.startswith("P(within 20% of the best) ")
+    assert decisions["idea-for-company"].action == "keep"
+    assert decisions["quick-question"].action == "keep"
 
 
 def test_few_sends_are_never_retired_however_bad_they_look(
@@ -346,11 +370,17 @@ def test_html_report_is_one_file_with_a_chart_per_step(
     assert result.exit_code == 0
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>") and "<script" not in page
-    # A chart for each factor with sends (the intro's subjects and bodies), a note elsewhere.
+    # A chart for each factor with sends (the intro's subjects and bodies); the steps nothing
+    # was sent for are folded into one line.
     assert page.count("<svg") == 2
-    assert page.count("No sends yet") == len(list(ab.factors(ws))) - 2
+    assert f"Not sent yet: {len(list(ab.factors(ws))) - 2} step factor(s)" in page
+    assert "<h2>cold / nudge" not in page
     assert "quick-question" in page and "<polygon" in page  # line and interval band
-    assert "2027-01-07" in page  # the review's point on the time axis
+    # The words beside the id: the subject as the sample prospect (Aino) reads it.
+    assert "Quick question, Aino" in page
+    assert "2027-01-18" in page  # the review's mark and point on the time axis
+    assert "review 1 2027-01-18: retired " in page  # what the review decided, at its mark
+    assert "reply rate (95 % interval)" in page and "date (UTC)" in page  # labelled axes
     assert "2.5–97.5 %" not in page  # a variant never sent has no point to draw
 
 
@@ -383,9 +413,14 @@ def test_the_daemon_review_job_records_a_cron_review_and_writes_the_digest(
         [row] = session.exec(select(Review)).all()
     assert row.trigger == "cron"
     assert (ws.config.root / "ab-digest.md").exists()
-    assert json.dumps(row.settings) == json.dumps(
-        {"min_sends_per_variant": 15, "retire_below_probability": 0.05}
-    )
+    assert row.settings == {
+        "min_sends_per_variant": 15,
+        "retire_below_probability": 0.05,
+        "retire_margin": 0,
+        "prior_sends": 0,
+        "reply_window_days": 14,
+        "assignment": "balanced",
+    }
 
 
 def test_thompson_assignment_sends_most_new_prospects_to_the_likely_winner(
@@ -450,20 +485,56 @@ def test_retiring_the_last_subject_holds_the_messages_and_validate_says_so(
     assert [m["state"] for m in view["messages"]] == ["sent"]
 
 
-def test_sends_too_recent_to_be_answered_do_not_count_yet(ws: Workspace, tmp_path: Path) -> None:
+def test_young_sends_weigh_by_the_chance_their_reply_has_come(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """A send of yesterday is not 'not sent': it weighs the share of replies that come within
+    a day; an answered one weighs 1; after [ab] reply_window_days every send weighs 1."""
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         enroll(ws, tmp_path, 0, 80)
         send_once(ws, wait_for_gaps=False)
+        [first, *_] = by_variant(intro_messages(ws), "subject")["quick-question"]
+        assert reply(ws, first, "Yes please, tell me more.") == "reply"
         frozen.tick(timedelta(days=1))
-        fresh = ab.report(ws, clock.now())
-        frozen.tick(timedelta(days=2, minutes=1))
-        mature = ab.report(ws, clock.now())
+        fresh = abreport.report(ws, clock.now())
+        frozen.tick(timedelta(days=13, minutes=1))
+        old = abreport.report(ws, clock.now())
 
-    def sends(report: dict) -> int:  # type: ignore[type-arg]
+    def subjects(report: dict) -> dict:  # type: ignore[type-arg]
         intro = next(s for s in report["steps"] if s["step"] == "intro" and s["kind"] == "subject")
-        return sum(v["sends"] for v in intro["variants"])
+        return {v["variant"]: v for v in intro["variants"]}
 
-    assert sends(fresh) == 0 and sends(mature) == 80
+    # No delays of its own yet: the prior's share of replies within a day (its sends are a
+    # few seconds more than a day old, and the curve is a step function of days).
+    share = float(abstats.reply_delays([], 14).weight(1.0))
+    assert 0 < share < 1
+    young = subjects(fresh)
+    assert {v["sends"] for v in young.values()} == {20}
+    assert young["same-numbers"]["weighted_sends"] == pytest.approx(20 * share, abs=1e-3)
+    assert young["quick-question"]["weighted_sends"] == pytest.approx(1 + 19 * share, abs=1e-3)
+    assert young["quick-question"]["rate"] == pytest.approx(1 / (1 + 19 * share), abs=1e-6)
+    assert all(v["weighted_sends"] == 20 for v in subjects(old).values())
+    assert subjects(old)["quick-question"]["rate"] == pytest.approx(1 / 20)
+
+
+def test_reply_delays_are_learnt_from_the_workspaces_own_replies(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """Replies to messages older than the window teach the curve; the report says so."""
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        enroll(ws, tmp_path, 0, 40)
+        send_once(ws, wait_for_gaps=False)
+        frozen.tick(timedelta(days=5))  # every reply comes five days after its message
+        for message in intro_messages(ws)[:30]:
+            assert reply(ws, message, "Yes please, tell me more.") == "reply"
+        frozen.tick(timedelta(days=10))
+        report = abreport.report(ws, clock.now())
+    delays = report["reply_delays"]["subject"]
+    assert delays["own_replies"] == 30
+    # 30 own delays of 5 days against the prior's 20: the median moves to 5 days, and fewer
+    # than the prior's 80 % come within three days.
+    assert 4.9 < delays["median_days"] < 5.1
+    assert delays["within_3_days"] == pytest.approx(16 / 50)
 
 
 def test_a_restored_variant_gets_a_fresh_trial(ws: Workspace, tmp_path: Path, run: Cli) -> None:
@@ -556,7 +627,66 @@ def test_validate_lists_the_variants_a_review_retired_as_it_lists_retired_true(
     retired = [row for row in validate.stdout.splitlines() if row.startswith("retired: ")]
     assert retired == [
         f"retired: {INTRO}:{same}: cold/intro subject 'same-numbers' "
-        f"(review {review['review']}, 2027-01-07)",
+        f"(review {review['review']}, 2027-01-18)",
         f"retired: {INTRO}:{persona}: cold/intro subject 'persona-outcome' "
         "(retired: true in the file)",
     ]
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def test_report_breaks_a_step_down_by_language_without_calling_it_on_too_little(
+    ws: Workspace, tmp_path: Path, run: Cli
+) -> None:
+    """Half the prospects Finnish, half English: each variant's figures per language add up
+    to its total; P(best) per language only where every variant has min_sends there."""
+    path = tmp_path / "mixed.csv"
+    rows = "".join(f"p{i}@d{i}.example,P{i},{'fi' if i % 2 else 'en'}\n" for i in range(80))
+    path.write_text("email,first_name,language\n" + rows, encoding="utf-8")
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        assert enroll_csv(ws, path, "cold", now=clock.now(), rng=random.Random(1)).enrolled == 80
+        send_once(ws, wait_for_gaps=False)
+        messages = by_variant(intro_messages(ws), "subject")
+        finnish = [m for m in messages["quick-question"] if m.language == "fi"]
+        for message in finnish[:4]:
+            assert reply(ws, message, "Kyllä kiitos, kertokaa lisää.") == "reply"
+        frozen.tick(timedelta(days=15))
+        data = run.json("ab", "report")
+        text = run("ab", "report").stdout
+    intro = next(s for s in data["steps"] if s["step"] == "intro" and s["kind"] == "subject")
+    segments = {seg["language"]: seg for seg in intro["segments"]}
+    assert set(segments) == {"en", "fi"}
+    for v in intro["variants"]:
+        per = [
+            next(x for x in seg["variants"] if x["variant"] == v["variant"])
+            for seg in segments.values()
+        ]
+        assert sum(x["sends"] for x in per) == v["sends"] == 20
+        assert sum(x["replies"] for x in per) == v["replies"]
+    fi_quick = next(x for x in segments["fi"]["variants"] if x["variant"] == "quick-question")
+    assert fi_quick["replies"] == 4
+    # 10 sends per variant per language, under min_sends_per_variant = 15: no call there.
+    assert not segments["fi"]["enough_data"]
+    assert all(x["p_best"] is None for x in segments["fi"]["variants"])
+    assert "fi:  (too few sends to call here" in text
+    # The words beside the ids, and the steps nothing was sent for folded into one line.
+    assert '"Quick question, Aino"' in text
+    assert "\nnot sent yet: " in text and "cold/nudge bodies" in text.split("not sent yet: ")[1]
+    assert "\ncold/nudge bodies" not in text
+
+
+def test_the_digest_keeps_a_running_history(
+    ws: Workspace, tmp_path: Path, run: Cli, workspace_dir: Path
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 9, "idea-for-company": 6})
+        assert run("ab", "review").exit_code == 0
+        first = (workspace_dir / "ab-digest.md").read_text(encoding="utf-8")
+        frozen.tick(timedelta(days=3))
+        assert run("ab", "review").exit_code == 0
+    digest = (workspace_dir / "ab-digest.md").read_text(encoding="utf-8")
+    # The newest review on top, the first one kept whole below it.
+    assert digest.count("# A/B review ") == 2
+    assert digest.index("# A/B review 2027-01-21") < digest.index("# A/B review 2027-01-18")
+    assert digest.endswith(first)

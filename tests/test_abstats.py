@@ -23,12 +23,18 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from outreach.abstats import (
+    PRIOR,
+    PRIOR_DELAYS_DAYS,
     Arm,
     credible_interval,
+    pooled_prior,
     prob_best,
     prob_best_monte_carlo,
+    prob_near_best,
+    reply_delays,
     review,
     thompson_choice,
+    thompson_choices,
 )
 
 
@@ -239,7 +245,7 @@ def test_thompson_picks_each_arm_as_often_as_it_is_likely_best() -> None:
     arms = [Arm("a", 120, 3), Arm("b", 115, 8), Arm("c", 100, 5)]
     rng = random.Random(7)
     n = 20_000
-    chosen = [thompson_choice(arms, rng) for _ in range(n)]
+    chosen = [thompson_choice(arms, rng, PRIOR, temper=1.0) for _ in range(n)]
     for arm, p in zip(arms, prob_best(arms), strict=True):
         share = chosen.count(arm.id) / n
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n), (arm, share, p)
@@ -361,3 +367,112 @@ def test_review_refuses_nonsense_settings() -> None:
         review(arms, min_sends=100, retire_below=1.5)
     with pytest.raises(ValueError):
         review(arms, min_sends=-1, retire_below=0.05)
+
+
+# --- within a margin of the best ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arms",
+    [
+        [Arm("a", 300, 9), Arm("b", 300, 11), Arm("c", 300, 20)],
+        [Arm("a", 120, 3), Arm("b", 115, 8)],
+        [Arm("a", 1000, 40), Arm("b", 900, 36), Arm("c", 40, 0)],
+    ],
+)
+def test_prob_near_best_agrees_with_monte_carlo(arms: list[Arm]) -> None:
+    rng = np.random.default_rng(3)
+    n = 400_000
+    a = np.array([1 + arm.wins for arm in arms], dtype=float)
+    b = np.array([1 + arm.sends - arm.wins for arm in arms], dtype=float)
+    draws = rng.beta(a, b, size=(n, len(arms)))
+    exact = prob_near_best(arms, 0.2)
+    for i, p in enumerate(exact):
+        others = np.delete(draws, i, axis=1).max(axis=1)
+        share = float((draws[:, i] >= 0.8 * others).mean())
+        assert abs(share - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-6) / n) + 1e-4, (i, share, p)
+
+
+def test_prob_near_best_without_a_margin_is_prob_best() -> None:
+    arms = [Arm("a", 300, 9), Arm("b", 300, 11)]
+    assert prob_near_best(arms, 0.0) == prob_best(arms)
+    with pytest.raises(ValueError):
+        prob_near_best(arms, 1.0)
+
+
+def test_equal_variants_with_much_data_are_near_each_other_whatever_p_best_says() -> None:
+    # 20,000 sends each, 4.0 % against 4.3 %: P(best) calls the first a loser, but it is
+    # surely within 20 % of the other, so the margin rule keeps it.
+    arms = [Arm("a", 20_000, 800), Arm("b", 20_000, 860)]
+    assert prob_best(arms)[0] < 0.25
+    assert prob_near_best(arms, 0.2)[0] > 0.99
+    kept = review(arms, min_sends=100, retire_below=0.3, margin=0.2)
+    assert [d.action for d in kept] == ["keep", "keep"]
+    assert kept[0].reason.startswith("P(within 20% of the best)")
+    # Without the margin the same numbers retire it.
+    assert review(arms, min_sends=100, retire_below=0.3)[0].action == "retire"
+
+
+def test_a_clear_loser_is_retired_under_the_margin_too() -> None:
+    weak, strong = review(
+        [Arm("weak", 400, 4), Arm("strong", 400, 24)], min_sends=100, retire_below=0.05, margin=0.2
+    )
+    assert weak.action == "retire" and weak.p_near is not None and weak.p_near < 0.05
+    assert strong.action == "keep"
+
+
+# --- the pooled prior --------------------------------------------------------------------------
+
+
+def test_pooled_prior_is_worth_its_sends_at_the_pooled_rate() -> None:
+    arms = [Arm("a", 500, 20), Arm("b", 500, 20)]
+    alpha, beta = pooled_prior(arms, 50)
+    rate = 41 / 1002
+    assert (alpha, beta) == pytest.approx((1 + 50 * rate, 1 + 50 * (1 - rate)))
+    assert pooled_prior(arms, 0) == PRIOR
+    with pytest.raises(ValueError):
+        pooled_prior(arms, -1)
+
+
+def test_pooled_prior_takes_a_dry_start_for_bad_luck() -> None:
+    # 0 of 100 while the other replies at 4 %: with the uniform prior it looks like a loser;
+    # with a prior worth 50 sends at the pooled rate it is not yet.
+    arms = [Arm("dry", 100, 0), Arm("other", 800, 32)]
+    uniform = prob_best(arms)[0]
+    pooled = prob_best(arms, pooled_prior(arms, 50))[0]
+    assert uniform < 0.05 < pooled
+
+
+def test_thompson_choices_draw_like_thompson_choice() -> None:
+    arms = [Arm("a", 120, 3), Arm("b", 115, 8), Arm("c", 100, 5)]
+    n = 20_000
+    chosen = thompson_choices(arms, n, random.Random(11), PRIOR, temper=1.0)
+    for arm, p in zip(arms, prob_best(arms), strict=True):
+        share = chosen.count(arm.id) / n
+        assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n), (arm, share, p)
+
+
+# --- what young sends weigh ------------------------------------------------------------------
+
+
+def test_reply_delay_curve_is_the_prior_until_the_workspace_has_its_own() -> None:
+    curve = reply_delays([], 14)
+    assert curve.observed == 0
+    n = len(PRIOR_DELAYS_DAYS)
+    assert float(curve.weight(1.0)) == sum(d <= 1.0 for d in PRIOR_DELAYS_DAYS) / n
+    assert float(curve.weight(14)) == 1.0 and float(curve.weight(40)) == 1.0
+    assert float(curve.weight(-1)) == 0.0
+    # A workspace whose prospects all answer after 6 days: 200 own delays swamp the prior.
+    slow = reply_delays([6.0] * 200, 14)
+    assert float(slow.weight(5.9)) == pytest.approx(sum(d <= 5.9 for d in PRIOR_DELAYS_DAYS) / 220)
+    assert float(slow.weight(6.0)) > 0.95
+
+
+def test_exposure_counts_answered_sends_whole_and_young_ones_by_the_curve() -> None:
+    curve = reply_delays([0.5, 1.5, 2.5, 3.5], 4, prior=())
+    # Ages 1 and 3 days: 1/4 and 3/4 of replies have come; two answered sends weigh 2.
+    assert curve.exposure([1.0, 3.0], answered=2) == pytest.approx(2 + 0.25 + 0.75)
+    arm = Arm("a", 4, 2, curve.exposure([1.0, 3.0], 2))
+    assert arm.trials == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="exposure"):
+        prob_best([Arm("a", 4, 2, 1.0), Arm("b", 4, 1)])  # weighs less than its replies

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from outreach import ab as ab_module
-from outreach import abhtml, clock
+from outreach import abhtml, abreport, clock
 from outreach.cli.base import (
     Context,
     cli,
@@ -34,7 +35,7 @@ def ab() -> None:
 @pass_ctx
 def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
     """Per sequence, step and variant: sends, replies, rate, interval, P(best), status."""
-    data = ab_module.report(ctx.ws, clock.now())
+    data = abreport.report(ctx.ws, clock.now())
     if html_path is not None:
         try:
             html_path.write_text(abhtml.render(data), encoding="utf-8")
@@ -48,36 +49,67 @@ def ab_report(ctx: Context, as_json: bool, html_path: Path | None) -> None:
     if as_json:
         print_json(data)
         return
+    _print_report(data)
+
+
+def _print_report(data: dict[str, Any]) -> None:
     click.echo(f"metric: {data['metric_means']}")
     click.echo(f"attribution: {data['attribution']}")
+    click.echo(f"words as {data['sample_prospect']} would read them ([sample_prospect])")
     last = data["last_review"]
     click.echo(
         f"last review: {last['at']} ({last['trigger']})" if last else "last review: none yet"
     )
+    unsent = []
     for step in data["steps"]:
+        title = f"{step['sequence']}/{step['step']} {ab_module.plural(step['kind'])}"
+        if not step["sends"]:  # folded: a line at the end says which
+            unsent.append(title)
+            continue
         short = step["active"] < step["wanted"]
         click.echo(
-            f"\n{step['sequence']}/{step['step']} {ab_module.plural(step['kind'])}"
-            f"  ({step['template']})"
+            f"\n{title}  ({step['template']})"
             + (f"  ! {step['active']} active, {step['wanted']} wanted" if short else "")
         )
         click.echo(
-            f"  {'variant':<24} {'sends':>6} {'replies':>7} {'rate':>7}  {'95 % interval':<15} "
-            f"{'P(best)':>7}  status"
+            f"  {'variant':<22} {'sends':>6} {'replies':>7} {'rate':>7}  {'95 % interval':<15} "
+            f"{'P(best)':>7}  {'status':<8} "
+            + ("subject" if step["kind"] == "subject" else "first line")
         )
         for v in step["variants"]:
-            low, high = v["interval"]
-            p_best = f"{v['p_best']:.3f}" if v["p_best"] is not None else "-"
             status = v["status"] + (f" ({v['retired']})" if v["retired"] else "")
-            rate, interval = (
-                (f"{100 * v['rate']:>6.1f}%", f"{100 * low:>5.1f}-{100 * high:<5.1f} %")
-                if v["sends"]
-                else (f"{'-':>7}", f"{'-':<13}")
-            )
+            click.echo(f"  {_row(v)}  {status:<8} {_quote(v['text'])}")
+        for segment in step["segments"]:
+            who = "/".join(x for x in (segment["language"], segment["persona"]) if x) or "-"
             click.echo(
-                f"  {v['variant']:<24} {v['sends']:>6} {v['replies']:>7} {rate}"
-                f"  {interval}   {p_best:>7}  {status}"
+                f"    {who}:"
+                + (
+                    ""
+                    if segment["enough_data"]
+                    else "  (too few sends to call here: the review decides on everyone together)"
+                )
             )
+            for v in segment["variants"]:
+                click.echo(f"    {_row(v)}")
+    if unsent:
+        click.echo(f"\nnot sent yet: {', '.join(unsent)}")
+
+
+def _row(v: dict[str, Any]) -> str:
+    low, high = v["interval"]
+    p_best = f"{v['p_best']:.3f}" if v["p_best"] is not None else "-"
+    rate, interval = (
+        (f"{100 * v['rate']:>6.1f}%", f"{100 * low:>5.1f}-{100 * high:<5.1f} %")
+        if v["sends"]
+        else (f"{'-':>7}", f"{'-':<13}")
+    )
+    return f"{v['variant']:<22} {v['sends']:>6} {v['replies']:>7} {rate}  {interval}   {p_best:>7}"
+
+
+def _quote(text: str | None) -> str:
+    if text is None:
+        return "(not in the template file)"
+    return f'"{text if len(text) <= 70 else text[:69] + "…"}"'
 
 
 @ab.command("review")
