@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from outreach import ab, clock, cluster, handoff, inbox, web
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher, Report
+from outreach.engine import check_no_orphans
 from outreach.errors import OutreachError
 from outreach.imap import ImapError, MailboxImap
 from outreach.sender import SmtpTransport, Transport
@@ -94,6 +95,7 @@ def send_once(
 
     SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
     """
+    check_no_orphans(ws)  # a removed mailbox with live enrollments: reassign them first
     with DispatchLock(ws) as lock:
         dispatcher = Dispatcher(ws, transport_for, now=now, on_event=on_event)
         if lock.exclusive:
@@ -376,6 +378,7 @@ def review_trigger(ws: Workspace) -> CronTrigger:
 def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     ws.store  # noqa: B018 - a schema that is behind stops the daemon here, with the command
+    check_no_orphans(ws)  # a removed mailbox with live enrollments: reassign them first
     with DispatchLock(ws) as lock:
         daemon = Daemon(ws, transport_for)
         if lock.exclusive:

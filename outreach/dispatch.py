@@ -35,9 +35,9 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, or_, select
 
-from outreach import ab, clock, cluster
+from outreach import ab, clock, cluster, reputation
 from outreach.config import Mailbox
-from outreach.engine import end_enrollment, step_done, stop_for_bounce
+from outreach.engine import end_enrollment, paused_sequences, step_done, stop_for_bounce
 from outreach.errors import OutreachError, TemplateError
 from outreach.imap import MailboxImap
 from outreach.mail import (
@@ -213,8 +213,10 @@ class Dispatcher:
                         continue  # its lease lapsed and another daemon has it now
                     outcome = await transport.send(claim.email, claim.mail_from, claim.rcpt)
                     self.record(claim, outcome, self.now(), report)
-                    if outcome.kind in ("auth", "unreachable", "retry"):
-                        # The server is in trouble: one try per mailbox per run, not per message.
+                    trouble = outcome.kind in ("auth", "unreachable", "retry")
+                    if trouble or box.email in report.paused:
+                        # The server is in trouble (or the bounces paused the mailbox): one try
+                        # per mailbox per run, not per message; the rest of the batch goes back.
                         return
                     if outcome.kind == "sent" and box.save_to_sent:
                         sent_folder = sent_folder or SentFolder(box)
@@ -259,10 +261,14 @@ class Dispatcher:
             today = now.astimezone(ZoneInfo(box.timezone or self.settings.sending.timezone))
             if state.day != today.date().isoformat():
                 state.day, state.sent_on_day = today.date().isoformat(), 0
-            room = min(size, self.ws.config.daily_limit(box) - state.sent_on_day)
+            limit = reputation.daily_limit(session, self.ws.config, box, now)  # with the ramp
+            room = min(size, limit - state.sent_on_day)
             if room <= 0:
                 return None  # the rest waits for tomorrow, in due order
             session.add(state)
+            # A sequence paused by hand sends nothing and creates no task; its due times wait.
+            paused = paused_sequences(session)
+            held_back = [col(Enrollment.sequence).not_in(paused)] if paused else []
             batch: list[Claimed] = []
             while len(batch) < room:
                 # Every candidate not claimed leaves the due set (rescheduled to its window,
@@ -274,6 +280,7 @@ class Dispatcher:
                         Enrollment.sender == box.email,
                         Enrollment.state == "active",
                         col(Enrollment.due_at) <= now,
+                        *held_back,
                     )
                     .order_by(col(Enrollment.due_at), col(Enrollment.id))
                     .limit(BATCH)
@@ -432,10 +439,12 @@ class Dispatcher:
         previous = thread[-1] if thread and step.thread == "reply" else None
         quote = None
         if previous is not None and self.settings.sending.quote_previous and previous.sent_at:
+            # After a reassign the earlier message is quoted under the name it was sent with.
+            author = next((b for b in self.ws.config.mailboxes if b.email == previous.sender), None)
             quote = Quote(
                 sent_at=previous.sent_at,
-                from_name=box.name,
-                from_email=box.email,
+                from_name=author.name if author else "",
+                from_email=previous.sender,
                 text=previous.body or "",
                 timezone=prospect.timezone or box.timezone or self.settings.sending.timezone,
             )
@@ -700,6 +709,11 @@ class Dispatcher:
                 stop_for_bounce(session, message, str(outcome), now)
                 report.bounced += 1
                 self._event(f"bounced {claim.rcpt}: {outcome}")
+                if paused := reputation.after_hard_bounce(
+                    session, self.settings.sending, claim.mail_from, now
+                ):
+                    report.paused[claim.mail_from] = paused
+                    self._event(f"PAUSED mailbox {claim.mail_from}: {paused}")
             elif outcome.kind == "auth":
                 # Not this message's fault: it goes back to the queue, the mailbox pauses.
                 message.state, message.error = "retry", str(outcome)

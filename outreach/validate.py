@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from outreach import ab
 from outreach.config import Mailbox
+from outreach.engine import orphan_problems
 from outreach.errors import OutreachError, TemplateError
 from outreach.workspace import Workspace, template_variables
 
@@ -49,6 +50,7 @@ def validate(ws: Workspace) -> Report:
     except OutreachError:  # a broken sequence or template: reported below, file by file
         retired, edited = ab.AssignmentState(), []
     report.problems.extend(edited)
+    report.problems.extend(orphan_problems(ws))  # a removed mailbox with live enrollments
     used: set[str] = set()
     for sequence in sequences.values():
         for index, step in enumerate(sequence.steps):
