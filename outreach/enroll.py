@@ -9,20 +9,26 @@ time of one ORM object per row.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from outreach import ab, planner
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
-from outreach.models import Enrollment, Prospect, Suppression
-from outreach.prospects import PROSPECT_FIELDS, ProspectRow, RowError, read_prospects
-from outreach.sequences import Sequence
+from outreach.models import Enrollment, MailboxState, Prospect, Suppression
+from outreach.prospects import (
+    PROSPECT_FIELDS,
+    ProspectRow,
+    RowError,
+    columns,
+    read_prospects,
+)
+from outreach.sequences import Sequence as SequenceDef
 from outreach.store import bulk_insert, db_datetime, db_json
 from outreach.templates import steering_names
 from outreach.workspace import Workspace, template_variables
@@ -79,12 +85,18 @@ class EnrollResult:
     rejected: list[RowError] = field(default_factory=list)
     applied: bool = False
     first_due: datetime | None = None
+    # Enrolled per mailbox, and (when rotating) the weight each was given: what it can still
+    # send over the next sending days.
+    split: dict[str, int] = field(default_factory=dict)
+    capacity: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "sequence": self.sequence,
             "sender": self.sender,
+            "split": self.split,
+            "capacity": self.capacity,
             "dry_run": self.dry_run,
             "applied": self.applied,
             "enrolled": self.enrolled,
@@ -99,7 +111,7 @@ class EnrollResult:
 class Preflight:
     """Renders every step a prospect will get, once per distinct shape of prospect data."""
 
-    def __init__(self, ws: Workspace, sequence: Sequence, mailbox: Mailbox) -> None:
+    def __init__(self, ws: Workspace, sequence: SequenceDef, mailbox: Mailbox) -> None:
         self.ws = ws
         self.sequence = sequence
         self.sender = ws.sender_variables(mailbox)
@@ -174,28 +186,39 @@ def enroll_csv(
     *,
     now: datetime,
     sender: str | None = None,
+    senders: Sequence[str] = (),
     dry_run: bool = False,
     skip_invalid: bool = False,
     include_ended: bool = False,
     rng: random.Random | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EnrollResult:
-    """Import ``path`` and enroll its prospects in ``sequence_name``, due from ``now``."""
+    """Import ``path`` and enroll its prospects in ``sequence_name``, due from ``now``.
+
+    ``senders`` (or ``sender``) are the mailboxes to write from; several, or ``all``, spread
+    the file over them (:class:`SenderChoice`). A ``sender`` column chooses per row.
+    """
     sequence = ws.sequence(sequence_name)
-    mailbox = ws.config.mailbox(sender)
-    preflight = Preflight(ws, sequence, mailbox)
+    given = [*senders, *([sender] if sender else [])]
+    has_column = "sender" in columns(path)
+    choice = SenderChoice.make(ws, given, now, has_column=has_column)
     rng = rng or random.Random()
     result = EnrollResult(
-        file=str(path), sequence=sequence.name, sender=mailbox.email, dry_run=dry_run
+        file=str(path),
+        sequence=sequence.name,
+        sender=", ".join(b.email for b in choice.pool) or "from the sender column",
+        dry_run=dry_run,
+        capacity=dict(choice.capacity),
     )
     rows = read_prospects(path, on_progress=on_progress)
     with ws.store.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            writer = _Writer(conn, ws, sequence, mailbox, now, rng, result)
+            writer = _Writer(conn, ws, sequence, choice, now, rng, result)
             writer.include_ended = include_ended
-            for chunk in _accepted_chunks(rows, preflight, writer.suppressed, result):
+            for chunk in _accepted_chunks(rows, choice, writer.suppressed, result):
                 writer.write(chunk)
+            result.rejected.sort(key=lambda r: r.line)
             keep = not dry_run and (skip_invalid or not result.rejected)
             if keep:
                 transaction.commit()
@@ -208,6 +231,140 @@ def enroll_csv(
     return result
 
 
+# Free mail: people at gmail.com are not colleagues, so their domain does not pin a sender.
+FREE_MAIL = frozenset(
+    (
+        "gmail.com googlemail.com outlook.com hotmail.com live.com msn.com yahoo.com icloud.com "
+        "me.com aol.com proton.me protonmail.com gmx.com gmx.de web.de mail.com yandex.com "
+        "hotmail.fi luukku.com suomi24.fi kolumbus.fi outlook.fi yahoo.se hotmail.se telia.com"
+    ).split()
+)
+CAPACITY_DAYS = 5  # rotation weighs what each mailbox can send over this many sending days
+
+
+@dataclass
+class SenderChoice:
+    """How an import picks each row's mailbox.
+
+    One mailbox given (or only one configured): every row gets it. Several (``--sender A
+    --sender B``, or ``--sender all``): rows are spread in proportion to what each mailbox can
+    still send over the next :data:`CAPACITY_DAYS` sending days (its limit on each day, with
+    the warm-up ramp, less what it sent today and its backlog due by then). A prospect keeps
+    the sender of their earlier sequences, and colleagues at one company domain get the same
+    sender (in this file, and as their live enrollments have it), when that mailbox is among
+    those given. A ``sender`` column wins over all of it, row by row.
+    """
+
+    pool: list[Mailbox]
+    capacity: dict[str, int]
+    by_name: dict[str, Mailbox]
+    assigned: dict[str, int] = field(default_factory=dict)
+    domains: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rotating(self) -> bool:
+        return len(self.pool) > 1
+
+    @classmethod
+    def make(
+        cls, ws: Workspace, given: list[str], now: datetime, *, has_column: bool
+    ) -> SenderChoice:
+        """The mailboxes ``--sender`` gave (``all``: every configured one)."""
+        config = ws.config
+        boxes = config.mailboxes
+        by_name: dict[str, Mailbox] = {}
+        for box in boxes:
+            by_name[box.email] = box
+            by_name.setdefault(" ".join(box.name.lower().split()), box)
+        pool: list[Mailbox] = []
+        if any(g.strip().lower() == "all" for g in given):
+            pool = list(boxes) or [config.mailbox(None)]  # none configured: that error
+        elif given:
+            for email in given:
+                box = config.mailbox(email, field="--sender")
+                if box not in pool:
+                    pool.append(box)
+        elif not (has_column and len(boxes) > 1):
+            pool = [config.mailbox(None)]
+        # else: every row names its own sender (a blank cell is rejected with its line)
+        capacity = _capacities(ws, pool, now) if len(pool) > 1 else {}
+        return cls(pool, capacity, by_name)
+
+    def named(self, value: str) -> Mailbox | None:
+        """The configured mailbox a ``sender`` cell names (its email or its name)."""
+        return self.by_name.get(" ".join(value.lower().split()))
+
+    def pick(self, row: ProspectRow, earlier: str | None, colleagues: str | None) -> Mailbox:
+        """The mailbox for one row without a ``sender`` cell."""
+        if not self.rotating:
+            return self.pool[0]
+        emails = {b.email: b for b in self.pool}
+        domain = row.email.rpartition("@")[2]
+        company = domain not in FREE_MAIL
+        if earlier in emails:
+            chosen = emails[earlier]  # one person for every sequence of the prospect
+        elif company and domain in self.domains:
+            chosen = emails[self.domains[domain]]
+        elif company and colleagues in emails:
+            chosen = emails[colleagues]
+        else:
+            chosen = self._most_behind()
+        if company:
+            self.domains.setdefault(domain, chosen.email)
+        self.assigned[chosen.email] = self.assigned.get(chosen.email, 0) + 1
+        return chosen
+
+    def _most_behind(self) -> Mailbox:
+        """The mailbox furthest below its share of the rows given out so far (plus this one):
+        streaming, the split follows the weights to within one company per mailbox."""
+        weights = {b.email: float(self.capacity.get(b.email, 0)) for b in self.pool}
+        total = sum(weights.values())
+        if total <= 0:  # every mailbox is full for days: spread evenly, they all wait
+            weights = {b.email: 1.0 for b in self.pool}
+            total = float(len(self.pool))
+        n = sum(self.assigned.values()) + 1
+        return max(
+            self.pool,
+            key=lambda b: weights[b.email] / total * n - self.assigned.get(b.email, 0),
+        )
+
+
+def _capacities(ws: Workspace, pool: list[Mailbox], now: datetime) -> dict[str, int]:
+    """What each mailbox can still send over the next CAPACITY_DAYS sending days: its limit on
+    each (the ramp included), less what it sent today and its backlog due by the last one."""
+    from outreach import reputation
+
+    out: dict[str, int] = {}
+    with ws.store.session() as session:
+        for box in pool:
+            state = session.get(MailboxState, box.email)
+            first = reputation.ramp_now(session, ws.config, box, now).first_day
+            cal = ws.config.calendar(box)
+            day = reputation.local_day(ws.config, box, now)
+            days: list[date] = []
+            while len(days) < CAPACITY_DAYS:
+                if cal.is_sending_day(day):
+                    days.append(day)
+                day += timedelta(days=1)
+            # A mailbox that never sent starts its ramp on the first of these days.
+            start = first or days[0]
+            total = sum(reputation.ramp(ws.config, box, start, d).limit for d in days)
+            if state is not None and state.day == days[0].isoformat():
+                total -= state.sent_on_day
+            horizon = datetime.combine(days[-1] + timedelta(days=1), time(0), cal.timezone)
+            backlog = session.execute(
+                select(func.count())
+                .select_from(enrollments_t)
+                .where(
+                    enrollments_t.c.sender == box.email,
+                    enrollments_t.c.state == "active",
+                    enrollments_t.c.due_at < horizon,
+                )
+            ).scalar_one()
+            out[box.email] = max(total - backlog, 0)
+    return out
+
+
 def _value(row: ProspectRow, name: str) -> Any:
     if name in PROSPECT_FIELDS or name == "email":
         return getattr(row, name)
@@ -216,7 +373,7 @@ def _value(row: ProspectRow, name: str) -> Any:
 
 def _accepted_chunks(
     rows: Iterable[ProspectRow | RowError],
-    preflight: Preflight,
+    choice: SenderChoice,
     suppressed: Callable[[str], bool],
     result: EnrollResult,
 ) -> Iterable[list[ProspectRow]]:
@@ -230,12 +387,19 @@ def _accepted_chunks(
         if first != row.line:
             result.skipped.append(Skipped(row.line, row.email, f"duplicate of line {first}"))
             continue
+        if row.sender is not None and choice.named(row.sender) is None:
+            known = ", ".join(dict.fromkeys(b.email for b in choice.by_name.values()))
+            result.rejected.append(
+                RowError(row.line, f"sender {row.sender!r} is not a configured mailbox ({known})")
+            )
+            continue
+        if row.sender is None and not choice.pool:
+            result.rejected.append(
+                RowError(row.line, "the sender cell is empty (fill it in, or give --sender)")
+            )
+            continue
         if suppressed(row.email):
             result.skipped.append(Skipped(row.line, row.email, "suppressed"))
-            continue
-        problem = preflight.check(row)
-        if problem is not None:
-            result.rejected.append(RowError(row.line, f"first messages do not render: {problem}"))
             continue
         chunk.append(row)
         if len(chunk) >= CHUNK:
@@ -252,8 +416,8 @@ class _Writer:
         self,
         conn: Connection,
         ws: Workspace,
-        sequence: Sequence,
-        mailbox: Mailbox,
+        sequence: SequenceDef,
+        choice: SenderChoice,
         now: datetime,
         rng: random.Random,
         result: EnrollResult,
@@ -261,13 +425,14 @@ class _Writer:
         self.conn = conn
         self.ws = ws
         self.sequence = sequence
-        self.mailbox = mailbox
+        self.choice = choice
+        self._preflights: dict[str, Preflight] = {}
         self.now = now
         self.rng = rng
         self.result = result
         self.first_step = sequence.steps[0]
-        self._calendars: dict[str | None, planner.SendingCalendar] = {}
-        self._dues: dict[tuple[int, str | None], tuple[datetime, Any]] = {}
+        self._calendars: dict[tuple[str, str | None], planner.SendingCalendar] = {}
+        self._dues: dict[tuple[int, str | None, str], tuple[datetime, Any]] = {}
         self._now = db_datetime(conn, now)
         self.include_ended = False
         self._extra_json: dict[tuple[tuple[str, str], ...], str] = {}
@@ -277,25 +442,77 @@ class _Writer:
     def suppressed(self, email: str) -> bool:
         return email in self._suppressed or "@" + email.rpartition("@")[2] in self._suppressed
 
-    def _calendar(self, timezone: str | None) -> planner.SendingCalendar:
-        if timezone not in self._calendars:
-            self._calendars[timezone] = self.ws.config.calendar(self.mailbox, timezone)
-        return self._calendars[timezone]
+    def _calendar(self, box: Mailbox, timezone: str | None) -> planner.SendingCalendar:
+        key = (box.email, timezone)
+        if key not in self._calendars:
+            self._calendars[key] = self.ws.config.calendar(box, timezone)
+        return self._calendars[key]
 
-    def _due(self, drawn: int, timezone: str | None) -> tuple[datetime, Any]:
+    def _due(self, drawn: int, timezone: str | None, box: Mailbox) -> tuple[datetime, Any]:
         """The due time, and its database form. Every row of one import shares `now`, so it
-        depends only on the draw and the zone: each pair is planned once."""
-        key = (drawn, timezone)
+        depends only on the draw, the zone and the mailbox: each is planned once."""
+        key = (drawn, timezone, box.email)
         if key not in self._dues:
-            due = planner.plan_due(self.now, self.first_step.wait, drawn, self._calendar(timezone))
+            cal = self._calendar(box, timezone)
+            due = planner.plan_due(self.now, self.first_step.wait, drawn, cal)
             self._dues[key] = (due, db_datetime(self.conn, due))
         return self._dues[key]
 
-    def write(self, chunk: list[ProspectRow]) -> None:
+    def _preflight(self, box: Mailbox) -> Preflight:
+        """Every step rendered with this mailbox's sender variables (memoised per mailbox)."""
+        if box.email not in self._preflights:
+            self._preflights[box.email] = Preflight(self.ws, self.sequence, box)
+        return self._preflights[box.email]
+
+    def _senders(self, chunk: list[ProspectRow]) -> list[tuple[ProspectRow, Mailbox]]:
+        """Each row with its mailbox, for the rows whose first messages render from it."""
+        earlier: dict[str, str] = {}
+        colleagues: dict[str, str] = {}
+        if self.choice.rotating:
+            # The latest sender each prospect had, and the first sender writing to each company
+            # domain now: a prospect keeps one person, a company hears from one.
+            for email, sender in self.conn.execute(
+                select(prospects_t.c.email, enrollments_t.c.sender)
+                .join(enrollments_t, enrollments_t.c.prospect_id == prospects_t.c.id)
+                .where(prospects_t.c.email.in_([r.email for r in chunk]))
+                .order_by(enrollments_t.c.id)
+            ):
+                earlier[email] = sender
+            domains = {r.email.rpartition("@")[2] for r in chunk} - FREE_MAIL
+            for domain, sender in self.conn.execute(
+                select(prospects_t.c.domain, enrollments_t.c.sender)
+                .join(enrollments_t, enrollments_t.c.prospect_id == prospects_t.c.id)
+                .where(
+                    prospects_t.c.domain.in_(domains),
+                    enrollments_t.c.state.in_(LIVE_STATES),
+                )
+                .order_by(enrollments_t.c.id)
+            ):
+                colleagues.setdefault(domain, sender)
+        out = []
+        for row in chunk:
+            if row.sender is not None:
+                box = self.choice.named(row.sender)
+                assert box is not None  # checked before the chunk was made
+            else:
+                domain = row.email.rpartition("@")[2]
+                box = self.choice.pick(row, earlier.get(row.email), colleagues.get(domain))
+            problem = self._preflight(box).check(row)
+            if problem is not None:
+                self.result.rejected.append(
+                    RowError(row.line, f"first messages do not render: {problem}")
+                )
+                continue
+            out.append((row, box))
+        return out
+
+    def write(self, rows: list[ProspectRow]) -> None:
+        accepted = self._senders(rows)
+        chunk = [row for row, _ in accepted]
         ids = self._upsert_prospects(chunk)
         taken = self._already_enrolled([pid for pid, _ in ids.values()])
         new_rows = []
-        for row in chunk:
+        for row, box in accepted:
             prospect_id, status = ids[row.email]
             if status != "active":
                 self.result.skipped.append(
@@ -307,14 +524,14 @@ class _Writer:
                 self.result.skipped.append(Skipped(row.line, row.email, reason))
                 continue
             drawn = self.first_step.wait.draw(self.rng)
-            due, stored_due = self._due(drawn, row.timezone)
+            due, stored_due = self._due(drawn, row.timezone, box)
             if self.result.first_due is None or due < self.result.first_due:
                 self.result.first_due = due
             new_rows.append(
                 (
                     prospect_id,
                     self.sequence.name,
-                    self.mailbox.email,
+                    box.email,
                     "active",
                     0,
                     stored_due,
@@ -323,6 +540,7 @@ class _Writer:
                     self._now,
                 )
             )
+            self.result.split[box.email] = self.result.split.get(box.email, 0) + 1
         bulk_insert(self.conn, enrollments_t, ENROLLMENT_COLUMNS, new_rows)
         self.result.enrolled += len(new_rows)
 
