@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -140,6 +141,7 @@ class Daemon:
         self._wake = asyncio.Event()  # set from an IDLE thread when mail arrives
         self._unwatch = threading.Event()  # set to stop the IDLE threads
         self._watchers: list[threading.Thread] = []
+        self.reload_requested = False
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
@@ -287,6 +289,12 @@ class Daemon:
         for line in report.lines:
             (log.warning if line.startswith("FAILED") else log.info)("crm hand-off: %s", line)
 
+    def reload(self) -> None:
+        """SIGHUP: stop cleanly, then start again in this process with the config re-read."""
+        log.info("SIGHUP: finishing the message in flight, then reading the config again")
+        self.reload_requested = True
+        self.stop()
+
     def stop(self) -> None:
         log.info("stopping: finishing the message in flight")
         self._stop.set()
@@ -296,6 +304,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         settings = self.ws.config.settings
         scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
         await self.beat()  # seen alive before the first claim: the others share with it
@@ -331,9 +340,11 @@ class Daemon:
         )
         scheduler.start()
         log.info(
-            "outreach running: %d mailbox(es), dispatch every %ss",
+            "outreach running: %d mailbox(es), dispatch every %ss (kill -HUP %d reloads %s)",
             len(self.ws.config.mailboxes),
             settings.daemon.dispatch_seconds,
+            os.getpid(),
+            self.ws.config.path.name,
         )
         runner = await self._start_web()
         woken: asyncio.Task[None] | None = None
@@ -384,3 +395,9 @@ def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTrans
         if lock.exclusive:
             recover_after_crash(ws, daemon.dispatcher)
         asyncio.run(daemon.main())
+    if daemon.reload_requested:
+        # The same process (pid, systemd unit) starts again and reads the config afresh; the
+        # warm-up's days, the limits and the bounce windows live in the database, so nothing
+        # restarts from zero. A config that no longer loads stops here with its one line.
+        ws.close()
+        os.execv(sys.executable, [sys.executable, "-m", "outreach", *sys.argv[1:]])

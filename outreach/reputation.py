@@ -132,7 +132,8 @@ class BounceWindow:
 
     def describe(self) -> str:
         rate = f"{self.rate:.1%}".replace("%", " %")
-        return f"{self.bounces} hard bounces in the last {self.sends} sends, {rate}"
+        bounces = f"{self.bounces} hard bounce" + ("" if self.bounces == 1 else "s")
+        return f"{bounces} in the last {self.sends} sends, {rate}"
 
 
 def bounce_window(
