@@ -204,7 +204,7 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
                     "next_send_at": wait_until.isoformat()
                     if waiting and wait_until and state and not state.unreachable
                     else None,
-                    "next_try_local": _local(ws, box, wait_until) if waiting else None,
+                    "waiting_until_local": _local(ws, box, wait_until) if waiting else None,
                     "bounces": {
                         "sends": window.sends,
                         "hard_bounces": window.bounces,

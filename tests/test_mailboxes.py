@@ -444,3 +444,30 @@ def test_mailboxes_shows_next_send_at_and_retry_sends_now(
     assert retried.exit_code == 0, retried.output + retried.stderr
     assert "waiting out its gap: trying now" in retried.output
     assert len(server.received) == 2
+
+
+def test_an_unreachable_mailbox_shows_next_try_at_and_retry_tries_it_now(
+    workspace_dir: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port where nobody listens
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    config = workspace_dir / "outreach.toml"
+    edit_config(config, smtp_port=dead_port, min_gap_seconds=0, max_gap_seconds=0)
+    run = Cli(config)
+    write_list(tmp_path / "list.csv", ["ann@acme.example"])
+    with freeze_time(MONDAY_10):
+        assert run("enroll", str(tmp_path / "list.csv"), "--sequence", "cold").exit_code == 0
+        run("send", "--once", "--no-wait")
+        listed = run("mailboxes")
+        [box] = run.json("mailboxes")
+        retried = run("mailboxes", "retry", SANNA)
+        [after] = run.json("mailboxes")
+    assert "UNREACHABLE: " in listed.output
+    assert "next try at 2027-01-04 10:05 EET" in listed.output  # retry_seconds = 300
+    assert box["next_try_at"] == "2027-01-04T08:05:00+00:00" and box["next_send_at"] is None
+    assert "was unreachable" in retried.output and "trying now" in retried.output
+    assert retried.exit_code == 1 and SANNA in retried.stderr  # tried, and still down
+    assert after["due_now"] == 1 and after["sent_today"] == 0  # nothing lost or counted

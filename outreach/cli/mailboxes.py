@@ -51,9 +51,9 @@ def _state(row: dict[str, object]) -> str:
     if row["paused"]:
         return mailbox_state(row)
     if row["next_try_at"]:
-        return f"UNREACHABLE: {row['unreachable']}; next try at {row['next_try_local']}"
+        return f"UNREACHABLE: {row['unreachable']}; next try at {row['waiting_until_local']}"
     if row["next_send_at"]:
-        return f"ok, next send at {row['next_try_local']} (its gap)"
+        return f"ok, next send at {row['waiting_until_local']} (its gap)"
     return mailbox_state(row)
 
 
