@@ -170,9 +170,9 @@ def after_hard_bounce(
     if window.sends < sending.bounce_pause_min_sends or window.rate <= sending.bounce_pause_rate:
         return None
     limit = f"{sending.bounce_pause_rate:.1%}".replace(".0%", "%").replace("%", " %")
+    # `mailboxes`, `status` and the daemon's log add the resume command themselves.
     state.paused_reason = (
-        f"{BOUNCE_PAUSE_PREFIX}{window.describe()} (above {limit}); clean the list, then "
-        f"`outreach mailboxes resume {mailbox}`"
+        f"{BOUNCE_PAUSE_PREFIX}{window.describe()} (above {limit}); clean the list"
     )
     state.paused_at = now
     session.add(state)

@@ -49,7 +49,7 @@ def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
 
 def _state(row: dict[str, object]) -> str:
     if row["paused"]:
-        return mailbox_state(row)
+        return f"{mailbox_state(row)} (`outreach mailboxes resume {row['email']}`)"
     if row["next_try_at"]:
         return f"UNREACHABLE: {row['unreachable']}; next try at {row['waiting_until_local']}"
     if row["next_send_at"]:
