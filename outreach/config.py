@@ -77,6 +77,9 @@ class SendingDefaults(_Strict):
     bounce_pause_rate: float = Field(default=0.03, gt=0, lt=1)
     bounce_pause_min_sends: int = Field(default=20, ge=1)
     bounce_window_sends: int = Field(default=100, ge=1)
+    # At most this many messages a day from one mailbox to one recipient domain (one company's
+    # gateway), the rest the next sending day; None: no cap.
+    recipient_domain_daily_limit: int | None = Field(default=None, ge=1)
 
     _zone = field_validator("timezone")(_check_zone)
     _window = field_validator("window")(_check_window)

@@ -292,6 +292,8 @@ class Dispatcher:
                     # Loaded one at a time: usually the first ones are claimed.
                     enrollment = session.get(Enrollment, enrollment_id)
                     assert enrollment is not None
+                    if reputation.defer_if_domain_full(session, self.ws, box, enrollment, now):
+                        continue  # that company's cap for today: the next sending day
                     claimed = self._claim_one(session, box, state, enrollment, now, report)
                     if claimed is not None:
                         self._lease(session, claimed, now)

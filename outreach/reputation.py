@@ -14,13 +14,17 @@ function that the dispatcher, the views and the forecast all call:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
 
 from outreach.config import Config, Mailbox, SendingDefaults
-from outreach.models import MailboxState, Message
+from outreach.models import Enrollment, MailboxState, Message, Prospect
+
+if TYPE_CHECKING:
+    from outreach.workspace import Workspace
 
 # Email rows that reached an SMTP server's verdict: the sends a bounce rate is taken over.
 COUNTED_STATES = ("sent", "bounced")
@@ -179,7 +183,50 @@ def after_hard_bounce(
     return state.paused_reason
 
 
+# What counts as sent to a domain today: everything claimed that was not given back.
+_TAKEN = ("claimed", "sending", "sent", "bounced", "unknown")
+
+
+def defer_if_domain_full(
+    session: Session, ws: Workspace, box: Mailbox, enrollment: Enrollment, now: datetime
+) -> bool:
+    """``[sending] recipient_domain_daily_limit``: when the mailbox has already sent that many
+    emails to the prospect's domain today, the enrollment waits for the next sending day (True),
+    so one company's gateway is not hammered from one mailbox. Tasks are not capped."""
+    cap = ws.config.settings.sending.recipient_domain_daily_limit
+    if cap is None:
+        return False
+    sequence = ws.sequences.get(enrollment.sequence)
+    if sequence is None or enrollment.step_index >= len(sequence.steps):
+        return False
+    if not sequence.steps[enrollment.step_index].is_email:
+        return False
+    prospect = session.get(Prospect, enrollment.prospect_id)
+    assert prospect is not None
+    zone = ZoneInfo(box.timezone or ws.config.settings.sending.timezone)
+    midnight = datetime.combine(now.astimezone(zone).date(), time(0), zone)
+    sent = session.exec(
+        select(func.count())
+        .select_from(Message)
+        .join(Prospect, col(Prospect.id) == Message.prospect_id)
+        .where(
+            Message.sender == box.email,
+            Message.channel == "email",
+            Prospect.domain == prospect.domain,
+            col(Message.claimed_at) >= midnight,
+            col(Message.state).in_(_TAKEN),
+        )
+    ).one()
+    if sent < cap:
+        return False
+    cal = ws.config.calendar(box, prospect.timezone)
+    enrollment.due_at = cal.next_open(midnight + timedelta(days=1))
+    session.add(enrollment)
+    return True
+
+
 __all__ = [
+    "defer_if_domain_full",
     "BounceWindow",
     "Ramp",
     "after_hard_bounce",

@@ -471,3 +471,35 @@ def test_an_unreachable_mailbox_shows_next_try_at_and_retry_tries_it_now(
     assert "was unreachable" in retried.output and "trying now" in retried.output
     assert retried.exit_code == 1 and SANNA in retried.stderr  # tried, and still down
     assert after["due_now"] == 1 and after["sent_today"] == 0  # nothing lost or counted
+
+
+def test_a_recipient_domain_cap_spreads_one_company_over_days(
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+) -> None:
+    config = workspace_dir / "outreach.toml"
+    edit_config(
+        config,
+        smtp_port=server.port,
+        min_gap_seconds=0,
+        max_gap_seconds=0,
+        recipient_domain_daily_limit=2,
+    )
+    acme = [f"{name}@acme.example" for name in ("ann", "bob", "cid", "dan", "eve")]
+    write_list(tmp_path / "list.csv", [*acme, "x@beta.example", "y@beta.example"])
+    run = Cli(config)
+    days = []
+    with freeze_time(MONDAY_10) as frozen:
+        assert run("enroll", str(tmp_path / "list.csv"), "--sequence", "cold").exit_code == 0
+        for _ in range(3):
+            before = len(server.received)
+            assert run("send", "--once", "--no-wait").exit_code == 0
+            days.append(sorted(r.rcpt_tos[0] for r in server.received[before:]))
+            frozen.tick(timedelta(days=1))
+    # Monday: two of Acme and both of Beta (Acme's cap does not hold Beta back); Tuesday two
+    # more of Acme; Wednesday 6 January is a holiday; Thursday the last one.
+    assert days[0] == ["ann@acme.example", "bob@acme.example", "x@beta.example", "y@beta.example"]
+    assert days[1] == ["cid@acme.example", "dan@acme.example"]
+    assert days[2] == []
+    with freeze_time(MONDAY_10 + timedelta(days=3)):
+        assert run("send", "--once", "--no-wait").exit_code == 0
+    assert server.received[-1].rcpt_tos == ["eve@acme.example"]
