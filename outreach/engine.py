@@ -474,15 +474,16 @@ def reassign(
                 message.sender = box.email
                 session.add(message)
                 moved_messages += 1
-            session.add(
-                Event(
-                    prospect_id=enrollments[0].prospect_id,
-                    kind="reassign",
-                    reason=f"{old} -> {box.email}",
-                    data={"enrollments": len(ids), "sequence": sequence},
-                    occurred_at=now,
+            for enrollment in enrollments:  # in each prospect's history
+                session.add(
+                    Event(
+                        prospect_id=enrollment.prospect_id,
+                        enrollment_id=enrollment.id,
+                        kind="reassign",
+                        reason=f"{old} -> {box.email}",
+                        occurred_at=now,
+                    )
                 )
-            )
     return ReassignResult(old, box.email, len(ids), moved_messages, by_sequence)
 
 

@@ -221,6 +221,12 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
     return out
 
 
+def paused_sequence_names(ws: Workspace) -> list[str]:
+    """The sequences paused by hand (`outreach sequence pause`)."""
+    with ws.store.session() as session:
+        return sorted(engine.paused_sequences(session))
+
+
 def resume_mailbox(ws: Workspace, email: str, now: datetime | None = None) -> str:
     """Let a paused mailbox send again. After a bounce pause the rate counts afresh from now,
     so the bounces that paused it do not pause it again at the next one."""
@@ -323,6 +329,7 @@ __all__ = [
     "clear_wait",
     "mailbox_report",
     "pause_mailbox",
+    "paused_sequence_names",
     "resolve",
     "resume_mailbox",
     "retry_mailbox",

@@ -230,6 +230,8 @@ def test_reassign_moves_live_work_and_the_nudge_stays_in_the_thread(
         assert intro["From"].addresses[0].addr_spec == OLLI
         moved = run("reassign", "--from", OLLI, "--to", EEVA)
         assert moved.exit_code == 0 and "moved 1 live enrollment(s)" in moved.output
+        history = run.json("prospect", "ann@acme.example")
+        assert f"{OLLI} -> {EEVA}" in json.dumps(history)
         frozen.tick(timedelta(days=9))
         send_once(ws, wait_for_gaps=False)
     nudge = server.received[-1].message
@@ -402,6 +404,7 @@ def test_a_paused_sequence_sends_nothing_then_goes_in_due_order(
             frozen.tick(timedelta(hours=1))
         assert server.received == []
         assert run.json("mailboxes")[0]["due_now"] == 0  # held, not a backlog of the mailbox
+        assert "sequence cold is paused: nothing of it goes out" in run("mailboxes").output
         assert "5 due now go out in due order" in run("sequence", "resume", "cold").output
         assert run("send", "--once", "--no-wait").exit_code == 0
     assert [r.rcpt_tos[0] for r in server.received] == emails

@@ -28,6 +28,10 @@ def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
+    for name in outbox.paused_sequence_names(ctx.ws):
+        click.echo(
+            f"sequence {name} is paused: nothing of it goes out (`outreach sequence resume {name}`)"
+        )
     for row in rows:
         click.echo(
             f"{row['email']}: {row['sent_today']}/{row['daily_limit']} today, "
