@@ -242,6 +242,9 @@ def resume_mailbox(ws: Workspace, email: str, now: datetime | None = None) -> st
     return f"{box.email} resumed"
 
 
+PAUSED_BY_HAND = "paused by hand"
+
+
 def pause_mailbox(ws: Workspace, email: str, now: datetime, reason: str | None = None) -> str:
     """Stop a mailbox's sending by hand, until ``outreach mailboxes resume``; its due work
     waits in due order (a message in flight finishes)."""
@@ -252,7 +255,7 @@ def pause_mailbox(ws: Workspace, email: str, now: datetime, reason: str | None =
         assert state is not None
         if state.paused_reason:
             return f"{box.email} is already paused: {state.paused_reason}"
-        state.paused_reason = f"paused by hand: {reason}" if reason else "paused by hand"
+        state.paused_reason = f"{PAUSED_BY_HAND}: {reason}" if reason else PAUSED_BY_HAND
         state.paused_at = now
         session.add(state)
     return f"{box.email} paused (`outreach mailboxes resume {box.email}` to send again)"
