@@ -58,6 +58,8 @@ def _state(row: dict[str, object]) -> str:
         return f"UNREACHABLE: {row['unreachable']}; next try at {row['waiting_until_local']}"
     if row["next_send_at"]:
         return f"ok, next send at {row['waiting_until_local']} (its gap)"
+    if row["due_now"] and row["sent_today"] >= row["daily_limit"]:  # type: ignore[operator]
+        return "at today's limit: the backlog waits for the next sending day, in due order"
     return mailbox_state(row)
 
 
