@@ -3,7 +3,8 @@
 Everything a daemon holds carries its name (:attr:`Member.id`) and an expiry:
 
 - the **messages** it claimed (``lease_owner``, ``lease_until``): "claimed" ones go back to
-  the queue when the lease lapses; "sending" ones become "unknown" (never resent by themselves);
+  the queue when the lease lapses; "sending" ones become "unknown" (never resent by themselves).
+  Those moves are :mod:`outreach.lifecycle`'s; the lease and its renewal are here;
 - the **mailboxes** it serves (``mailbox_states.owner``, ``owner_until``): one daemon per
   mailbox at a time, so limits and gaps hold; a daemon takes at most its fair share;
 - the **singletons** (the mailbox poll, cron jobs): one holder per cluster.
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from outreach.models import DaemonBeat, Enrollment, MailboxState, Message, Singleton
+from outreach.models import DaemonBeat, MailboxState, Message, Singleton
 from outreach.store import Store
 
 messages_t = Message.__table__  # type: ignore[attr-defined]
@@ -122,85 +123,6 @@ def _live_processes(session: Session, member: Member, now: datetime) -> int:
         .where(daemons_t.c.beat_at > now - member.lease, daemons_t.c.id != member.id)
     ).scalar_one()
     return int(others) + 1
-
-
-def take(store: Store, message_row: int, member: Member, now: datetime) -> bool:
-    """A claimed message becomes ``sending``, only for its lease holder; the hand-over to
-    SMTP is timed from here."""
-    with store.engine.begin() as conn:
-        taken = conn.execute(
-            update(messages_t)
-            .where(
-                messages_t.c.id == message_row,
-                messages_t.c.state == "claimed",
-                messages_t.c.lease_owner == member.id,
-            )
-            .values(state="sending", claimed_at=now, lease_until=now + member.lease)
-        ).rowcount
-    return taken == 1
-
-
-def release_claims(
-    store: Store,
-    now: datetime,
-    *,
-    ids: list[int] | None = None,
-    owner: Member | None = None,
-    expired: bool = True,
-) -> int:
-    """Claimed messages that never reached SMTP go back to the queue: the given ones of
-    ``owner``, else those whose lease lapsed (``expired``), else every one. Their enrollment
-    is due again now, and the mailbox's count for the day gives them back."""
-    enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
-    m = messages_t.c
-    query = select(m.id, m.enrollment_id, m.sender).where(m.state == "claimed")
-    if ids is not None:
-        assert owner is not None
-        query = query.where(m.id.in_(ids), m.lease_owner == owner.id)
-    elif expired:
-        query = query.where(m.lease_until < now)
-    with store.engine.begin() as conn:
-        rows = conn.execute(query.with_for_update(skip_locked=True)).all()
-        if not rows:
-            return 0
-        e = enrollments_t.c
-        active = select(e.id).where(e.id == m.enrollment_id, e.state == "active").exists()
-        for still, state in ((active, "retry"), (~active, "skipped")):
-            conn.execute(
-                update(messages_t)
-                .where(m.id.in_([r.id for r in rows]), still)
-                .values(state=state, attempts=m.attempts - 1, lease_owner=None, lease_until=None)
-            )
-        # Due again from when they were claimed, not from now: they keep their place ahead of
-        # what fell due since, instead of waiting behind the whole backlog.
-        claimed = (
-            select(func.min(m.claimed_at))
-            .where(m.enrollment_id == e.id, m.id.in_([r.id for r in rows]))
-            .scalar_subquery()
-        )
-        conn.execute(
-            update(enrollments_t)
-            .where(
-                e.id.in_([r.enrollment_id for r in rows]), e.state == "active", e.due_at.is_(None)
-            )
-            .values(due_at=func.coalesce(claimed, now), updated_at=now)
-        )
-        per_mailbox: dict[str, int] = {}
-        for row in rows:
-            per_mailbox[row.sender] = per_mailbox.get(row.sender, 0) + 1
-        for email, count in per_mailbox.items():
-            sent = conn.execute(
-                select(mailboxes_t.c.sent_on_day)
-                .where(mailboxes_t.c.email == email)
-                .with_for_update()
-            ).scalar()
-            if sent is not None:
-                conn.execute(
-                    update(mailboxes_t)
-                    .where(mailboxes_t.c.email == email)
-                    .values(sent_on_day=max(sent - count, 0))
-                )
-    return len(rows)
 
 
 def hold_singleton(store: Store, name: str, member: Member, now: datetime) -> bool:

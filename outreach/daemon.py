@@ -1,11 +1,13 @@
 """The long-running loop and ``send --once``: APScheduler is the clock, the database the truth.
 
-One interval job dispatches due work every ``[daemon] dispatch_seconds``; nothing is
-scheduled per message. SIGTERM or SIGINT lets the message in flight finish and be recorded,
-then the process exits 0. A lock file stops two processes from dispatching from one SQLite
-database. On PostgreSQL several daemons share the work (``outreach/cluster.py``): each
-writes a heartbeat that renews what it holds, claims with ``FOR UPDATE SKIP LOCKED``, serves
-its share of the mailboxes, and the mailbox poll runs in one of them at a time.
+One interval job dispatches due work every ``[daemon] dispatch_seconds``; within a run each
+mailbox sends its due messages one after another at its random gap, so the pace is the gap,
+not the interval; nothing is scheduled per message. SIGTERM or SIGINT lets the message in
+flight finish and be recorded, then the process exits 0. A lock file stops two processes from
+dispatching from one SQLite database. On PostgreSQL several daemons share the work
+(``outreach/cluster.py``): each writes a heartbeat that renews what it holds, claims with
+``FOR UPDATE SKIP LOCKED``, serves its share of the mailboxes, and the mailbox poll runs in
+one of them at a time.
 """
 
 from __future__ import annotations
@@ -142,11 +144,14 @@ class Daemon:
         self._unwatch = threading.Event()  # set to stop the IDLE threads
         self._watchers: list[threading.Thread] = []
         self.reload_requested = False
+        self._held_logged: set[str] = set()
 
     async def tick(self) -> None:
         self._tick = asyncio.current_task()
         try:
-            report = await self.dispatcher.run_once(wait_for_gaps=False, hold=True)
+            # A mailbox keeps sending at its gap within one tick (precise pacing); a backlog
+            # that outlasts the tick interval holds the tick, and the next one waits.
+            report = await self.dispatcher.run_once(wait_for_gaps=True, hold=True)
         except OutreachError as exc:
             log.error("dispatch: %s", exc.one_line())
             return
@@ -156,8 +161,10 @@ class Daemon:
             )
         for note in report.notes + report.errors:
             log.warning("%s", note)
-        for problem, count in report.held.items():
-            log.error("%d message(s) held, not sent: %s", count, problem)
+        # A held step is logged once, not on every try (`outreach status` lists what is held).
+        for problem in sorted(report.held.keys() - self._held_logged):
+            log.error("held, not sent until fixed (see outreach status): %s", problem)
+        self._held_logged |= set(report.held)
         if report.unknown:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach import handoff, planner
+from outreach import handoff, lifecycle, planner
 from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Crm, Mailbox
 from outreach.errors import ConfigError, NotFound, OutreachError, Problems
@@ -63,14 +63,7 @@ def end_enrollment(
     enrollment.due_at = None
     session.add(enrollment)
     # A message waiting for a retry, or an open task, is never sent or shown now.
-    for message in session.exec(
-        select(Message).where(
-            Message.enrollment_id == enrollment.id, col(Message.state).in_(("retry", "task"))
-        )
-    ):
-        message.state = "skipped"
-        message.error = f"enrollment {state}: {reason}"
-        session.add(message)
+    lifecycle.drop_open(session, _id(enrollment), f"enrollment {state}: {reason}")
 
 
 @dataclass
@@ -247,13 +240,26 @@ def step_done(
 ) -> None:
     """The message's step is done (sent, task done or skipped): if its enrollment is still
     active at that step, plan the next one. A reply or stop meanwhile leaves it ended."""
-    enrollment = session.get(Enrollment, message.enrollment_id)
-    if (
-        enrollment is not None
-        and enrollment.state == "active"
-        and enrollment.step_index == message.step_index
-    ):
-        advance(ws, session, enrollment, now, rng)
+    steps_done(ws, session, [(message.enrollment_id, message.step_index)], now, rng)
+
+
+def steps_done(
+    ws: Workspace,
+    session: Session,
+    done: list[tuple[int, int]],
+    now: datetime,
+    rng: random.Random,
+) -> None:
+    """Several (enrollment, step) done at once: each enrollment still active at that step
+    plans its next one."""
+    for enrollment_id, step_index in done:
+        enrollment = session.get(Enrollment, enrollment_id)
+        if (
+            enrollment is not None
+            and enrollment.state == "active"
+            and enrollment.step_index == step_index
+        ):
+            advance(ws, session, enrollment, now, rng)
 
 
 def advance(

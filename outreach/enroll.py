@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from outreach import ab, planner
+from outreach import ab, clock, planner
+from outreach.compose import Composer, Recipient, header_names
 from outreach.config import Mailbox
-from outreach.errors import OutreachError, TemplateError
+from outreach.errors import OutreachError
 from outreach.models import Enrollment, Prospect, Suppression
 from outreach.prospects import (
     PROSPECT_FIELDS,
@@ -110,29 +111,42 @@ class EnrollResult:
 
 
 class Preflight:
-    """Renders every step a prospect will get, once per distinct shape of prospect data."""
+    """Composes every step a prospect will get, as send would: once per distinct shape of
+    prospect data, every variant built into a whole message (threads included); and, for
+    every row, the values that reach a header (the address, the name, what a subject prints)
+    checked as the message builder checks them."""
 
     def __init__(self, ws: Workspace, sequence: SequenceDef, mailbox: Mailbox) -> None:
         self.ws = ws
         self.sequence = sequence
+        self.mailbox = mailbox
+        self.composer = Composer(ws, rehearsal=True)
         self.sender = ws.sender_variables(mailbox)
         self.default_language = ws.config.settings.sending.language
         self._verdicts: dict[tuple[Any, ...], str | None] = {}
         # Load every template now: a broken file stops the import before any row is read.
         self.steps = [(step, ws.templates.get(step.template)) for step in sequence.steps]
         self.ab = ab.stored_state(ws)  # variants a review retired are not eligible either
-        self.steering = sorted(
-            {
-                name
-                for _, template in self.steps
-                for variant in template.subjects + template.bodies
-                for source in variant.sources()
-                for name in steering_names(source)
-            }
+        sources = [
+            source
+            for _, template in self.steps
+            for variant in template.subjects + template.bodies
+            for source in variant.sources()
+        ]
+        self.steering = sorted({name for source in sources for name in steering_names(source)})
+        self.in_headers = header_names(
+            source
+            for _, template in self.steps
+            for variant in template.subjects
+            for source in variant.sources()
         )
 
     def check(self, row: ProspectRow) -> str | None:
-        """None when every step renders for this row, else the first problem, in one line."""
+        """None when every step composes for this row, else the first problem, in one line."""
+        who = self._recipient(row)
+        problem = self.composer.check_headers(who, self.in_headers)
+        if problem is not None:
+            return problem
         # Whether a template renders depends on which variables are defined and on the values
         # of those that steer an {% if %} or a {% for %}: memoise the verdict on that shape.
         shape = (
@@ -143,41 +157,33 @@ class Preflight:
             tuple(_value(row, name) for name in self.steering),
         )
         if shape not in self._verdicts:
-            fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
-            fields["email"] = row.email
-            variables = template_variables(
-                fields, row.extra, self.sender, self.ws.config.settings.variables
-            )
-            self._verdicts[shape] = self._render_all(
-                row.language or self.default_language, row.persona, variables
+            self._verdicts[shape] = self.composer.rehearse(
+                self.mailbox, self.sequence, who, self._eligible(who), clock.now()
             )
         return self._verdicts[shape]
 
-    def _render_all(
-        self, language: str, persona: str | None, variables: dict[str, Any]
-    ) -> str | None:
-        renderer = self.ws.renderer
-        name = self.sequence.name
-        for step, template in self.steps:
-            bodies = self.ab.eligible(template, name, step.name, "body", language, persona)
-            if not bodies:
-                return f"step '{step.name}' has no active body in '{language}' ({template.path})"
-            needs_subject = step.is_email and step.thread == "new"
-            subjects = (
-                self.ab.eligible(template, name, step.name, "subject", language, persona)
-                if needs_subject
-                else []
+    def _recipient(self, row: ProspectRow) -> Recipient:
+        fields = {key: getattr(row, key) for key in PROSPECT_FIELDS}
+        fields["email"] = row.email
+        variables = template_variables(
+            fields, row.extra, self.sender, self.ws.config.settings.variables
+        )
+        return Recipient(
+            email=row.email,
+            name=" ".join(p for p in (row.first_name, row.last_name) if p) or None,
+            language=row.language or self.default_language,
+            persona=row.persona,
+            timezone=row.timezone,
+            variables=variables,
+        )
+
+    def _eligible(self, who: Recipient) -> Callable[..., list[Any]]:
+        def eligible(template: Any, step: Any, kind: Any) -> list[Any]:
+            return self.ab.eligible(
+                template, self.sequence.name, step.name, kind, who.language, who.persona
             )
-            if needs_subject and not subjects:
-                return f"step '{step.name}' has no active subject in '{language}' ({template.path})"
-            try:
-                for variant in subjects:
-                    renderer.render_subject(variant, language, persona, variables, template.path)
-                for variant in bodies:
-                    renderer.render_body(variant, language, persona, variables, template.path)
-            except TemplateError as exc:
-                return exc.one_line()
-        return None
+
+        return eligible
 
 
 def enroll_csv(
@@ -294,6 +300,8 @@ class _Writer:
         self.sequence = sequence
         self.choice = choice
         self._preflights: dict[str, Preflight] = {}
+        for box in choice.pool:  # a broken template stops the import before any row is read
+            self._preflight(box)
         self.now = now
         self.rng = rng
         self.result = result
@@ -366,9 +374,7 @@ class _Writer:
                 box = self.choice.pick(row, earlier.get(row.email), colleagues.get(domain))
             problem = self._preflight(box).check(row)
             if problem is not None:
-                self.result.rejected.append(
-                    RowError(row.line, f"first messages do not render: {problem}")
-                )
+                self.result.rejected.append(RowError(row.line, f"cannot be sent: {problem}"))
                 continue
             out.append((row, box))
         return out

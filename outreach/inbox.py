@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach import handoff, reputation
+from outreach import handoff, lifecycle, reputation
 from outreach.classify import (
     Classified,
     classify,
@@ -279,8 +279,8 @@ def _apply_bounce(
         return "unmatched bounce"
     for target in targets:
         if verdict.hard:
-            target.state = "bounced"
-            session.add(target)
+            assert target.id is not None
+            lifecycle.bounced_later(session, target.id)
             # The event keeps the report's Message-ID and headers, so a re-read of this report
             # (UIDVALIDITY changed) is recognised as already applied.
             stop_for_bounce(

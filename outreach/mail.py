@@ -1,8 +1,10 @@
 """Build the outgoing email: headers, threading, unsubscribe links, the quoted earlier message.
 
 Pure: everything, the ``Date`` included, comes in through :class:`Outgoing`; the sender module
-only puts the result on the wire. Header text is checked before it reaches a header, so a line
-break in a name or subject raises :class:`HeaderInjection` instead of being folded in.
+only puts the result on the wire. Header text is checked before it reaches a header
+(:func:`prepare`), so a line break in a name or subject raises :class:`HeaderInjection` instead
+of being folded in. :func:`build_message` writes the message with the email package; the send
+path's :func:`outreach.wire.render_message` writes the same message as bytes, faster.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
+# More than one bare address: a list, a display name, a quoted part, a comment, white space
+# (``\s`` is exactly ``str.isspace``).
+_NOT_BARE = re.compile(r'[,;<>"()\[\]\\\s]')
 _MSG_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")  # printable ASCII, no < > @ inside the parts
 _HTTPS_URL = re.compile(r"https://[!#-;=?-~]+")  # printable ASCII but " < >
 _MAX_NAME, _MAX_TOKEN = 256, 900  # keep every serialized line well under 998 octets
@@ -92,6 +97,15 @@ def _no_controls(value: str, field: str) -> None:
         )
 
 
+def _no_encoded_word(value: str, field: str) -> None:
+    # Readers decode encoded words even where RFC 2047 forbids them (inside an address, a
+    # URL): "=?utf-8?q?=0D=0ABcc:...?=" would come out as a line break and a header.
+    if _ENCODED_WORD.search(value):
+        raise InvalidHeader(
+            "contains RFC 2047 '=?...?=' syntax, which mail clients would decode", field=field
+        )
+
+
 def _header_text(value: str, field: str) -> str:
     """Subject or display name on one line, trimmed, with runs of blanks made one space.
 
@@ -101,10 +115,7 @@ def _header_text(value: str, field: str) -> str:
     _no_controls(value, field)
     is_name = field.endswith("name")
     text = " ".join(value.split()) if is_name else re.sub(r"[ \t]+", " ", value).strip()
-    if _ENCODED_WORD.search(text):
-        raise InvalidHeader(
-            "contains RFC 2047 '=?...?=' syntax, which mail clients would decode", field=field
-        )
+    _no_encoded_word(text, field)
     if is_name and len(text) > _MAX_NAME:
         raise InvalidHeader(f"is longer than {_MAX_NAME} characters", field=field)
     return text
@@ -125,8 +136,9 @@ def _ascii_domain(domain: str, field: str) -> str:
 def _addr_spec(value: str, field: str) -> tuple[str, str]:
     """Split a bare ``local@domain`` into (local part, ASCII domain); nothing else is accepted."""
     _no_controls(value, field)
-    if any(c in value for c in ',;<>"()[]\\') or any(c.isspace() for c in value):
+    if _NOT_BARE.search(value):
         raise HeaderInjection(f"must be one bare address, got {value!r}", field=field)
+    _no_encoded_word(value, field)
     local, at, domain = value.rpartition("@")
     if not at or not _DOT_ATOM.fullmatch(local):
         raise InvalidHeader(
@@ -139,6 +151,7 @@ def _addr_spec(value: str, field: str) -> tuple[str, str]:
 
 def _msg_id(value: str, field: str) -> str:
     _no_controls(value, field)
+    _no_encoded_word(value, field)
     if len(value) > _MAX_TOKEN or not _MSG_ID.fullmatch(value):
         raise InvalidHeader(f"{value!r} is not a message id like <token@domain>", field=field)
     return value
@@ -158,8 +171,8 @@ def _fold(name: str, words: list[str], policy: Policy) -> str:
 _Q_LITERAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 
 
-def _encoded_words(text: str) -> list[str]:
-    """RFC 2047 Q encoded words (at most 75 characters each) that decode to exactly ``text``.
+def _encoded_words(text: str, limit: int = 75) -> list[str]:
+    """RFC 2047 Q encoded words (at most ``limit`` characters each) that decode to ``text``.
 
     Every character, spaces included, sits inside a word, and words split only between
     characters, so a reader that drops the white space between adjacent words gets ``text``.
@@ -169,7 +182,7 @@ def _encoded_words(text: str) -> list[str]:
         encoded = "_" if char == " " else char
         if char not in _Q_LITERAL and char != " ":
             encoded = "".join(f"={b:02X}" for b in char.encode("utf-8"))
-        if chunk and len(chunk) + len(encoded) > 75 - len("=?utf-8?q??="):
+        if chunk and len(chunk) + len(encoded) > limit - len("=?utf-8?q??="):
             words.append(f"=?utf-8?q?{chunk}?=")
             chunk = ""
         chunk += encoded
@@ -192,14 +205,15 @@ class _VerbatimHeader(UnstructuredHeader, BaseHeader):
         return _fold(self.name, str(self).split(" "), policy)
 
 
-def _display_name_words(name: str) -> list[str]:
-    """The display name as a phrase: plain atoms, one quoted string, or encoded words."""
+def _display_name_words(name: str, limit: int = 75) -> list[str]:
+    """The display name as a phrase: plain atoms, one quoted string, or encoded words (at
+    most ``limit`` characters each)."""
     if _PHRASE.fullmatch(name):
         return name.split(" ")
     quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if name.isascii() and len(quoted) <= 60:
         return [quoted]
-    return _encoded_words(name)  # no long quoted string: it could only be folded inside
+    return _encoded_words(name, limit)  # no long quoted string: it could only be folded inside
 
 
 class _MailboxHeader(UniqueAddressHeader, BaseHeader):  # type: ignore[misc]  # typeshed
@@ -291,18 +305,40 @@ def _list_unsubscribe(o: Outgoing) -> str | None:
     if o.unsubscribe_url is not None:
         url, field = o.unsubscribe_url, "unsubscribe_url"
         _no_controls(url, field)
+        _no_encoded_word(url, field)
         if len(url) > _MAX_TOKEN or not _HTTPS_URL.fullmatch(url):
             raise InvalidHeader(f"{url!r} is not a percent-encoded https:// URL", field=field)
         links.append(f"<{url}>")
     return ", ".join(links) or None
 
 
-def build_message(o: Outgoing) -> EmailMessage:
-    """The complete message: headers, plain text (plus the HTML alternative), quote."""
+@dataclass(frozen=True)
+class Prepared:
+    """An :class:`Outgoing` checked and normalised: what every serialiser of it writes.
+
+    :func:`build_message` (the email package) and :func:`outreach.wire.render_message` (bytes
+    written directly) both start from here, so they refuse exactly the same input.
+    """
+
+    from_name: str
+    from_addr: tuple[str, str]  # local part, ASCII domain
+    to_name: str  # "" when there is none
+    to_addr: tuple[str, str]
+    subject: str
+    date: str  # RFC 5322 date-time
+    verbatim: tuple[tuple[str, str], ...]  # Message-ID, threading, unsubscribe: never re-encoded
+    text: str  # the plain text, quote included
+    html: str | None  # the HTML alternative, quote included
+    boundary: str  # the multipart boundary, when there is HTML
+
+
+def prepare(o: Outgoing) -> Prepared:
+    """Check every header value of ``o`` (raising :class:`InvalidHeader` or
+    :class:`HeaderInjection`) and add the quoted earlier message to the bodies."""
     if o.date.tzinfo is None or o.date.utcoffset() is None:
         raise ValueError("Outgoing.date must be timezone-aware")
-    from_local, from_domain = _addr_spec(o.from_email, "from_email")
-    to_local, to_domain = _addr_spec(o.to_email, "to_email")
+    from_addr = _addr_spec(o.from_email, "from_email")
+    to_addr = _addr_spec(o.to_email, "to_email")
     from_name = _header_text(o.from_name, "from_name")
     to_name = _header_text(o.to_name, "to_name") if o.to_name is not None else ""
     subject = _header_text(o.subject, "subject")
@@ -316,28 +352,60 @@ def build_message(o: Outgoing) -> EmailMessage:
         verbatim.append(("List-Unsubscribe", unsubscribe))
         if o.unsubscribe_url is not None:  # RFC 8058 one-click needs the https URL
             verbatim.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-
-    msg = EmailMessage(policy=email_policy.SMTP)
-    sender = Address(display_name=from_name, username=from_local, domain=from_domain)
-    recipient = Address(display_name=to_name, username=to_local, domain=to_domain)
-    msg["From"] = _MailboxHeader("From", sender)
-    msg["To"] = _MailboxHeader("To", recipient)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(o.date)
-    for name, value in verbatim:
-        msg[name] = _VerbatimHeader(name, value)
-
     text, html = o.text, o.html
     if o.quote is not None:
         text = text.rstrip("\r\n") + "\n\n" + quote_text(o.quote, o.language)
         if html is not None:
             html = _html_with_quote(html, o.quote, o.language)
+    return Prepared(
+        from_name=from_name,
+        from_addr=from_addr,
+        to_name=to_name,
+        to_addr=to_addr,
+        subject=subject,
+        date=format_datetime(o.date),
+        verbatim=tuple(verbatim),
+        text=text,
+        html=html,
+        # Fixed here, not at each flattening; "=_" never occurs in quoted-printable text.
+        boundary="=_" + hashlib.sha256(o.message_id.encode()).hexdigest()[:32],
+    )
+
+
+def build_message(o: Outgoing) -> EmailMessage:
+    """The complete message as an ``EmailMessage``: headers, plain text (plus the HTML
+    alternative), quote. The send path uses :func:`outreach.wire.render_message`, which writes
+    the same message as bytes several times faster; this one is the reference it is tested
+    against, and what callers that want an ``EmailMessage`` use."""
+    p = prepare(o)
+    msg = EmailMessage(policy=email_policy.SMTP)
+    sender = Address(display_name=p.from_name, username=p.from_addr[0], domain=p.from_addr[1])
+    recipient = Address(display_name=p.to_name, username=p.to_addr[0], domain=p.to_addr[1])
+    msg["From"] = _MailboxHeader("From", sender)
+    msg["To"] = _MailboxHeader("To", recipient)
+    msg["Subject"] = p.subject
+    msg["Date"] = p.date
+    for name, value in p.verbatim:
+        msg[name] = _VerbatimHeader(name, value)
     # Quoted-printable keeps every line short and 7-bit clean on any relay, whatever the body.
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    if html is not None:
-        msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    msg.set_content(p.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    if p.html is not None:
+        msg.add_alternative(p.html, subtype="html", charset="utf-8", cte="quoted-printable")
         for part in msg.iter_parts():  # set_content on a new part adds one; the top one is enough
             del part["MIME-Version"]
-        # Fixed here, not at each flattening; "=_" never occurs in quoted-printable text.
-        msg.set_boundary("=_" + hashlib.sha256(o.message_id.encode()).hexdigest()[:32])
+        msg.set_boundary(p.boundary)
     return msg
+
+
+def check_recipient(email: str, name: str | None) -> None:
+    """Raise :class:`InvalidHeader` unless ``email`` and ``name`` can go into a ``To`` header
+    as :func:`build_message` writes it (a plain ASCII local part: no SMTPUTF8)."""
+    _addr_spec(email, "to_email")
+    if name is not None:
+        _header_text(name, "to_name")
+
+
+def check_header_value(value: str, field: str) -> None:
+    """Raise :class:`InvalidHeader` unless ``value`` may be printed into a header's text
+    (no line break or control character, no RFC 2047 syntax)."""
+    _header_text(value, field)

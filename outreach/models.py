@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -59,6 +60,26 @@ class Enrollment(SQLModel, table=True):
     ended_at: datetime | None = None
     end_reason: str | None = None
     previous_id: int | None = Field(default=None, foreign_key="enrollments.id")
+    # Why the current step cannot be sent (a template problem at file:line, a header that
+    # cannot be built), since when; cleared once its message is claimed.
+    held_reason: str | None = Field(default=None, sa_column=Column(Text))
+    held_at: datetime | None = None
+
+
+class MessageState(StrEnum):
+    """Where an outbox row is, stored as its value. Every move between them is a function of
+    :mod:`outreach.lifecycle`, the only writer of ``Message.state``."""
+
+    RETRY = "retry"  # waiting for its (next) attempt, at ``next_attempt_at`` / the enrollment's due
+    CLAIMED = "claimed"  # taken from the queue under a lease, not yet on the wire
+    SENDING = "sending"  # handed to SMTP: the only state in which it may leave
+    SENT = "sent"  # the server accepted it
+    UNKNOWN = "unknown"  # the process ended in SMTP: never resent by itself (resolve it)
+    FAILED = "failed"  # refused for good, or retried until max_attempts
+    BOUNCED = "bounced"  # the address is dead (at SMTP time, or a DSN later)
+    SKIPPED = "skipped"  # not sent: the enrollment ended first, or a task not done in time
+    TASK = "task"  # a LinkedIn or manual step waiting for the rep
+    DONE = "done"  # the rep did the task
 
 
 class Message(SQLModel, table=True):
@@ -88,9 +109,7 @@ class Message(SQLModel, table=True):
     thread_root: str | None = None
     in_reply_to: str | None = None
     references: str | None = Field(default=None, sa_column=Column(Text))
-    # email: retry | sending | sent | unknown | failed | bounced | skipped
-    # task (LinkedIn or manual): task | done | skipped
-    state: str = Field(default="retry")
+    state: MessageState = Field(default=MessageState.RETRY, sa_type=String)
     attempts: int = 0
     next_attempt_at: datetime | None = None
     created_at: datetime

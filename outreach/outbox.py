@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import col, func, select
 
-from outreach import clock, cluster, engine, reputation
+from outreach import clock, cluster, engine, lifecycle, reputation
 from outreach.config import Mailbox
 from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
@@ -65,10 +65,8 @@ def complete_task(
                 field="ID",
                 hint="`outreach tasks` lists the open ones",
             )
-        if task.state != "task":
+        if not lifecycle.task_done(session, task_id, now):
             raise OutreachError(f"task {task_id} is already {task.state}", field="ID")
-        task.state, task.sent_at = "done", now
-        session.add(task)
         step_done(ws, session, task, now, rng or random.Random())
         return f"task {task_id} done ({task.sequence}/{task.step_name})"
 
@@ -87,30 +85,91 @@ def find_message(ws: Workspace, reference: str) -> Message:
         return message
 
 
+def evidence(ws: Workspace, reference: str) -> dict[str, Any]:
+    """What is known of a message whose fate is open, for the person who settles it: the
+    outbox row, what the SMTP server last said, and whether the mailbox's Sent folder holds
+    a copy (searched now by its Message-ID, read-only)."""
+    from outreach.imap import MailboxImap  # imapclient only for the command that needs it
+
+    message = find_message(ws, reference)
+    with ws.store.session() as session:
+        prospect = session.get(Prospect, message.prospect_id)
+    assert prospect is not None
+    box = next((b for b in ws.config.mailboxes if b.email == message.sender), None)
+    sent_folder: str
+    if box is None or not box.imap_host:
+        sent_folder = "not searched: the mailbox has no IMAP in the config"
+    else:
+        try:
+            with MailboxImap.for_mailbox(box) as imap:
+                folder = imap.sent_folder()
+                held = imap.has_message_id(folder, message.message_id or "")
+            sent_folder = f"found in {folder}" if held else f"not found in {folder}"
+        except OutreachError as exc:
+            sent_folder = f"could not be searched: {exc.one_line()}"
+    if sent_folder.startswith("found"):
+        advice = f"it left: outreach resolve {message.id} --sent"
+    elif message.state not in ("unknown", "sending"):
+        advice = f"nothing to settle: the message is {message.state}"
+    else:
+        advice = (
+            "no copy was found; it may still have left (not every server files SMTP mail in "
+            f"Sent). If it did not: outreach resolve {message.id} --not-sent (sends it again)"
+        )
+    return {
+        "id": message.id,
+        "message_id": message.message_id,
+        "to": prospect.email,
+        "mailbox": message.sender,
+        "sequence": message.sequence,
+        "step": message.step_name,
+        "state": message.state,
+        "subject": message.subject,
+        "claimed_at": message.claimed_at.isoformat() if message.claimed_at else None,
+        "attempts": message.attempts,
+        "smtp_response": message.smtp_response,
+        "error": message.error,
+        "sent_folder": sent_folder,
+        "advice": advice,
+    }
+
+
 def resolve(
-    ws: Workspace, reference: str, sent: bool, now: datetime, rng: random.Random | None = None
+    ws: Workspace,
+    reference: str,
+    sent: bool,
+    now: datetime,
+    rng: random.Random | None = None,
+    *,
+    force: bool = False,
 ) -> str:
-    """Settle a message whose fate is unknown: it did leave (``sent``) or it did not."""
+    """Settle a message whose fate is unknown: it did leave (``sent``) or it did not. Saying
+    it did not while the Sent folder holds a copy is refused (it would go twice) unless
+    ``force``."""
     found = find_message(ws, reference)
+    if not sent and not force:
+        seen = evidence(ws, reference)["sent_folder"]
+        if seen.startswith("found"):
+            raise OutreachError(
+                f"message {found.id} is {seen}: it left, and --not-sent would send it twice",
+                field="--not-sent",
+                hint=f"outreach resolve {found.id} --sent (or --force if you know better)",
+            )
     with ws.store.session() as session:
         message = session.get(Message, found.id)
         assert message is not None
-        if message.state not in ("unknown", "sending"):
+        assert message.id is not None
+        if not lifecycle.resolve(session, message.id, sent, now):
             raise OutreachError(
                 f"message {message.id} is {message.state}, not unknown", field="MESSAGE"
             )
         enrollment = session.get(Enrollment, message.enrollment_id)
         assert enrollment is not None
         if sent:
-            message.state, message.sent_at = "sent", message.claimed_at or now
-            message.error = "resolved by the operator: it was sent"
             step_done(ws, session, message, now, rng or random.Random())
-        else:
-            message.state, message.error = "retry", "resolved by the operator: not sent"
-            if enrollment.state == "active":
-                enrollment.due_at = now
-                session.add(enrollment)
-        session.add(message)
+        elif enrollment.state == "active":
+            enrollment.due_at = now
+            session.add(enrollment)
         return f"message {message.id} {message.message_id}: {message.state}"
 
 
@@ -311,7 +370,6 @@ def retry_mailbox(
         dispatcher = Dispatcher(ws, transport_for or SmtpTransport, on_event=on_event)
         if lock.exclusive:
             recover_after_crash(ws, dispatcher)
-        dispatcher.prepare_ab(dispatcher.now())
         report = PassReport()
 
         async def one_pass() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from sqlmodel import col, select
 
 from outreach import ab
+from outreach.compose import Composer, starts_thread
 from outreach.engine import find_prospect
 from outreach.errors import OutreachError
 from outreach.models import Enrollment
@@ -31,8 +32,9 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
     mailbox = ws.config.mailbox(
         enrollment.sender if enrollment and enrollment.sequence == name else None
     )
-    variables = ws.variables_for(prospect, mailbox)
-    language = prospect.language or ws.config.settings.sending.language
+    composer = Composer(ws)
+    who = composer.recipient(prospect, mailbox)
+    language = who.language
     steps = []
     state = ab.stored_state(ws)  # what a review retired is not eligible
     for index, step in enumerate(sequence.steps):
@@ -49,14 +51,9 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
         }
         if step.thread == "reply":
             entry["subject_from"] = sequence.steps[root].name
-        elif step.is_email:
+        elif starts_thread(step):
             entry["subjects"] = [
-                {
-                    "id": v.id,
-                    "text": ws.renderer.render_subject(
-                        v, language, prospect.persona, variables, template.path
-                    ),
-                }
+                {"id": v.id, "text": composer.render(template, v, who)}
                 for v in state.eligible(
                     template, sequence.name, step.name, "subject", language, prospect.persona
                 )
@@ -64,10 +61,9 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
         for variant in state.eligible(
             template, sequence.name, step.name, "body", language, prospect.persona
         ):
-            text, _ = ws.renderer.render_body(
-                variant, language, prospect.persona, variables, template.path
+            entry["bodies"].append(
+                {"id": variant.id, "text": composer.render(template, variant, who)}
             )
-            entry["bodies"].append({"id": variant.id, "text": text})
         steps.append(entry)
     return {
         "prospect": prospect.email,

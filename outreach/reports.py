@@ -57,6 +57,16 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
             )
         ]
         report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
+        # Prospects whose next step cannot be sent, and why (tried again every 15 minutes).
+        report["held"] = [
+            {"sequence": seq, "reason": reason, "prospects": count}
+            for seq, reason, count in session.execute(
+                sa_select(e.sequence, e.held_reason, func.count())
+                .where(e.state == "active", e.held_reason.is_not(None))
+                .group_by(e.sequence, e.held_reason)
+                .order_by(e.sequence, e.held_reason)
+            )
+        ]
     names = playbook_order(sequences) + sorted({r[0] for r in enrollment_rows} - set(sequences))
     for name in names:
         sequence = sequences.get(name)
@@ -129,6 +139,8 @@ def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
                 "enrolled_at": _iso(e.enrolled_at),
                 "ended_at": _iso(e.ended_at),
                 "end_reason": e.end_reason,
+                "held": e.held_reason if e.state == "active" else None,
+                "held_since": _iso(e.held_at) if e.state == "active" else None,
             }
             for e in enrollments
         ],

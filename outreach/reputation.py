@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from outreach.config import Config, Mailbox, SendingDefaults
@@ -25,6 +26,8 @@ from outreach.models import Enrollment, MailboxState, Message, Prospect
 
 if TYPE_CHECKING:
     from outreach.workspace import Workspace
+
+enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
 
 # Email rows that reached an SMTP server's verdict: the sends a bounce rate is taken over.
 COUNTED_STATES = ("sent", "bounced")
@@ -188,21 +191,17 @@ _TAKEN = ("claimed", "sending", "sent", "bounced", "unknown")
 
 
 def defer_if_domain_full(
-    session: Session, ws: Workspace, box: Mailbox, enrollment: Enrollment, now: datetime
+    session: Session, ws: Workspace, box: Mailbox, row: Any, now: datetime, pending: int = 0
 ) -> bool:
     """``[sending] recipient_domain_daily_limit``: when the mailbox has already sent that many
-    emails to the prospect's domain today, the enrollment waits for the next sending day (True),
-    so one company's gateway is not hammered from one mailbox. Tasks are not capped."""
+    emails to the prospect's domain today (counting ``pending`` picked in this claim), the
+    enrollment waits for the next sending day (True), so one company's gateway is not
+    hammered from one mailbox. ``row`` is a due enrollment as the claim reads it (``id``,
+    ``email``, ``timezone``); the claim calls this for email steps only."""
     cap = ws.config.settings.sending.recipient_domain_daily_limit
     if cap is None:
         return False
-    sequence = ws.sequences.get(enrollment.sequence)
-    if sequence is None or enrollment.step_index >= len(sequence.steps):
-        return False
-    if not sequence.steps[enrollment.step_index].is_email:
-        return False
-    prospect = session.get(Prospect, enrollment.prospect_id)
-    assert prospect is not None
+    domain = row.email.rpartition("@")[2]
     zone = ZoneInfo(box.timezone or ws.config.settings.sending.timezone)
     midnight = datetime.combine(now.astimezone(zone).date(), time(0), zone)
     sent = session.exec(
@@ -212,16 +211,19 @@ def defer_if_domain_full(
         .where(
             Message.sender == box.email,
             Message.channel == "email",
-            Prospect.domain == prospect.domain,
+            Prospect.domain == domain,
             col(Message.claimed_at) >= midnight,
             col(Message.state).in_(_TAKEN),
         )
     ).one()
-    if sent < cap:
+    if sent + pending < cap:
         return False
-    cal = ws.config.calendar(box, prospect.timezone)
-    enrollment.due_at = cal.next_open(midnight + timedelta(days=1))
-    session.add(enrollment)
+    cal = ws.config.calendar(box, row.timezone)
+    session.connection().execute(
+        update(enrollments_t)
+        .where(enrollments_t.c.id == row.id)
+        .values(due_at=cal.next_open(midnight + timedelta(days=1)))
+    )
     return True
 
 

@@ -15,6 +15,11 @@ import aiosmtplib
 
 from outreach.config import Mailbox, _is_loopback
 from outreach.errors import ConfigError
+from outreach.wire import WireMessage
+
+# What a transport sends: the bytes of outreach.wire.render_message (the send path), or an
+# EmailMessage (which aiosmtplib flattens itself), or bytes made elsewhere.
+Payload = WireMessage | EmailMessage | bytes
 
 # sent: accepted. retry: a 4xx, or the connection broke during this message; try it again
 # later. unreachable: no session could be opened (refused, timeout, TLS): the mailbox waits,
@@ -39,7 +44,7 @@ class Transport(Protocol):
 
     def check(self) -> None: ...
 
-    async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome: ...
+    async def send(self, message: Payload, mail_from: str, rcpt: str) -> Outcome: ...
 
     async def close(self) -> None: ...
 
@@ -113,7 +118,8 @@ class SmtpTransport:
                 field=f"mailboxes {box.email}: password_env",
             )
 
-    async def send(self, message: EmailMessage, mail_from: str, rcpt: str) -> Outcome:
+    async def send(self, message: Payload, mail_from: str, rcpt: str) -> Outcome:
+        """Send one message to ``rcpt``; every answer and failure comes back as an Outcome."""
         if self._smtp is None or not self._smtp.is_connected:
             try:
                 self._smtp = await self._connect()
@@ -131,9 +137,18 @@ class SmtpTransport:
                 await self._drop()
                 return Outcome("unreachable", None, f"cannot connect: {exc or type(exc).__name__}")
         try:
-            errors, response = await self._smtp.send_message(
-                message, sender=mail_from, recipients=[rcpt]
-            )
+            if isinstance(message, EmailMessage):
+                errors, response = await self._smtp.send_message(
+                    message, sender=mail_from, recipients=[rcpt]
+                )
+            else:
+                data = message.data if isinstance(message, WireMessage) else message
+                # As send_message does: a non-ASCII address needs SMTPUTF8 (sendmail refuses
+                # it if the server lacks it). The bytes are 7-bit, so no BODY=8BITMIME.
+                utf8 = not (mail_from.isascii() and rcpt.isascii())
+                errors, response = await self._smtp.sendmail(
+                    mail_from, [rcpt], data, mail_options=["SMTPUTF8"] if utf8 else []
+                )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return classify(refused.code, refused.message, at_rcpt=True)

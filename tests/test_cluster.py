@@ -17,7 +17,7 @@ import pytest
 from freezegun import freeze_time
 from sqlmodel import select
 
-from outreach import clock, cluster
+from outreach import clock, cluster, lifecycle
 from outreach.daemon import send_once
 from outreach.dispatch import Claimed, Dispatcher, Report
 from outreach.enroll import enroll_csv
@@ -165,7 +165,8 @@ def test_released_claims_keep_their_place_in_the_queue(ws: Workspace) -> None:
         batch = daemon(ws).claim_batch(box, clock.now(), Report())
         assert isinstance(batch, list) and len(batch) == 5
         frozen.tick(timedelta(seconds=LEASE + 3600))
-        assert cluster.release_claims(ws.store, clock.now()) == 5
+        with ws.store.engine.begin() as conn:
+            assert lifecycle.release(conn, clock.now()) == 5
     with ws.store.session() as session:
         due = [e.due_at for e in session.exec(select(Enrollment))]
     assert due == [claimed_at] * 5

@@ -259,3 +259,51 @@ def test_sighup_reads_the_config_again_in_the_same_process(
     assert daemon.wait(30) == 0
     reader.join(5)
     assert sum("stopped cleanly" in line for line in lines) == 2
+
+
+class Timestamps:
+    """An SMTP server that notes when each message arrives."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def] # noqa: N802
+        self.at.append(time.monotonic())
+        return "250 2.0.0 Ok: queued"
+
+
+@pytest.mark.sqlite_only
+def test_the_daemon_sends_at_the_gap_not_at_the_dispatch_interval(workspace_dir: Path) -> None:
+    """Gaps of 2 s and a dispatch interval of an hour: a mailbox sends about one message per
+    2 s (before, one per interval)."""
+    handler = Timestamps()
+    controller = LoopbackController(handler, host="127.0.0.1", port=0)
+    controller.start()
+    try:
+        config = workspace_dir / "outreach.toml"
+        edit_config(
+            config,
+            smtp_port=controller.port,
+            **{**ALWAYS_OPEN, "min_gap_seconds": 2, "max_gap_seconds": 2},
+            dispatch_seconds=3600,
+        )
+        rows = "".join(f"p{i}@acme{i}.example,P{i},Acme,en\n" for i in range(5))
+        path = workspace_dir / "five.csv"
+        path.write_text("email,first_name,company,language\n" + rows, encoding="utf-8")
+        code, _, err = finish(outreach(config, "enroll", str(path), "--sequence", "cold"))
+        assert code == 0, err
+        daemon = outreach(config, "run")
+        deadline = time.monotonic() + 120
+        while len(handler.at) < 5 and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
+        code, _, err = finish(daemon, timeout=60)
+    finally:
+        controller.stop()
+    assert code == 0, err
+    assert len(handler.at) == 5, err
+    gaps = [b - a for a, b in zip(handler.at, handler.at[1:], strict=False)]
+    # The gap is kept between claims; an arrival at the server can lag its claim (the first
+    # one opens the connection), so the pace is judged over the whole run.
+    assert handler.at[-1] - handler.at[0] >= 4 * 2 - 1, gaps  # never faster than the gap
+    assert sum(gaps) / len(gaps) < 6, gaps  # and about at it (loaded machines are slower)

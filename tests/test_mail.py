@@ -1,10 +1,16 @@
-"""Mail on the wire: each message is built, serialised and parsed back as a client reads it."""
+"""Mail on the wire: each message is built, serialised and parsed back as a client reads it.
+
+Every test that looks at a message runs twice (the ``build`` fixture): against
+``mail.build_message`` (the email package) and ``wire.render_message`` (the bytes the send path
+uses); ``tests/test_wire.py`` holds the two to the same message for generated input.
+"""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, MIMEPart
@@ -24,6 +30,7 @@ from outreach.mail import (
     quote_text,
     reply_subject,
 )
+from outreach.wire import render_message
 
 SANNA = "sanna.lehto@northwind.example"
 AINO = "aino.korhonen@rakennus.example"
@@ -50,8 +57,17 @@ def outgoing(**changes: object) -> Outgoing:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def wire(message: EmailMessage) -> bytes:
-    return message.as_bytes()
+Build = Callable[[Outgoing], bytes]
+BUILDERS: dict[str, Build] = {
+    "email": lambda o: build_message(o).as_bytes(),
+    "wire": lambda o: render_message(o).data,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def build(request: pytest.FixtureRequest) -> Build:
+    """The message's bytes as one of the two builders writes them."""
+    return BUILDERS[request.param]
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -60,9 +76,9 @@ def parse(raw: bytes) -> EmailMessage:
     return parsed
 
 
-def sent(o: Outgoing) -> EmailMessage:
+def sent(build: Build, o: Outgoing) -> EmailMessage:
     """What the recipient's server receives, parsed back with the modern policy."""
-    return parse(wire(build_message(o)))
+    return parse(build(o))
 
 
 def display_name(raw: bytes, header: str) -> str:
@@ -103,8 +119,8 @@ def quote(**changes: object) -> Quote:
 # --- From, To, Subject, Date -------------------------------------------------------------------
 
 
-def test_finnish_sender_name_is_encoded_and_reads_back() -> None:
-    raw = wire(build_message(outgoing(from_name="Sanna Mäkelä")))
+def test_finnish_sender_name_is_encoded_and_reads_back(build: Build) -> None:
+    raw = build(outgoing(from_name="Sanna Mäkelä"))
     headers = raw.split(b"\r\n\r\n", 1)[0]
     assert headers.isascii()
     assert b"=?utf-8?" in headers
@@ -123,29 +139,29 @@ def test_finnish_sender_name_is_encoded_and_reads_back() -> None:
         "Korhonen, Aino, Rakennus Oy, evil@attacker.example, Helsinki, Finland",
     ],
 )
-def test_name_with_comma_and_quotes_stays_one_address(name: str) -> None:
-    raw = wire(build_message(outgoing(from_name=name, to_name=name)))
+def test_name_with_comma_and_quotes_stays_one_address(name: str, build: Build) -> None:
+    raw = build(outgoing(from_name=name, to_name=name))
     for header, addr_spec in (("From", SANNA), ("To", AINO)):
         (address,) = parse(raw)[header].addresses
         assert address.addr_spec == addr_spec
         assert display_name(raw, header) == name
 
 
-def test_long_accented_name_is_sent_as_rfc2047_says() -> None:
+def test_long_accented_name_is_sent_as_rfc2047_says(build: Build) -> None:
     name = "Bérénice-Amélie Rosemonde Dûbois-Bénard"
-    raw = wire(build_message(outgoing(to_name=name)))
+    raw = build(outgoing(to_name=name))
     assert display_name(raw, "To") == name
 
 
-def test_recipient_without_name_is_a_bare_address() -> None:
-    message = sent(outgoing(to_name=None))
+def test_recipient_without_name_is_a_bare_address(build: Build) -> None:
+    message = sent(build, outgoing(to_name=None))
     (recipient,) = message["To"].addresses
     assert (recipient.display_name, recipient.addr_spec) == ("", AINO)
 
 
-def test_subject_date_and_mime_headers() -> None:
+def test_subject_date_and_mime_headers(build: Build) -> None:
     o = outgoing()
-    message = sent(o)
+    message = sent(build, o)
     assert message["Subject"] == "Työmaiden aikataulut"
     assert message["Date"].datetime == o.date
     assert message["MIME-Version"] == "1.0"
@@ -153,29 +169,29 @@ def test_subject_date_and_mime_headers() -> None:
     assert message.get_content_charset() == "utf-8"
 
 
-def test_idn_recipient_domain_goes_out_in_ascii() -> None:
-    message = sent(outgoing(to_email="aino@pörssi.example"))
+def test_idn_recipient_domain_goes_out_in_ascii(build: Build) -> None:
+    message = sent(build, outgoing(to_email="aino@pörssi.example"))
     assert message["To"].addresses[0].addr_spec == "aino@xn--prssi-jua.example"
 
 
-def test_runs_of_blanks_in_header_text_collapse_to_one_space() -> None:
-    message = sent(outgoing(subject="  Hei \t Aino  ", to_name=" Aino\tKorhonen "))
+def test_runs_of_blanks_in_header_text_collapse_to_one_space(build: Build) -> None:
+    message = sent(build, outgoing(subject="  Hei \t Aino  ", to_name=" Aino\tKorhonen "))
     assert message["Subject"] == "Hei Aino"
     assert message["To"].addresses[0].display_name == "Aino Korhonen"
 
 
-def test_naive_date_is_refused() -> None:
+def test_naive_date_is_refused(build: Build) -> None:
     with pytest.raises(ValueError, match="aware"):
-        build_message(outgoing(date=datetime(2027, 1, 5, 9, 30)))
+        build(outgoing(date=datetime(2027, 1, 5, 9, 30)))
 
 
 # --- Message-ID and threading --------------------------------------------------------------------
 
 
-def test_message_id_is_under_the_senders_domain() -> None:
+def test_message_id_is_under_the_senders_domain(build: Build) -> None:
     message_id = make_message_id("Sanna.Lehto@NorthWind.EXAMPLE")
     assert re.fullmatch(r"<[0-9a-f]{32}\.[0-9a-f]{8}@northwind\.example>", message_id)
-    assert sent(outgoing(message_id=message_id))["Message-ID"] == message_id
+    assert sent(build, outgoing(message_id=message_id))["Message-ID"] == message_id
 
 
 def test_message_id_uses_the_ascii_form_of_an_idn_domain() -> None:
@@ -193,8 +209,8 @@ def test_message_id_token_must_be_an_atom(token: str) -> None:
         make_message_id(SANNA, token)
 
 
-def test_first_email_has_no_threading_headers() -> None:
-    message = sent(outgoing())
+def test_first_email_has_no_threading_headers(build: Build) -> None:
+    message = sent(build, outgoing())
     assert "In-Reply-To" not in message
     assert "References" not in message
 
@@ -204,15 +220,15 @@ def test_first_email_has_no_threading_headers() -> None:
     [(FIRST_ID, SECOND_ID), (FIRST_ID, SECOND_ID, "<third.3@northwind.example>")],
     ids=["second-email", "third-email"],
 )
-def test_follow_up_threads_as_reply(chain: tuple[str, ...]) -> None:
-    message = sent(outgoing(in_reply_to=chain[-1], references=chain))
+def test_follow_up_threads_as_reply(chain: tuple[str, ...], build: Build) -> None:
+    message = sent(build, outgoing(in_reply_to=chain[-1], references=chain))
     assert message["In-Reply-To"] == chain[-1]
     assert message["References"].split() == list(chain)
 
 
-def test_long_reference_chain_folds_between_ids_only() -> None:
+def test_long_reference_chain_folds_between_ids_only(build: Build) -> None:
     chain = tuple(f"<{'x' * 90}.{n}@northwind.example>" for n in range(30))
-    raw = wire(build_message(outgoing(in_reply_to=chain[-1], references=chain)))
+    raw = build(outgoing(in_reply_to=chain[-1], references=chain))
     assert_lines_fit(raw)
     raw_references = email.message_from_bytes(raw, policy=email.policy.compat32)["References"]
     assert "=?" not in raw_references
@@ -287,16 +303,16 @@ def test_quoted_quote_gets_a_second_marker() -> None:
     assert lines[4:] == ["> > Hei Aino,", "> >", "> > ehtisitkö jutella?"]
 
 
-def test_reply_body_is_text_blank_line_and_quote() -> None:
+def test_reply_body_is_text_blank_line_and_quote(build: Build) -> None:
     q = quote()
-    message = sent(outgoing(text="Hei taas!\n", quote=q, language="fi"))
+    message = sent(build, outgoing(text="Hei taas!\n", quote=q, language="fi"))
     assert content(message.get_body(("plain",))) == "Hei taas!\n\n" + quote_text(q, "fi")
 
 
-def test_html_reply_quotes_in_a_blockquote_with_escaped_text() -> None:
+def test_html_reply_quotes_in_a_blockquote_with_escaped_text(build: Build) -> None:
     q = quote(text="<b>hi</b> & bye\n", from_name="Sanna <Boss>")
     html = "<html><body><p>Hei taas!</p></body></html>"
-    message = sent(outgoing(html=html, quote=q))
+    message = sent(build, outgoing(html=html, quote=q))
     html_part = content(message.get_body(("html",)))
     assert html_part.startswith("<html><body><p>Hei taas!</p>")
     assert html_part.rstrip().endswith("</body></html>")
@@ -308,19 +324,17 @@ def test_html_reply_quotes_in_a_blockquote_with_escaped_text() -> None:
 # --- List-Unsubscribe ----------------------------------------------------------------------------
 
 
-def test_mailto_unsubscribe_only_has_no_one_click() -> None:
-    message = sent(outgoing(unsubscribe_mailto="unsubscribe@northwind.example"))
+def test_mailto_unsubscribe_only_has_no_one_click(build: Build) -> None:
+    message = sent(build, outgoing(unsubscribe_mailto="unsubscribe@northwind.example"))
     expected = "<mailto:unsubscribe@northwind.example?subject=unsubscribe>"
     assert message["List-Unsubscribe"] == expected
     assert "List-Unsubscribe-Post" not in message
 
 
-def test_mailto_and_https_unsubscribe_with_one_click() -> None:
-    raw = wire(
-        build_message(
-            outgoing(
-                unsubscribe_mailto="unsubscribe@northwind.example", unsubscribe_url=UNSUBSCRIBE_URL
-            )
+def test_mailto_and_https_unsubscribe_with_one_click(build: Build) -> None:
+    raw = build(
+        outgoing(
+            unsubscribe_mailto="unsubscribe@northwind.example", unsubscribe_url=UNSUBSCRIBE_URL
         )
     )
     message = parse(raw)
@@ -331,14 +345,14 @@ def test_mailto_and_https_unsubscribe_with_one_click() -> None:
     assert UNSUBSCRIBE_URL.encode() in raw  # long, but never turned into an encoded word
 
 
-def test_https_unsubscribe_only() -> None:
-    message = sent(outgoing(unsubscribe_url=UNSUBSCRIBE_URL))
+def test_https_unsubscribe_only(build: Build) -> None:
+    message = sent(build, outgoing(unsubscribe_url=UNSUBSCRIBE_URL))
     assert message["List-Unsubscribe"] == f"<{UNSUBSCRIBE_URL}>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
-def test_no_unsubscribe_configured_means_no_header() -> None:
-    message = sent(outgoing())
+def test_no_unsubscribe_configured_means_no_header(build: Build) -> None:
+    message = sent(build, outgoing())
     assert "List-Unsubscribe" not in message
     assert "List-Unsubscribe-Post" not in message
 
@@ -347,17 +361,17 @@ def test_no_unsubscribe_configured_means_no_header() -> None:
     "url",
     ["http://northwind.example/u", "https://x.example/a b", "https://x.example/ä", "mailto:a@b"],
 )
-def test_unsubscribe_url_must_be_plain_https(url: str) -> None:
+def test_unsubscribe_url_must_be_plain_https(url: str, build: Build) -> None:
     with pytest.raises(ValueError, match="unsubscribe_url"):
-        build_message(outgoing(unsubscribe_url=url))
+        build(outgoing(unsubscribe_url=url))
 
 
 # --- bodies ---------------------------------------------------------------------------------------
 
 
-def test_html_is_a_multipart_alternative_after_the_text() -> None:
+def test_html_is_a_multipart_alternative_after_the_text(build: Build) -> None:
     html = "<p>Hei Aino, <b>tervetuloa</b> työmaalle!</p>\n"
-    message = sent(outgoing(html=html))
+    message = sent(build, outgoing(html=html))
     assert message.get_content_type() == "multipart/alternative"
     plain, rich = message.iter_parts()
     assert (plain.get_content_type(), rich.get_content_type()) == ("text/plain", "text/html")
@@ -379,19 +393,19 @@ def test_the_smtp_client_sends_these_bytes_even_without_8bitmime() -> None:
     assert extract_recipients(message) == [AINO]
 
 
-def test_longest_name_and_address_still_fit_the_line_limit() -> None:
+def test_longest_name_and_address_still_fit_the_line_limit(build: Build) -> None:
     address = "a" * 64 + "@" + ".".join(["b" * 60] * 3) + ".example"
     for name in ["ä" * 256, ", " * 128, "x" * 256]:
-        raw = wire(build_message(outgoing(to_name=name, to_email=address, from_name=name)))
+        raw = build(outgoing(to_name=name, to_email=address, from_name=name))
         assert_lines_fit(raw)
         assert parse(raw)["To"].addresses[0].addr_spec == address
         assert display_name(raw, "To") == name.strip().replace("  ", " ")
 
 
-def test_long_finnish_lines_survive() -> None:
+def test_long_finnish_lines_survive(build: Build) -> None:
     line = "Hyvä Aino, tässä on pitkä rivi ääkkösiä: äöå ÄÖÅ — “lainaus” € 🙂 " * 40
     text = f"{line}\n  sisennetty rivi ja välilyöntejä lopussa   \n\n{'ä' * 3000}\n"
-    raw = wire(build_message(outgoing(text=text)))
+    raw = build(outgoing(text=text))
     assert_lines_fit(raw)
     assert content(parse(raw)) == text
 
@@ -415,7 +429,7 @@ FIELDS = [
 
 @pytest.mark.parametrize("payload", INJECTIONS, ids=["crlf", "lf", "cr", "nul"])
 @pytest.mark.parametrize("field", FIELDS)
-def test_line_break_in_any_header_field_is_refused(field: str, payload: str) -> None:
+def test_line_break_in_any_header_field_is_refused(field: str, payload: str, build: Build) -> None:
     values = {
         "from_email": f"sanna{payload}@northwind.example",
         "to_email": f"aino@rakennus.example{payload}",
@@ -426,15 +440,15 @@ def test_line_break_in_any_header_field_is_refused(field: str, payload: str) -> 
         "unsubscribe_url": f"https://northwind.example/u?t=1{payload}",
     }
     with pytest.raises(HeaderInjection, match=field) as caught:
-        build_message(outgoing(**{field: values.get(field, f"Hei {payload}")}))
+        build(outgoing(**{field: values.get(field, f"Hei {payload}")}))
     assert isinstance(caught.value, OutreachError)
     assert caught.value.field == field
 
 
 @pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"])
-def test_other_line_breaks_and_controls_in_header_text_are_refused(char: str) -> None:
+def test_other_line_breaks_and_controls_in_header_text_are_refused(char: str, build: Build) -> None:
     with pytest.raises(HeaderInjection, match="subject"):
-        build_message(outgoing(subject=f"Hei{char}Aino"))
+        build(outgoing(subject=f"Hei{char}Aino"))
 
 
 @pytest.mark.parametrize(
@@ -453,19 +467,19 @@ def test_other_line_breaks_and_controls_in_header_text_are_refused(char: str) ->
     ],
 )
 @pytest.mark.parametrize("field", ["to_email", "from_email"])
-def test_address_fields_take_one_bare_address(field: str, address: str) -> None:
+def test_address_fields_take_one_bare_address(field: str, address: str, build: Build) -> None:
     with pytest.raises(ValueError, match=field):
-        build_message(outgoing(**{field: address}))
+        build(outgoing(**{field: address}))
 
 
-def test_encoded_word_lookalike_is_refused_rather_than_decoded_by_clients() -> None:
+def test_encoded_word_lookalike_is_refused_rather_than_decoded_by_clients(build: Build) -> None:
     with pytest.raises(ValueError, match="subject"):
-        build_message(outgoing(subject="Hinnat =?utf-8?q?=E2=82=AC?="))
+        build(outgoing(subject="Hinnat =?utf-8?q?=E2=82=AC?="))
 
 
-def test_absurdly_long_name_is_refused() -> None:
+def test_absurdly_long_name_is_refused(build: Build) -> None:
     with pytest.raises(ValueError, match="to_name"):
-        build_message(outgoing(to_name="x" * 257))
+        build(outgoing(to_name="x" * 257))
 
 
 # --- properties -----------------------------------------------------------------------------------
@@ -494,14 +508,34 @@ def name_as_sent(text: str) -> str:
 @example(subject="Re: Re: Re:", name="=?")
 @example(subject="", name="0" + "\u0800" * 14 + " :")  # CPython's own folding drops this space
 @example(subject="Hinta 100\xa0€ ", name='"' * 256)
-def test_any_single_line_subject_and_name_round_trip(subject: str, name: str) -> None:
+def test_any_single_line_subject_and_name_round_trip(subject: str, name: str, build: Build) -> None:
     looks_encoded = re.compile(r"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
     if looks_encoded.search(subject) or looks_encoded.search(name):
         with pytest.raises(ValueError):
-            build_message(outgoing(subject=subject, from_name=name))
+            build(outgoing(subject=subject, from_name=name))
         return
-    raw = wire(build_message(outgoing(subject=subject, from_name=name)))
+    raw = build(outgoing(subject=subject, from_name=name))
     assert_lines_fit(raw)
     assert raw.split(b"\r\n\r\n", 1)[0].isascii()
     assert parse(raw)["Subject"] == collapsed(subject)
     assert display_name(raw, "From") == name_as_sent(name)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("to_email", "=?utf-8?q?x=0D=0ABcc:_victim@evil.example?=aino@rakennus.example"),
+        ("from_email", "sanna=?utf-8?b?DQpCY2M6IHg=?=@northwind.example"),
+        ("message_id", "<=?utf-8?q?=0D=0ABcc:_x?=@northwind.example>"),
+        ("in_reply_to", "<a=?utf-8?q?=0A?=@northwind.example>"),
+        ("unsubscribe_url", "https://northwind.example/u?t==?utf-8?q?=0D=0ABcc:_x?="),
+        ("unsubscribe_mailto", "=?utf-8?q?=0A?=@northwind.example"),
+    ],
+)
+def test_encoded_word_in_an_address_id_or_url_is_refused(
+    field: str, value: str, build: Build
+) -> None:
+    # Legal characters there, but readers decode them anyway (CPython's parser turns the
+    # first into an address with a line break in it).
+    with pytest.raises(ValueError, match=field):
+        build(outgoing(**{field: value}))

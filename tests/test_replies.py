@@ -310,10 +310,10 @@ def test_a_reply_applied_between_claim_and_smtp_stops_the_send(
         polled: list[int] = []
 
         class ReplyLandsNow(Dispatcher):
-            def still_active(self, claim):  # type: ignore[no-untyped-def]
+            def take(self, claim):  # type: ignore[no-untyped-def]
                 if claim.rcpt == "cid@other.example":  # Cid's nudge is claimed: now the reply
                     polled.append(inbox.poll(self.ws, clock.now()).seen)
-                return super().still_active(claim)
+                return super().take(claim)
 
         before = len(smtp.received)
         report = asyncio.run(ReplyLandsNow(ws, SmtpTransport).run_once())

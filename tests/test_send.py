@@ -267,9 +267,9 @@ def test_a_reply_between_claim_and_smtp_cancels_the_send(
     ws = workspace_for(workspace_dir, server)
 
     class StopBeforeSmtp(Dispatcher):
-        def still_active(self, claim):  # type: ignore[no-untyped-def]
+        def take(self, claim):  # type: ignore[no-untyped-def]
             stop(self.ws.store, claim.rcpt, "replied", clock.now())  # the reply lands now
-            return super().still_active(claim)
+            return super().take(claim)
 
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
         enroll_rows(ws, tmp_path, ["ann@acme.example,Ann,,Acme,,en"], clock.now())

@@ -22,7 +22,7 @@ from outreach.imap import MailboxImap
 from outreach.models import Enrollment, Message
 from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
-from tests.conftest import point_at_servers
+from tests.conftest import Cli, point_at_servers
 from tests.smtp_servers import RecordingSMTP
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ def test_an_interrupted_send_found_in_the_sent_folder_is_settled_not_resent(
             dispatcher = Dispatcher(ws, SmtpTransport)
             claim = dispatcher.claim(ws.config.mailboxes[0], clock.now(), Report())
             assert isinstance(claim, Claimed)
-            dovecot_server.append(user, "Sent", claim.email.as_bytes())
+            assert claim.composed is not None
+            dovecot_server.append(user, "Sent", claim.composed.email.as_bytes())
             report = send_once(ws)
         assert report.settled == 1 and report.unknown == 0 and report.sent == []
         assert smtp.received == []  # never sent a second time
@@ -119,3 +120,35 @@ def test_an_unknown_message_not_in_the_sent_folder_waits_for_the_operator(
             assert isinstance(claim, Claimed)
             report = send_once(ws)
         assert report.unknown == 1 and report.settled == 0 and smtp.received == []
+
+
+@pytest.mark.sqlite_only
+def test_resolve_shows_the_evidence_and_refuses_to_send_twice(
+    workspace_dir: Path, dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch, run: Cli
+) -> None:
+    """`resolve N` alone shows the Sent folder search and the SMTP answer and changes nothing;
+    `--not-sent` is refused while the Sent folder holds a copy."""
+    user = dovecot_server.new_user()
+    with RecordingSMTP() as smtp:
+        ws = workspace(workspace_dir, smtp, dovecot_server, user, monkeypatch)
+        with freeze_time(MONDAY_10, real_asyncio=True):
+            claim = Dispatcher(ws, SmtpTransport).claim(
+                ws.config.mailboxes[0], clock.now(), Report()
+            )
+            assert isinstance(claim, Claimed) and claim.composed is not None
+            Dispatcher(ws, SmtpTransport).recover(clock.now(), everything=True)  # the crash
+        row = str(claim.message_row)
+        shown = run("resolve", row)
+        assert shown.exit_code == 0, shown.stderr
+        assert "Sent folder: not found in Sent" in shown.stdout
+        assert "last SMTP answer: none recorded" in shown.stdout
+        assert run.json("resolve", row)["state"] == "unknown"  # nothing changed
+
+        dovecot_server.append(user, "Sent", claim.composed.email.as_bytes())
+        assert run.json("resolve", row)["sent_folder"] == "found in Sent"
+        refused = run("resolve", row, "--not-sent")
+        assert refused.exit_code == 1
+        assert "--not-sent would send it twice" in refused.stderr
+        settled = run("resolve", row, "--sent")
+        assert settled.exit_code == 0 and ": sent" in settled.stdout
+        assert smtp.received == []

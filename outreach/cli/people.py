@@ -180,6 +180,11 @@ def status(ctx: Context, as_json: bool) -> None:
             f"daemon {member['host']} pid {member['pid']}: {life}, since "
             f"{member['started_at']}, last beat {member['beat_at']}, holds {held}"
         )
+    for held in report["held"]:
+        click.echo(
+            f"HELD {held['prospects']} prospect(s) in {held['sequence']}, not sent: "
+            f"{held['reason']} (tried again every 15 minutes; fix it, or `outreach validate`)"
+        )
     click.echo(f"backlog: {report['backlog']} due now")
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
 
@@ -228,6 +233,8 @@ def prospect(ctx: Context, email: str, as_json: bool, mark: str | None) -> None:
             else ""
         )
         click.echo(f"  {e['sequence']}: {e['state']}, from {e['sender']}, {tail}".rstrip(", "))
+        if e["held"]:
+            click.echo(f"    HELD since {e['held_since']}, not sent: {e['held']}")
     click.echo("messages:" if view["messages"] else "messages: none yet")
     for m in view["messages"]:
         click.echo(

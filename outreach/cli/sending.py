@@ -149,13 +149,31 @@ def run(ctx: Context) -> None:
 @click.argument("message", metavar="MESSAGE")
 @click.option(
     "--sent/--not-sent",
-    required=True,
-    help="It did leave (look in the Sent folder), or it did not.",
+    default=None,
+    help="It did leave, or it did not. Without either: show the evidence and change nothing.",
 )
+@click.option("--force", is_flag=True, help="--not-sent even though the Sent folder has it.")
+@click.option("--json", "as_json", is_flag=True, help="With no answer: the evidence as JSON.")
 @pass_ctx
-def resolve(ctx: Context, message: str, sent: bool) -> None:
-    """Settle a message whose fate is unknown after a crash (outbox id or Message-ID)."""
-    click.echo(outbox.resolve(ctx.ws, message, sent, clock.now()))
+def resolve(ctx: Context, message: str, sent: bool | None, force: bool, as_json: bool) -> None:
+    """Settle a message whose fate is unknown after a crash (outbox id or Message-ID): first
+    see what is known (the Sent folder searched, the SMTP answer), then answer."""
+    if sent is None:
+        found = outbox.evidence(ctx.ws, message)
+        if as_json:
+            print_json(found)
+            return
+        click.echo(
+            f"message {found['id']} {found['message_id']} to {found['to']} from "
+            f"{found['mailbox']} ({found['sequence']}/{found['step']}): {found['state']}"
+        )
+        click.echo(f"  subject: {found['subject'] or '-'}")
+        click.echo(f"  claimed {found['claimed_at'] or '-'}, attempt {found['attempts']}")
+        click.echo(f"  last SMTP answer: {found['smtp_response'] or 'none recorded'}")
+        click.echo(f"  Sent folder: {found['sent_folder']}")
+        click.echo(f"  {found['advice']}")
+        return
+    click.echo(outbox.resolve(ctx.ws, message, sent, clock.now(), force=force))
 
 
 @cli.group(invoke_without_command=True)

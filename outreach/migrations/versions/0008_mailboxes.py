@@ -1,7 +1,7 @@
 """mailboxes: the warm-up's first sending day, the bounce window's start, paused sequences
 
 Revision ID: 0008_mailboxes
-Revises: 0006
+Revises: 0009_held
 Create Date: 2026-12-01
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = "0008_mailboxes"
-down_revision = "0006"
+down_revision = "0009_held"
 branch_labels = None
 depends_on = None
 

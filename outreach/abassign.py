@@ -1,0 +1,104 @@
+"""A/B assignment: which subject and body variant a new message gets.
+
+Balanced by default (the variant given to the fewest since the active set last changed),
+or, with ``[ab] assignment = "thompson"``, a draw from the reply posteriors. The state (what
+is active, the counts, the posteriors) lives here, beside the rest of the A/B test, and is
+read again on every dispatch run (:meth:`Assigner.prepare`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlmodel import func, select
+
+from outreach import ab
+from outreach.errors import TemplateError
+from outreach.models import Message
+from outreach.templates import Kind, StepTemplate
+from outreach.workspace import Workspace
+
+TALLIES_TTL = timedelta(minutes=10)  # Thompson sampling's posteriors are read again this often
+
+
+class Assigner:
+    """Chooses variants for new messages, for one dispatcher."""
+
+    def __init__(self, ws: Workspace, rng: random.Random, now: Callable[[], datetime]) -> None:
+        self.ws = ws
+        self.rng = rng
+        self.now = now
+        self.state = ab.AssignmentState()
+        self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
+        self._tallies: ab.Tallies | None = None
+        self._tallies_at: datetime | None = None
+
+    def prepare(self, now: datetime) -> bool:
+        """Register new variants (refusing texts edited after they were sent) and read which a
+        review retired; balance is counted afresh when the active set changed. A template file
+        edited since the last run is read again first: True then."""
+        changed = self.ws.refresh_templates()
+        with self.ws.store.session() as session:
+            state = ab.sync_variants(self.ws, session, now)
+        if state != self.state:  # a variant came, went or came back: balance from now on
+            self._counts = {}
+        self.state = state
+        if self._tallies_at is None or now - self._tallies_at > TALLIES_TTL:
+            self._tallies = None
+        return changed
+
+    def assign(
+        self,
+        sequence: str,
+        index: int,
+        step: str,
+        kind: Kind,
+        template: StepTemplate,
+        language: str,
+        persona: str | None,
+    ) -> str:
+        """The variant for one new message: among the active variants that have a text for
+        this prospect, the one given to the fewest since the active set last changed (or a
+        Thompson draw)."""
+        variants = [
+            v.id for v in self.state.eligible(template, sequence, step, kind, language, persona)
+        ]
+        if not variants:
+            raise TemplateError(
+                f"no active {kind} variant in language '{language}' for step '{step}'",
+                file=template.path,
+                hint="add one, or un-retire one (`outreach ab restore`)",
+            )
+        key = (sequence, index, kind)
+        if self.ws.config.settings.ab.assignment == "thompson":
+            return self._thompson(key, variants)
+        if key not in self._counts:
+            column = Message.subject_variant if kind == "subject" else Message.body_variant
+            query = (
+                select(column, func.count())
+                .where(Message.sequence == sequence, Message.step_index == index)
+                .group_by(column)
+            )
+            since = self.state.since.get((sequence, step, kind))
+            if since is not None:
+                query = query.where(Message.created_at >= since)
+            with self.ws.store.session() as session:
+                rows = session.exec(query).all()
+            self._counts[key] = {name: count for name, count in rows if name}
+        counts = self._counts[key]
+        choice = ab.balanced_choice(variants, counts, self.rng)
+        counts[choice] = counts.get(choice, 0) + 1
+        return choice
+
+    def _thompson(self, key: tuple[str, int, str], variants: list[str]) -> str:
+        from outreach import abstats
+
+        if self._tallies is None:
+            with self.ws.store.session() as session:
+                self._tallies = ab.tallies(
+                    session, self.ws.config.settings.ab.metric, ab.mature_until(self.ws, self.now())
+                )
+            self._tallies_at = self.now()
+        return abstats.thompson_choice(ab.arms_of(self._tallies, key, variants), self.rng)

@@ -1,0 +1,93 @@
+"""Which mailbox may send when: its pause, its gap, and what is left of today's limit.
+
+Kept in the ``mailbox_states`` row, locked in the claim's transaction and leased to one daemon
+(:func:`outreach.cluster.lock_mailbox`), so limits and gaps hold across restarts and daemons.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session
+
+from outreach import cluster, reputation
+from outreach.config import Config, Mailbox
+from outreach.models import MailboxState
+
+
+@dataclass
+class Wait:
+    """Nothing can leave this mailbox before ``until`` (its gap)."""
+
+    until: datetime
+
+
+@dataclass
+class Paused:
+    """The mailbox is paused, and why (``outreach mailboxes resume``)."""
+
+    reason: str
+
+
+@dataclass
+class Room:
+    """The mailbox may send ``count`` messages now; ``state`` is its locked row."""
+
+    state: MailboxState
+    count: int
+
+
+class Pacing:
+    """The mailboxes' pace, read and counted in the caller's transaction."""
+
+    def __init__(self, config: Config, member: cluster.Member, rng: random.Random) -> None:
+        self.config = config
+        self.member = member
+        self.rng = rng
+
+    def local_day(self, box: Mailbox, now: datetime) -> str:
+        """The mailbox's own date at ``now``: its daily limit counts that day."""
+        zone = ZoneInfo(box.timezone or self.config.settings.sending.timezone)
+        return now.astimezone(zone).date().isoformat()
+
+    def daily_limit(
+        self, session: Session, box: Mailbox, state: MailboxState, now: datetime
+    ) -> int:
+        """How many messages the mailbox may send on its day at ``now``: its limit, or its
+        step on the warm-up ramp (``outreach/reputation.py``)."""
+        return reputation.daily_limit(session, self.config, box, now)
+
+    def room(
+        self, session: Session, box: Mailbox, now: datetime, wanted: int
+    ) -> Room | Wait | Paused | None:
+        """Lock the mailbox for this transaction and say how many of ``wanted`` messages it
+        may send now; None when another daemon serves it, or today's limit is reached (the
+        rest waits for tomorrow, in due order)."""
+        mailboxes = [b.email for b in self.config.mailboxes]
+        state = cluster.lock_mailbox(session, box.email, self.member, mailboxes, now)
+        if state is None:
+            return None
+        if state.paused_reason:
+            return Paused(state.paused_reason)
+        if state.next_send_at and state.next_send_at > now:
+            return Wait(state.next_send_at)
+        day = self.local_day(box, now)
+        if state.day != day:
+            state.day, state.sent_on_day = day, 0
+            session.add(state)
+        count = min(wanted, self.daily_limit(session, box, state, now) - state.sent_on_day)
+        return Room(state, count) if count > 0 else None
+
+    def count_sends(self, session: Session, state: MailboxState, now: datetime, n: int) -> None:
+        """``n`` more messages claimed for today; the next may go after a random gap."""
+        if n == 0:
+            return
+        sending = self.config.settings.sending
+        state.sent_on_day += n
+        state.last_sent_at = now
+        gap = self.rng.uniform(sending.min_gap_seconds, sending.max_gap_seconds)
+        state.next_send_at = now + timedelta(seconds=gap)
+        session.add(state)
