@@ -10,6 +10,7 @@ templates are user code (:mod:`outreach.compose` renders after the commit).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,11 +20,11 @@ from sqlalchemy import Connection, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
-from outreach import cluster, lifecycle
+from outreach import cluster, lifecycle, reputation
 from outreach.abassign import Assigner
 from outreach.compose import Composed, Earlier, Recipient, starts_thread
 from outreach.config import Mailbox
-from outreach.engine import end_enrollment
+from outreach.engine import end_enrollment, paused_sequences
 from outreach.errors import TemplateError
 from outreach.mail import make_message_id
 from outreach.models import Enrollment, Message, MessageState, Prospect, Suppression
@@ -118,11 +119,13 @@ class Claimer:
             if room is None:
                 return result
             conn = session.connection()
+            paused = paused_sequences(session)
+            to_domain: Counter[str] = Counter()  # picked in this claim, per recipient domain
             while len(result.claimed) < room.count:
                 # Every candidate not claimed leaves the due set (rescheduled to its window,
                 # turned into a task, held, or ended), so this loop ends, and prospects whose
                 # window is closed never hold back those whose window is open.
-                due = _due(conn, box.email, now)
+                due = _due(conn, box.email, now, paused)
                 if not due:
                     break
                 dead = _suppressed_among(conn, [row.email for row in due])
@@ -135,6 +138,12 @@ class Claimer:
                     if verdict is None:
                         continue
                     sequence, who = verdict
+                    domain = row.email.rpartition("@")[2]
+                    if reputation.defer_if_domain_full(
+                        session, self.ws, box, row, now, to_domain[domain]
+                    ):
+                        continue  # that company's cap for today: the next sending day
+                    to_domain[domain] += 1
                     existing = waiting.get(row.id)
                     if existing is None:
                         fresh.append((row, sequence, who))
@@ -391,7 +400,7 @@ class _Row:
     persona: str | None = None
 
 
-def _due(conn: Connection, sender: str, now: datetime) -> list[Any]:
+def _due(conn: Connection, sender: str, now: datetime, paused: list[str]) -> list[Any]:
     """The mailbox's due enrollments, oldest first, with their prospects, locked (skipping
     those another transaction holds)."""
     e, p = enrollments_t.c, prospects_t.c
@@ -409,6 +418,8 @@ def _due(conn: Connection, sender: str, now: datetime) -> list[Any]:
             )
             .join(prospects_t, p.id == e.prospect_id)
             .where(e.sender == sender, e.state == "active", e.due_at <= now)
+            # A sequence paused by hand sends nothing and creates no task; its due times wait.
+            .where(*([e.sequence.not_in(paused)] if paused else []))
             .order_by(e.due_at, e.id)
             .limit(BATCH)
             .with_for_update(skip_locked=True, of=enrollments_t)
@@ -473,6 +484,8 @@ def _thread(session: Session, sequence: Sequence, enrollment_id: int, index: int
         .order_by(col(Message.step_index))
     )
     return [
-        Earlier(m.message_id or "", m.subject or "", m.body or "", m.sent_at or m.created_at)
+        Earlier(
+            m.message_id or "", m.subject or "", m.body or "", m.sent_at or m.created_at, m.sender
+        )
         for m in rows
     ]

@@ -79,6 +79,7 @@ class Earlier:
     subject: str
     body: str
     sent_at: datetime
+    sender: str = ""  # the mailbox it went from (a reassign may change the next one's)
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,13 @@ class Composer:
         text, html = self.body(template, body_variant, who)
         quote = None
         if previous is not None and self.settings.sending.quote_previous:
+            # After a reassign the earlier message is quoted under the name it was sent with.
+            author_email = previous.sender or box.email
+            author = next((b for b in self.ws.config.mailboxes if b.email == author_email), None)
             quote = Quote(
                 sent_at=previous.sent_at,
-                from_name=box.name,
-                from_email=box.email,
+                from_name=author.name if author else "",
+                from_email=author_email,
                 text=previous.body,
                 timezone=who.timezone or box.timezone or self.settings.sending.timezone,
             )

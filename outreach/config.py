@@ -78,6 +78,15 @@ class SendingDefaults(_Strict):
     quote_previous: bool = True  # a "Re:" follow-up quotes the earlier message below it
     max_attempts: int = Field(default=8, ge=1)  # 4xx / dropped connection retries, then failed
     retry_seconds: int = Field(default=300, ge=1)  # first retry delay, doubling, at most 6 h
+    # Bounce protection: a mailbox pauses when the hard bounces among its last
+    # bounce_window_sends sends go above this rate, once the window holds at least
+    # bounce_pause_min_sends sends (a domain's reputation cannot be bought back).
+    bounce_pause_rate: float = Field(default=0.03, gt=0, lt=1)
+    bounce_pause_min_sends: int = Field(default=20, ge=1)
+    bounce_window_sends: int = Field(default=100, ge=1)
+    # At most this many messages a day from one mailbox to one recipient domain (one company's
+    # gateway), the rest the next sending day; None: no cap.
+    recipient_domain_daily_limit: int | None = Field(default=None, ge=1)
 
     _zone = field_validator("timezone")(_check_zone)
     _window = field_validator("window")(_check_window)
@@ -112,6 +121,13 @@ class SendingDefaults(_Strict):
             raise ValueError("max_gap_seconds must be at least min_gap_seconds")
         return self
 
+    @model_validator(mode="after")
+    def _bounce_window(self) -> SendingDefaults:
+        if self.bounce_window_sends < self.bounce_pause_min_sends:
+            # A window smaller than the minimum would never pause anything.
+            raise ValueError("bounce_window_sends must be at least bounce_pause_min_sends")
+        return self
+
 
 class Mailbox(_Strict):
     """``[[mailboxes]]``: one sender, the real person whose name the messages carry."""
@@ -135,6 +151,10 @@ class Mailbox(_Strict):
     # leave it off there or every message shows twice.
     save_to_sent: bool = False
     daily_limit: int | None = Field(default=None, ge=1)
+    # Warm-up: a new mailbox sends warmup_start on its first sending day and warmup_step more
+    # on each sending day after it, up to daily_limit (outreach/reputation.py).
+    warmup_start: int | None = Field(default=None, ge=1)
+    warmup_step: int | None = Field(default=None, ge=1)
     timezone: str | None = None
     window: str | None = None
     days: str | None = None
@@ -197,6 +217,15 @@ class Mailbox(_Strict):
         from outreach.oauth_providers import check_mailbox
 
         check_mailbox(self)
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_pair(self) -> Mailbox:
+        if (self.warmup_start is None) != (self.warmup_step is None):
+            raise ValueError(
+                "warmup_start and warmup_step go together (e.g. warmup_start = 5, "
+                "warmup_step = 5: 5 on the first sending day, 10 on the next, ...)"
+            )
         return self
 
     @field_validator("email")

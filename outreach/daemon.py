@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -35,6 +36,7 @@ from outreach import ab, clock, cluster, handoff, inbox, localtime, web
 from outreach.claims import Claimed
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher
+from outreach.engine import check_no_orphans
 from outreach.errors import OutreachError
 from outreach.imap import ImapError, MailboxImap
 from outreach.models import Enrollment
@@ -202,6 +204,7 @@ def send_once(
 
     SIGTERM or SIGINT lets the message in flight finish and be recorded, then returns.
     """
+    check_no_orphans(ws)  # a removed mailbox with live enrollments: reassign them first
     with DispatchLock(ws) as lock:
         dispatcher = OnceDispatcher(
             ws, transport_for, now=now, on_event=on_event, wait_for_gaps=wait_for_gaps
@@ -248,6 +251,7 @@ class Daemon:
         self._wake = asyncio.Event()  # set from an IDLE thread when mail arrives
         self._unwatch = threading.Event()  # set to stop the IDLE threads
         self._watchers: list[threading.Thread] = []
+        self.reload_requested = False
         self._held_logged: set[str] = set()
 
     async def tick(self) -> None:
@@ -393,6 +397,12 @@ class Daemon:
         for line in report.lines:
             (log.warning if line.startswith("FAILED") else log.info)("crm hand-off: %s", line)
 
+    def reload(self) -> None:
+        """SIGHUP: stop cleanly, then start again in this process with the config re-read."""
+        log.info("SIGHUP: finishing the message in flight, then reading the config again")
+        self.reload_requested = True
+        self.stop()
+
     def stop(self) -> None:
         log.info("stopping: finishing the message in flight")
         self._stop.set()
@@ -402,6 +412,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         settings = self.ws.config.settings
         scheduler = AsyncIOScheduler(timezone=settings.sending.timezone)
         await self.beat()  # seen alive before the first claim: the others share with it
@@ -437,9 +448,11 @@ class Daemon:
         )
         scheduler.start()
         log.info(
-            "outreach running: %d mailbox(es), dispatch every %ss",
+            "outreach running: %d mailbox(es), dispatch every %ss (kill -HUP %d reloads %s)",
             len(self.ws.config.mailboxes),
             settings.daemon.dispatch_seconds,
+            os.getpid(),
+            self.ws.config.path.name,
         )
         runner = await self._start_web()
         woken: asyncio.Task[None] | None = None
@@ -484,8 +497,15 @@ def review_trigger(ws: Workspace) -> CronTrigger:
 def run(ws: Workspace, transport_for: Callable[[Mailbox], Transport] = SmtpTransport) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     ws.store  # noqa: B018 - a schema that is behind stops the daemon here, with the command
+    check_no_orphans(ws)  # a removed mailbox with live enrollments: reassign them first
     with DispatchLock(ws) as lock:
         daemon = Daemon(ws, transport_for)
         if lock.exclusive:
             recover_after_crash(ws, daemon.dispatcher)
         asyncio.run(daemon.main())
+    if daemon.reload_requested:
+        # The same process (pid, systemd unit) starts again and reads the config afresh; the
+        # warm-up's days, the limits and the bounce windows live in the database, so nothing
+        # restarts from zero. A config that no longer loads stops here with its one line.
+        ws.close()
+        os.execv(sys.executable, [sys.executable, "-m", "outreach", *sys.argv[1:]])

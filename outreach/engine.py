@@ -5,14 +5,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from outreach import handoff, lifecycle, planner
 from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Crm, Mailbox
-from outreach.errors import NotFound, OutreachError
-from outreach.models import Enrollment, Event, Message, Prospect, Suppression
+from outreach.errors import ConfigError, NotFound, OutreachError, Problems
+from outreach.models import Enrollment, Event, Message, Prospect, SequencePause, Suppression
 from outreach.prospects import normalize_email
 from outreach.store import Store
 from outreach.workspace import Workspace
@@ -500,3 +501,167 @@ def mark_reply(store: Store, email: str, reply_class: str, now: datetime) -> Mar
             )
         )
         return MarkResult(prospect.email, reply_class, was, reply.occurred_at)
+
+
+# ------------------------------------------------------------ sequences paused by hand
+
+
+def paused_sequences(session: Session) -> list[str]:
+    """The sequences paused by hand: the claim skips them (nothing sent, no task created)."""
+    return list(session.exec(select(SequencePause.sequence)))
+
+
+def pause_sequence(ws: Workspace, name: str, now: datetime, reason: str | None = None) -> str:
+    """Pause a sequence: nothing of it is sent or becomes a task until it is resumed; due
+    times stay as they are, so they go out in order (within the limits) after the resume."""
+    sequence = ws.sequence(name)
+    with ws.store.session() as session:
+        if session.get(SequencePause, sequence.name) is not None:
+            return f"sequence {sequence.name} is already paused"
+        session.add(SequencePause(sequence=sequence.name, reason=reason, paused_at=now))
+        waiting = _live_count(session, Enrollment.sequence == sequence.name)
+    return (
+        f"sequence {sequence.name} paused: {waiting} live enrollment(s) wait "
+        f"(`outreach sequence resume {sequence.name}`)"
+    )
+
+
+def resume_sequence(ws: Workspace, name: str, now: datetime) -> str:
+    """Resume a paused sequence; what fell due meanwhile goes out in due order."""
+    with ws.store.session() as session:
+        pause = session.get(SequencePause, name.strip())
+        if pause is None:
+            ws.sequence(name)  # an unknown name is one line naming the known ones
+            return f"sequence {name} is not paused"
+        session.delete(pause)
+        due = _live_count(
+            session,
+            Enrollment.sequence == pause.sequence,
+            Enrollment.state == "active",
+            col(Enrollment.due_at) <= now,
+        )
+    return f"sequence {pause.sequence} resumed: {due} due now go out in due order"
+
+
+def _live_count(session: Session, *where: Any) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(Enrollment)
+        .where(*where, col(Enrollment.state).in_(LIVE_STATES))
+    ).one()
+
+
+# ------------------------------------------------------------------- a rep leaves
+
+
+@dataclass
+class ReassignResult:
+    source: str
+    target: str
+    enrollments: int
+    messages: int  # retries and open tasks that moved with them
+    by_sequence: dict[str, int]
+
+
+def reassign(
+    ws: Workspace, source: str, target: str, now: datetime, sequence: str | None = None
+) -> ReassignResult:
+    """Move the live enrollments of mailbox ``source`` (which may be gone from the config) to
+    the configured mailbox ``target``, with their retries and open tasks.
+
+    Their due times stay. The next sequences (reminder, network) are created from the
+    enrollment's sender, so they follow too. What was already sent keeps its sender: a "Re:"
+    step after the change goes in the same thread (In-Reply-To and References of the earlier
+    messages, "Re: " + the subject the prospect got) from the new sender, quoting the earlier
+    message under the name it was sent with.
+    """
+    try:
+        old = normalize_email(source)
+    except ValueError as exc:
+        raise OutreachError(f"'{source}' is not an address: {exc}", field="--from") from None
+    box = ws.config.mailbox(target, field="--to")
+    if old == box.email:
+        raise OutreachError("--from and --to are the same mailbox", field="--to")
+    if sequence is not None:
+        sequence = ws.sequence(sequence).name
+    with ws.store.session() as session:
+        query = select(Enrollment).where(
+            Enrollment.sender == old, col(Enrollment.state).in_(LIVE_STATES)
+        )
+        if sequence is not None:
+            query = query.where(Enrollment.sequence == sequence)
+        enrollments = list(session.exec(query.with_for_update()))
+        ids = [e.id for e in enrollments]
+        moved_messages = 0
+        by_sequence: dict[str, int] = {}
+        for enrollment in enrollments:
+            enrollment.sender = box.email
+            enrollment.updated_at = now
+            session.add(enrollment)
+            by_sequence[enrollment.sequence] = by_sequence.get(enrollment.sequence, 0) + 1
+        if ids:
+            # A retry not yet sent and an open task belong to the new sender now. A message in
+            # flight (claimed, sending) is the old mailbox's to finish and record.
+            for message in session.exec(
+                select(Message).where(
+                    col(Message.enrollment_id).in_(ids),
+                    col(Message.state).in_(("retry", "task")),
+                )
+            ):
+                message.sender = box.email
+                session.add(message)
+                moved_messages += 1
+            for enrollment in enrollments:  # in each prospect's history
+                session.add(
+                    Event(
+                        prospect_id=enrollment.prospect_id,
+                        enrollment_id=enrollment.id,
+                        kind="reassign",
+                        reason=f"{old} -> {box.email}",
+                        occurred_at=now,
+                    )
+                )
+    return ReassignResult(old, box.email, len(ids), moved_messages, by_sequence)
+
+
+def orphaned_senders(ws: Workspace) -> dict[str, int]:
+    """Senders of live enrollments that are no longer configured mailboxes, with counts."""
+    from outreach.ab import _database_exists
+
+    if not _database_exists(ws):  # asking would create the SQLite file (validate must not)
+        return {}
+    configured = [b.email for b in ws.config.mailboxes]
+    with ws.store.session() as session:
+        query = (
+            select(Enrollment.sender, func.count())
+            .where(col(Enrollment.state).in_(LIVE_STATES))
+            .group_by(Enrollment.sender)
+        )
+        if configured:
+            query = query.where(col(Enrollment.sender).not_in(configured))
+        return {sender: count for sender, count in session.exec(query)}
+
+
+def orphan_problems(ws: Workspace) -> list[ConfigError]:
+    """One problem per removed mailbox that still has live enrollments: nothing is silently
+    orphaned. ``validate``, ``send`` and ``run`` refuse to go on with them."""
+    first = ws.config.mailboxes[0].email if ws.config.mailboxes else "EMAIL"
+    return [
+        ConfigError(
+            f"mailbox {sender} is not in the config but has {count} live enrollment(s)",
+            file=ws.config.path,
+            field="[[mailboxes]]",
+            hint=f"move them with `outreach reassign --from {sender} --to {first}`, or put "
+            "the mailbox back",
+        )
+        for sender, count in sorted(orphaned_senders(ws).items())
+    ]
+
+
+def check_no_orphans(ws: Workspace) -> None:
+    """Raise the orphan problems (``send`` and ``run`` call it before they claim anything)."""
+    problems = orphan_problems(ws)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise Problems(list(problems))

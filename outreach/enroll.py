@@ -9,7 +9,7 @@ time of one ORM object per row.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +22,15 @@ from outreach.compose import Composer, Recipient, header_names
 from outreach.config import Mailbox
 from outreach.errors import OutreachError
 from outreach.models import Enrollment, Prospect, Suppression
-from outreach.prospects import PROSPECT_FIELDS, ProspectRow, RowError, read_prospects
-from outreach.sequences import Sequence
+from outreach.prospects import (
+    PROSPECT_FIELDS,
+    ProspectRow,
+    RowError,
+    columns,
+    read_prospects,
+)
+from outreach.rotation import FREE_MAIL, SenderChoice
+from outreach.sequences import Sequence as SequenceDef
 from outreach.store import bulk_insert, db_datetime, db_json
 from outreach.templates import steering_names
 from outreach.workspace import Workspace, template_variables
@@ -80,12 +87,18 @@ class EnrollResult:
     rejected: list[RowError] = field(default_factory=list)
     applied: bool = False
     first_due: datetime | None = None
+    # Enrolled per mailbox, and (when rotating) the weight each was given: what it can still
+    # send over the next sending days.
+    split: dict[str, int] = field(default_factory=dict)
+    capacity: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "sequence": self.sequence,
             "sender": self.sender,
+            "split": self.split,
+            "capacity": self.capacity,
             "dry_run": self.dry_run,
             "applied": self.applied,
             "enrolled": self.enrolled,
@@ -103,7 +116,7 @@ class Preflight:
     every row, the values that reach a header (the address, the name, what a subject prints)
     checked as the message builder checks them."""
 
-    def __init__(self, ws: Workspace, sequence: Sequence, mailbox: Mailbox) -> None:
+    def __init__(self, ws: Workspace, sequence: SequenceDef, mailbox: Mailbox) -> None:
         self.ws = ws
         self.sequence = sequence
         self.mailbox = mailbox
@@ -180,28 +193,39 @@ def enroll_csv(
     *,
     now: datetime,
     sender: str | None = None,
+    senders: Sequence[str] = (),
     dry_run: bool = False,
     skip_invalid: bool = False,
     include_ended: bool = False,
     rng: random.Random | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EnrollResult:
-    """Import ``path`` and enroll its prospects in ``sequence_name``, due from ``now``."""
+    """Import ``path`` and enroll its prospects in ``sequence_name``, due from ``now``.
+
+    ``senders`` (or ``sender``) are the mailboxes to write from; several, or ``all``, spread
+    the file over them (:class:`SenderChoice`). A ``sender`` column chooses per row.
+    """
     sequence = ws.sequence(sequence_name)
-    mailbox = ws.config.mailbox(sender)
-    preflight = Preflight(ws, sequence, mailbox)
+    given = [*senders, *([sender] if sender else [])]
+    has_column = "sender" in columns(path)
+    choice = SenderChoice.make(ws, given, now, has_column=has_column)
     rng = rng or random.Random()
     result = EnrollResult(
-        file=str(path), sequence=sequence.name, sender=mailbox.email, dry_run=dry_run
+        file=str(path),
+        sequence=sequence.name,
+        sender=", ".join(b.email for b in choice.pool) or "from the sender column",
+        dry_run=dry_run,
+        capacity=dict(choice.capacity),
     )
     rows = read_prospects(path, on_progress=on_progress)
     with ws.store.engine.connect() as conn:
         transaction = conn.begin()
         try:
-            writer = _Writer(conn, ws, sequence, mailbox, now, rng, result)
+            writer = _Writer(conn, ws, sequence, choice, now, rng, result)
             writer.include_ended = include_ended
-            for chunk in _accepted_chunks(rows, preflight, writer.suppressed, result):
+            for chunk in _accepted_chunks(rows, choice, writer.suppressed, result):
                 writer.write(chunk)
+            result.rejected.sort(key=lambda r: r.line)
             keep = not dry_run and (skip_invalid or not result.rejected)
             if keep:
                 transaction.commit()
@@ -222,7 +246,7 @@ def _value(row: ProspectRow, name: str) -> Any:
 
 def _accepted_chunks(
     rows: Iterable[ProspectRow | RowError],
-    preflight: Preflight,
+    choice: SenderChoice,
     suppressed: Callable[[str], bool],
     result: EnrollResult,
 ) -> Iterable[list[ProspectRow]]:
@@ -236,12 +260,19 @@ def _accepted_chunks(
         if first != row.line:
             result.skipped.append(Skipped(row.line, row.email, f"duplicate of line {first}"))
             continue
+        if row.sender is not None and choice.named(row.sender) is None:
+            known = ", ".join(dict.fromkeys(b.email for b in choice.by_name.values()))
+            result.rejected.append(
+                RowError(row.line, f"sender {row.sender!r} is not a configured mailbox ({known})")
+            )
+            continue
+        if row.sender is None and not choice.pool:
+            result.rejected.append(
+                RowError(row.line, "the sender cell is empty (fill it in, or give --sender)")
+            )
+            continue
         if suppressed(row.email):
             result.skipped.append(Skipped(row.line, row.email, "suppressed"))
-            continue
-        problem = preflight.check(row)
-        if problem is not None:
-            result.rejected.append(RowError(row.line, f"cannot be sent: {problem}"))
             continue
         chunk.append(row)
         if len(chunk) >= CHUNK:
@@ -258,8 +289,8 @@ class _Writer:
         self,
         conn: Connection,
         ws: Workspace,
-        sequence: Sequence,
-        mailbox: Mailbox,
+        sequence: SequenceDef,
+        choice: SenderChoice,
         now: datetime,
         rng: random.Random,
         result: EnrollResult,
@@ -267,13 +298,16 @@ class _Writer:
         self.conn = conn
         self.ws = ws
         self.sequence = sequence
-        self.mailbox = mailbox
+        self.choice = choice
+        self._preflights: dict[str, Preflight] = {}
+        for box in choice.pool:  # a broken template stops the import before any row is read
+            self._preflight(box)
         self.now = now
         self.rng = rng
         self.result = result
         self.first_step = sequence.steps[0]
-        self._calendars: dict[str | None, planner.SendingCalendar] = {}
-        self._dues: dict[tuple[int, str | None], tuple[datetime, Any]] = {}
+        self._calendars: dict[tuple[str, str | None], planner.SendingCalendar] = {}
+        self._dues: dict[tuple[int, str | None, str], tuple[datetime, Any]] = {}
         self._now = db_datetime(conn, now)
         self.include_ended = False
         self._extra_json: dict[tuple[tuple[str, str], ...], str] = {}
@@ -283,25 +317,75 @@ class _Writer:
     def suppressed(self, email: str) -> bool:
         return email in self._suppressed or "@" + email.rpartition("@")[2] in self._suppressed
 
-    def _calendar(self, timezone: str | None) -> planner.SendingCalendar:
-        if timezone not in self._calendars:
-            self._calendars[timezone] = self.ws.config.calendar(self.mailbox, timezone)
-        return self._calendars[timezone]
+    def _calendar(self, box: Mailbox, timezone: str | None) -> planner.SendingCalendar:
+        key = (box.email, timezone)
+        if key not in self._calendars:
+            self._calendars[key] = self.ws.config.calendar(box, timezone)
+        return self._calendars[key]
 
-    def _due(self, drawn: int, timezone: str | None) -> tuple[datetime, Any]:
+    def _due(self, drawn: int, timezone: str | None, box: Mailbox) -> tuple[datetime, Any]:
         """The due time, and its database form. Every row of one import shares `now`, so it
-        depends only on the draw and the zone: each pair is planned once."""
-        key = (drawn, timezone)
+        depends only on the draw, the zone and the mailbox: each is planned once."""
+        key = (drawn, timezone, box.email)
         if key not in self._dues:
-            due = planner.plan_due(self.now, self.first_step.wait, drawn, self._calendar(timezone))
+            cal = self._calendar(box, timezone)
+            due = planner.plan_due(self.now, self.first_step.wait, drawn, cal)
             self._dues[key] = (due, db_datetime(self.conn, due))
         return self._dues[key]
 
-    def write(self, chunk: list[ProspectRow]) -> None:
+    def _preflight(self, box: Mailbox) -> Preflight:
+        """Every step rendered with this mailbox's sender variables (memoised per mailbox)."""
+        if box.email not in self._preflights:
+            self._preflights[box.email] = Preflight(self.ws, self.sequence, box)
+        return self._preflights[box.email]
+
+    def _senders(self, chunk: list[ProspectRow]) -> list[tuple[ProspectRow, Mailbox]]:
+        """Each row with its mailbox, for the rows whose first messages render from it."""
+        earlier: dict[str, str] = {}
+        colleagues: dict[str, str] = {}
+        if self.choice.rotating:
+            # The latest sender each prospect had, and the first sender writing to each company
+            # domain now: a prospect keeps one person, a company hears from one.
+            for email, sender in self.conn.execute(
+                select(prospects_t.c.email, enrollments_t.c.sender)
+                .join(enrollments_t, enrollments_t.c.prospect_id == prospects_t.c.id)
+                .where(prospects_t.c.email.in_([r.email for r in chunk]))
+                .order_by(enrollments_t.c.id)
+            ):
+                earlier[email] = sender
+            domains = {r.email.rpartition("@")[2] for r in chunk} - FREE_MAIL
+            for domain, sender in self.conn.execute(
+                select(prospects_t.c.domain, enrollments_t.c.sender)
+                .join(enrollments_t, enrollments_t.c.prospect_id == prospects_t.c.id)
+                .where(
+                    prospects_t.c.domain.in_(domains),
+                    enrollments_t.c.state.in_(LIVE_STATES),
+                )
+                .order_by(enrollments_t.c.id)
+            ):
+                colleagues.setdefault(domain, sender)
+        out = []
+        for row in chunk:
+            if row.sender is not None:
+                box = self.choice.named(row.sender)
+                assert box is not None  # checked before the chunk was made
+            else:
+                domain = row.email.rpartition("@")[2]
+                box = self.choice.pick(row, earlier.get(row.email), colleagues.get(domain))
+            problem = self._preflight(box).check(row)
+            if problem is not None:
+                self.result.rejected.append(RowError(row.line, f"cannot be sent: {problem}"))
+                continue
+            out.append((row, box))
+        return out
+
+    def write(self, rows: list[ProspectRow]) -> None:
+        accepted = self._senders(rows)
+        chunk = [row for row, _ in accepted]
         ids = self._upsert_prospects(chunk)
         taken = self._already_enrolled([pid for pid, _ in ids.values()])
         new_rows = []
-        for row in chunk:
+        for row, box in accepted:
             prospect_id, status = ids[row.email]
             if status != "active":
                 self.result.skipped.append(
@@ -313,14 +397,14 @@ class _Writer:
                 self.result.skipped.append(Skipped(row.line, row.email, reason))
                 continue
             drawn = self.first_step.wait.draw(self.rng)
-            due, stored_due = self._due(drawn, row.timezone)
+            due, stored_due = self._due(drawn, row.timezone, box)
             if self.result.first_due is None or due < self.result.first_due:
                 self.result.first_due = due
             new_rows.append(
                 (
                     prospect_id,
                     self.sequence.name,
-                    self.mailbox.email,
+                    box.email,
                     "active",
                     0,
                     stored_due,
@@ -329,6 +413,7 @@ class _Writer:
                     self._now,
                 )
             )
+            self.result.split[box.email] = self.result.split.get(box.email, 0) + 1
         bulk_insert(self.conn, enrollments_t, ENROLLMENT_COLUMNS, new_rows)
         self.result.enrolled += len(new_rows)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from outreach import handoff, lifecycle
+from outreach import handoff, lifecycle, reputation
 from outreach.classify import (
     Classified,
     classify,
@@ -29,7 +29,7 @@ from outreach.classify import (
     referenced_ids,
     returned_ids,
 )
-from outreach.config import Mailbox
+from outreach.config import Mailbox, SendingDefaults
 from outreach.engine import (
     end_enrollment,
     live_enrollments,
@@ -192,7 +192,9 @@ def apply_message(
     verdict = classify(message, now=now, unsubscribe_addresses=[a for a in unsubscribe_to if a])
     if verdict.kind == "bounce":
         returned = _our_message(session, returned_ids(message))
-        return _apply_bounce(session, message, verdict, returned or ours, now, report)
+        return _apply_bounce(
+            session, message, verdict, returned or ours, now, report, ws.config.settings.sending
+        )
     if prospect is None:
         report.ignored += 1
         return "unmatched"
@@ -264,6 +266,7 @@ def _apply_bounce(
     ours: Message | None,
     now: datetime,
     report: PollReport,
+    sending: SendingDefaults,
 ) -> str:
     targets: list[Message] = [ours] if ours else []
     for address in verdict.failed:
@@ -300,6 +303,9 @@ def _apply_bounce(
                 now,
                 data=_event_data(message, verdict),
             )
+            # A DSN counts against the sending mailbox's bounce rate like a 5.1.1 at SMTP time.
+            if paused := reputation.after_hard_bounce(session, sending, target.sender, now):
+                report.notes.append(f"mailbox {target.sender} PAUSED: {paused}")
         else:
             session.add(
                 Event(

@@ -171,6 +171,22 @@ class MailboxState(SQLModel, table=True):
     # Scale-out: the one daemon serving this mailbox, until its lease lapses.
     owner: str | None = None
     owner_until: datetime | None = None
+    # The mailbox's local date of its first send: the warm-up ramp counts from it, so a
+    # restart or a config reload never starts the ramp again.
+    first_send_day: str | None = None
+    # The bounce rate counts sends claimed from then on (set by `mailboxes resume`, so the
+    # bounces that paused the mailbox do not pause it again at the next one).
+    bounces_counted_from: datetime | None = None
+
+
+class SequencePause(SQLModel, table=True):
+    """A sequence paused by hand: nothing of it is sent or created as a task until resumed."""
+
+    __tablename__ = "sequence_pauses"
+
+    sequence: str = Field(primary_key=True)
+    reason: str | None = None
+    paused_at: datetime
 
 
 class InboxCursor(SQLModel, table=True):

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
 
-from outreach import lifecycle
+from outreach import clock, cluster, engine, lifecycle, reputation
+from outreach.config import Mailbox
 from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, MailboxState, Message, Prospect
 from outreach.workspace import Workspace
+
+if TYPE_CHECKING:
+    from outreach.dispatch import Report
+    from outreach.sender import Transport
 
 
 def list_tasks(ws: Workspace, now: datetime, sender: str | None = None) -> list[dict[str, Any]]:
@@ -231,13 +238,24 @@ def unknown_messages(ws: Workspace) -> list[dict[str, Any]]:
     ]
 
 
+def _local(ws: Workspace, box: Mailbox, at: datetime | None) -> str | None:
+    """A time as the mailbox's people read it: local, with the zone."""
+    if at is None:
+        return None
+    zone = ZoneInfo(box.timezone or ws.config.settings.sending.timezone)
+    return f"{at.astimezone(zone):%Y-%m-%d %H:%M %Z}"
+
+
 def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
-    """Per mailbox: sent today against the limit, paused or not, and the backlog due now."""
+    """Per mailbox: today's limit (with the warm-up ramp) and what it sent, the backlog due
+    now, paused (and why) or waiting (and until when), its recent bounce rate."""
     out = []
+    sending = ws.config.settings.sending
     with ws.store.session() as session:
+        paused_sequences = engine.paused_sequences(session)
         for box in ws.config.mailboxes:
             state = session.get(MailboxState, box.email)
-            backlog = session.exec(
+            due = (
                 select(func.count())
                 .select_from(Enrollment)
                 .where(
@@ -245,31 +263,56 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
                     Enrollment.state == "active",
                     col(Enrollment.due_at) <= now,
                 )
-            ).one()
+            )
+            if paused_sequences:
+                due = due.where(col(Enrollment.sequence).not_in(paused_sequences))
+            backlog = session.exec(due).one()
             retrying = session.exec(
                 select(func.count())
                 .select_from(Message)
                 .where(Message.sender == box.email, Message.state == "retry")
             ).one()
+            ramp = reputation.ramp_now(session, ws.config, box, now)
+            today = reputation.local_day(ws.config, box, now).isoformat()
+            window = reputation.bounce_window(
+                session, sending, box.email, state.bounces_counted_from if state else None
+            )
+            wait_until = state.next_send_at if state and state.next_send_at else None
+            waiting = wait_until is not None and wait_until > now
             out.append(
                 {
                     "email": box.email,
                     "name": box.name,
-                    "sent_today": state.sent_on_day if state else 0,
-                    "day": state.day if state else None,
-                    "daily_limit": ws.config.daily_limit(box),
+                    "sent_today": state.sent_on_day if state and state.day == today else 0,
+                    "day": today,
+                    "daily_limit": ramp.limit,  # today's, with the ramp
+                    "full_limit": ramp.full_limit,
+                    "warming_up": ramp.warming_up,
+                    "first_send_day": ramp.first_day.isoformat() if ramp.first_day else None,
+                    "full_limit_on": ramp.full_on.isoformat() if ramp.full_on else None,
                     "due_now": backlog,
                     "retrying": retrying,
                     "paused": state.paused_reason if state else None,
+                    "paused_at": state.paused_at.isoformat() if state and state.paused_at else None,
                     "unreachable": state.unreachable if state else None,
+                    # An unreachable server is tried again then; else the gap ends then.
+                    "next_try_at": wait_until.isoformat()
+                    if waiting and wait_until and state and state.unreachable
+                    else None,
+                    "next_send_at": wait_until.isoformat()
+                    if waiting and wait_until and state and not state.unreachable
+                    else None,
+                    "waiting_until_local": _local(ws, box, wait_until) if waiting else None,
+                    "bounces": {
+                        "sends": window.sends,
+                        "hard_bounces": window.bounces,
+                        "rate": round(window.rate, 4),
+                    },
                     "served_by": state.owner
                     if state and state.owner_until and state.owner_until > now
                     else None,
                     "last_sent_at": state.last_sent_at.isoformat()
                     if state and state.last_sent_at
-                    else None,
-                    "next_send_at": state.next_send_at.isoformat()
-                    if state and state.next_send_at
                     else None,
                 }
             )
@@ -283,24 +326,121 @@ def unreachable_mailboxes(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
     return [box for box in mailbox_report(ws, now) if box["unreachable"] and box["due_now"]]
 
 
-def resume_mailbox(ws: Workspace, email: str) -> str:
+def paused_sequence_names(ws: Workspace) -> list[str]:
+    """The sequences paused by hand (`outreach sequence pause`)."""
+    with ws.store.session() as session:
+        return sorted(engine.paused_sequences(session))
+
+
+def resume_mailbox(ws: Workspace, email: str, now: datetime | None = None) -> str:
+    """Let a paused mailbox send again. After a bounce pause the rate counts afresh from now,
+    so the bounces that paused it do not pause it again at the next one."""
     box = ws.config.mailbox(email, field="MAILBOX")
     with ws.store.session() as session:
         state = session.get(MailboxState, box.email)
         if state is None or not state.paused_reason:
             return f"{box.email} is not paused"
+        if state.paused_reason.startswith(reputation.BOUNCE_PAUSE_PREFIX):
+            state.bounces_counted_from = now or clock.now()
         state.paused_reason, state.paused_at = None, None
         session.add(state)
     return f"{box.email} resumed"
 
 
+PAUSED_BY_HAND = "paused by hand"
+
+
+def pause_mailbox(ws: Workspace, email: str, now: datetime, reason: str | None = None) -> str:
+    """Stop a mailbox's sending by hand, until ``outreach mailboxes resume``; its due work
+    waits in due order (a message in flight finishes)."""
+    box = ws.config.mailbox(email, field="MAILBOX")
+    with ws.store.session() as session:
+        cluster.ensure_mailboxes_in(session, [box.email])
+        state = session.get(MailboxState, box.email, with_for_update=True)
+        assert state is not None
+        if state.paused_reason:
+            return f"{box.email} is already paused: {state.paused_reason}"
+        state.paused_reason = f"{PAUSED_BY_HAND}: {reason}" if reason else PAUSED_BY_HAND
+        state.paused_at = now
+        session.add(state)
+    return f"{box.email} paused (`outreach mailboxes resume {box.email}` to send again)"
+
+
+def clear_wait(ws: Workspace, email: str, now: datetime) -> str:
+    """A mailbox waiting (an unreachable server, or its gap) may be tried now."""
+    box = ws.config.mailbox(email, field="MAILBOX")
+    with ws.store.session() as session:
+        state = session.get(MailboxState, box.email, with_for_update=True)
+        if state is None or not state.next_send_at or state.next_send_at <= now:
+            if state is not None and state.paused_reason:
+                raise OutreachError(
+                    f"{box.email} is paused, not waiting: {state.paused_reason}",
+                    field="MAILBOX",
+                    hint=f"`outreach mailboxes resume {box.email}`",
+                )
+            return f"{box.email} is not waiting"
+        was = f"unreachable ({state.unreachable})" if state.unreachable else "waiting out its gap"
+        state.next_send_at = None
+        session.add(state)
+    return f"{box.email} was {was}: trying now"
+
+
+def retry_mailbox(
+    ws: Workspace,
+    email: str,
+    now: datetime,
+    transport_for: Callable[[Mailbox], Transport] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> tuple[str, Report | None]:
+    """Try a waiting mailbox now: its wait is cleared and, unless a daemon holds the database
+    (it then tries at its next dispatch), one pass sends what is due from it, without waiting
+    out gaps. Returns what was done and the pass's report."""
+    import asyncio
+
+    from outreach.daemon import DispatchLock, recover_after_crash
+    from outreach.dispatch import Dispatcher
+    from outreach.dispatch import Report as PassReport
+    from outreach.sender import SmtpTransport
+
+    text = clear_wait(ws, email, now)
+    box = ws.config.mailbox(email, field="MAILBOX")
+    try:
+        lock = DispatchLock(ws).__enter__()
+    except OutreachError:
+        return (
+            f"{text}; the running daemon tries it at its next dispatch (within "
+            f"{ws.config.settings.daemon.dispatch_seconds} s)",
+            None,
+        )
+    try:
+        dispatcher = Dispatcher(ws, transport_for or SmtpTransport, on_event=on_event)
+        if lock.exclusive:
+            recover_after_crash(ws, dispatcher)
+        report = PassReport()
+
+        async def one_pass() -> None:
+            try:
+                await dispatcher.drain(box, report, wait_for_gaps=False)
+            finally:
+                cluster.let_go(ws.store, dispatcher.member)
+
+        asyncio.run(one_pass())
+    finally:
+        lock.__exit__(None, None, None)
+    return text, report
+
+
 __all__ = [
     "complete_task",
     "list_tasks",
+    "clear_wait",
     "mailbox_report",
+    "pause_mailbox",
+    "paused_sequence_names",
     "resolve",
     "resume_mailbox",
     "skip_task",
+    "retry_mailbox",
     "unknown_messages",
     "unreachable_mailboxes",
 ]

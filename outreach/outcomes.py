@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from outreach import lifecycle
+from outreach import lifecycle, reputation
 from outreach.claims import Claimed
 from outreach.engine import end_enrollment, steps_done, stop_for_bounce
 from outreach.models import Enrollment, MailboxState, Message, Prospect
@@ -148,6 +148,9 @@ class Recorder:
         stop_for_bounce(session, message, str(outcome), now)
         report.bounced += 1
         self.event(f"bounced {claim.rcpt}: {outcome}")
+        if paused := reputation.after_hard_bounce(session, self.sending, claim.mail_from, now):
+            report.paused[claim.mail_from] = paused
+            self.event(f"PAUSED mailbox {claim.mail_from}: {paused}")
 
     def _auth(
         self, session: Session, claim: Claimed, outcome: Outcome, now: datetime, report: Report

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from outreach import cluster
+from outreach import cluster, reputation
 from outreach.config import Config, Mailbox
 from outreach.models import MailboxState
 
@@ -53,9 +53,12 @@ class Pacing:
         zone = ZoneInfo(box.timezone or self.config.settings.sending.timezone)
         return now.astimezone(zone).date().isoformat()
 
-    def daily_limit(self, box: Mailbox, state: MailboxState, now: datetime) -> int:
-        """How many messages the mailbox may send on its day at ``now``."""
-        return self.config.daily_limit(box)
+    def daily_limit(
+        self, session: Session, box: Mailbox, state: MailboxState, now: datetime
+    ) -> int:
+        """How many messages the mailbox may send on its day at ``now``: its limit, or its
+        step on the warm-up ramp (``outreach/reputation.py``)."""
+        return reputation.daily_limit(session, self.config, box, now)
 
     def room(
         self, session: Session, box: Mailbox, now: datetime, wanted: int
@@ -75,7 +78,7 @@ class Pacing:
         if state.day != day:
             state.day, state.sent_on_day = day, 0
             session.add(state)
-        count = min(wanted, self.daily_limit(box, state, now) - state.sent_on_day)
+        count = min(wanted, self.daily_limit(session, box, state, now) - state.sent_on_day)
         return Room(state, count) if count > 0 else None
 
     def count_sends(self, session: Session, state: MailboxState, now: datetime, n: int) -> None:

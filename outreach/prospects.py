@@ -56,6 +56,9 @@ class ProspectRow:
     language: str | None = None  # one of LANGUAGES
     timezone: str | None = None  # an IANA zone name, spelled canonically
     extra: dict[str, str] = field(default_factory=dict)  # other columns, keyed by slug
+    # The mailbox the row asks for (a `sender` / `owner` column): an email or a mailbox's name,
+    # as written; enroll matches it against the configured mailboxes.
+    sender: str | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +137,8 @@ _ALIASES = {
     "persona": ("persona",),
     "language": ("language", "lang", "kieli", "språk"),
     "timezone": ("timezone", "time zone", "tz", "aikavyöhyke"),
+    # Not a prospect field: which mailbox writes to this row (enroll's rotation).
+    "sender": ("sender", "owner", "owner email", "omistaja", "lähettäjä", "avsändare"),
 }
 
 
@@ -319,6 +324,11 @@ def _zone(value: str) -> str | None:
     return _zones().get(value.lower())
 
 
+def columns(path: Path) -> set[str]:
+    """The standard fields (and ``sender``) the file's header names; raises like the reader."""
+    return set(_layout(Path(path)).standard)
+
+
 def _show(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[: limit - 3] + "...")
 
@@ -349,6 +359,7 @@ def _rows(
         col[name] for name in STANDARD_FIELDS
     )
     extras = layout.extras
+    i_sender = layout.standard.get("sender", width)
     pad = [""] * (width + 1)
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=layout.encoding, newline="") as f:
         count = 0
@@ -436,6 +447,7 @@ def _rows(
                 language or None,
                 tz or None,
                 {slug: value for slug, i in extras if (value := row[i].strip())},
+                row[i_sender].strip() or None,
             )
         if on_progress is not None:
             on_progress(raw.tell())

@@ -16,6 +16,7 @@ from sqlmodel import col, select
 
 from outreach import ab
 from outreach.config import Mailbox
+from outreach.engine import orphan_problems
 from outreach.errors import OutreachError, TemplateError
 from outreach.models import Prospect
 from outreach.models import Variant as VariantRow
@@ -129,6 +130,8 @@ def validate(ws: Workspace) -> Report:
             _check_languages(report, sequence, step.name, template, state, languages)
             _list_retired(report, sequence, step.name, template, reviewed)
 
+    for orphan in orphan_problems(ws):  # a removed mailbox with live enrollments
+        report.problem(orphan)
     for box in ws.config.mailboxes:
         if box.password_env and box.password() is None and box.smtp_security != "none":
             report.warn(

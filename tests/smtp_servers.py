@@ -145,6 +145,8 @@ class _Recorder:
         scripted = self.owner._next_reply(self.owner._rcpt_replies)
         if scripted is not None:
             return scripted
+        if address.lower() in self.owner.unknown_users:
+            return "550 5.1.1 User unknown"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -276,6 +278,8 @@ class RecordingSMTP:
         self.implicit_tls = implicit_tls
         self.port = 0
         self.received: list[Received] = []
+        # Recipients answered "550 5.1.1 User unknown" at RCPT, every time (a bad list).
+        self.unknown_users: set[str] = set()
         self.cert_path: Path | None = None
         self._key_path: Path | None = None
         self._tmp: Path | None = None

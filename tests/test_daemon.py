@@ -225,6 +225,42 @@ def test_a_database_that_is_away_is_one_log_line_per_run(
     )
 
 
+def test_sighup_reads_the_config_again_in_the_same_process(
+    workspace_dir: Path, holding_server: tuple[HoldingHandler, int]
+) -> None:
+    """`kill -HUP` lets the daemon finish, then start again (same pid) with the edited
+    config: here a dispatch interval of 7 s instead of 1 s."""
+    handler, port = holding_server
+    handler.release.set()  # deliver at once
+    config = prepared(workspace_dir, port)
+    edit_config(config, dispatch_seconds=1)
+    daemon = outreach(config, "run")
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:
+            lines.append(line)
+            if "outreach running" in line and "every 7s" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not any("outreach running" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(f"kill -HUP {daemon.pid} reloads outreach.toml" in line for line in lines)
+    edit_config(config, dispatch_seconds=7)
+    daemon.send_signal(signal.SIGHUP)
+    assert started.wait(30), "".join(lines)
+    assert daemon.poll() is None  # the same process, running again
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    reader.join(5)
+    assert sum("stopped cleanly" in line for line in lines) == 2
+
+
 class Timestamps:
     """An SMTP server that notes when each message arrives."""
 

@@ -382,3 +382,27 @@ def test_mail_that_is_not_ours_is_never_classified(
         monkeypatch.setattr(inbox, "classify", lambda message, **_: classified.append(message))
         report = inbox.poll(ws, clock.now())
     assert (report.seen, report.ignored, classified) == (1, 1, [])
+
+
+def test_hard_bounces_read_from_dsns_pause_the_mailbox(
+    ws: Workspace, workspace_dir: Path, smtp: RecordingSMTP, dovecot_server: Dovecot, rep: str
+) -> None:
+    """A DSN read over IMAP counts against the sending mailbox's bounce rate like a 5.1.1 at
+    SMTP time: 1 of 3 sends is far above 3 %, with bounce_pause_min_sends = 3."""
+    from outreach.outbox import mailbox_report
+    from tests.conftest import edit_config
+
+    edit_config(workspace_dir / "outreach.toml", bounce_pause_min_sends=3)
+    ws = Workspace.load(workspace_dir / "outreach.toml")
+    with freeze_time(MONDAY_10, real_asyncio=True):
+        assert len(send_once(ws).sent) == 3
+        original = sent_to(smtp, "cid@other.example")
+        dsn = POSTFIX_DSN.format(message_id=original["Message-ID"], to=SANNA).encode()
+        dovecot_server.append(rep, "INBOX", dsn.replace(b"\n", b"\r\n"))
+        report = inbox.poll(ws, clock.now())
+        [box] = mailbox_report(ws, clock.now())
+    assert report.bounces == 1
+    reason = "bounce rate: 1 hard bounce in the last 3 sends, 33.3 % (above 3 %)"
+    assert box["paused"].startswith(reason)
+    assert any(reason in note for note in report.notes)
+    ws.close()

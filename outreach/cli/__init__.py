@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Render every step a prospect will get, with every subject and body variant.",
     ),
     "prospect": ("people", "One prospect's enrollments, every message sent and every event."),
+    "reassign": (
+        "mailboxes",
+        "Move a mailbox's live enrollments (a rep leaves) to another mailbox.",
+    ),
     "replies": (
         "sending",
         "Poll the mailboxes for replies, bounces, auto-replies and unsubscribe requests "
@@ -60,6 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("sending", "The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."),
     "schedule": ("sending", "What is due next, and when, in the prospect's own time zone."),
     "secrets": ("secrets", "The key that encrypts the stored OAuth grants ([secrets] key_env)."),
+    "sequence": ("mailboxes", "Pause or resume a whole sequence."),
     "send": ("sending", "Send everything that is due now, within windows and limits, then exit."),
     "sink": (
         "setup",

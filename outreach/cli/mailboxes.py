@@ -1,4 +1,5 @@
-"""The sending mailboxes: their state, pause and resume, OAuth connect, login check."""
+"""The sending mailboxes: their state, pause, resume and retry, OAuth connect, login check;
+reassigning a rep's prospects; pausing a sequence."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import sys
 
 import click
 
-from outreach import clock, mailcheck, outbox
+from outreach import clock, engine, mailcheck, outbox
 from outreach.cli.base import (
     Context,
     cli,
+    fail,
     mailbox_state,
     pass_ctx,
     print_json,
@@ -21,7 +23,8 @@ from outreach.errors import OutreachError
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_context
 def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
-    """Each sending mailbox: sent today, limit, backlog, paused."""
+    """Each sending mailbox: today's limit (with the warm-up), sent today, backlog, paused or
+    waiting and why."""
     if click_ctx.invoked_subcommand is not None:
         return
     ctx: Context = click_ctx.obj
@@ -29,20 +32,48 @@ def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
+    for name in outbox.paused_sequence_names(ctx.ws):
+        click.echo(
+            f"sequence {name} is paused: nothing of it goes out (`outreach sequence resume {name}`)"
+        )
     for row in rows:
-        state = mailbox_state(row)
         click.echo(
             f"{row['email']}: {row['sent_today']}/{row['daily_limit']} today, "
-            f"{row['due_now']} due now, {row['retrying']} retrying, {state}"
+            f"{row['due_now']} due now, {row['retrying']} retrying, {_state(row)}"
         )
+        if row["warming_up"]:
+            click.echo(
+                f"  warming up: {row['daily_limit']} today, the full {row['full_limit']} "
+                f"from {row['full_limit_on']}"
+                + (f" (first send {row['first_send_day']})" if row["first_send_day"] else "")
+            )
+        bounces = row["bounces"]
+        if bounces["hard_bounces"]:
+            click.echo(
+                f"  bounces: {bounces['hard_bounces']} hard in the last {bounces['sends']} "
+                f"sends, {bounces['rate']:.1%}".replace("%", " %")
+            )
+
+
+def _state(row: dict[str, object]) -> str:
+    if row["paused"]:
+        return f"{mailbox_state(row)} (`outreach mailboxes resume {row['email']}`)"
+    if row["next_try_at"]:
+        return f"UNREACHABLE: {row['unreachable']}; next try at {row['waiting_until_local']}"
+    if row["next_send_at"]:
+        return f"ok, next send at {row['waiting_until_local']} (its gap)"
+    if row["due_now"] and row["sent_today"] >= row["daily_limit"]:  # type: ignore[operator]
+        return "at today's limit: the backlog waits for the next sending day, in due order"
+    return mailbox_state(row)
 
 
 @mailboxes.command("resume")
 @click.argument("email")
 @pass_ctx
 def mailboxes_resume(ctx: Context, email: str) -> None:
-    """Let a paused mailbox send again (after fixing its login)."""
-    click.echo(outbox.resume_mailbox(ctx.ws, email))
+    """Let a paused mailbox send again (after fixing its login, or cleaning a list that
+    bounced: the bounce rate then counts afresh)."""
+    click.echo(outbox.resume_mailbox(ctx.ws, email, clock.now()))
 
 
 @mailboxes.command("connect")
@@ -81,3 +112,70 @@ def mailboxes_check(ctx: Context, email: str | None, as_json: bool) -> None:
             click.echo(step.line(), err=step.ok is False)
     if failed:
         sys.exit(1)
+
+
+@mailboxes.command("pause")
+@click.argument("email")
+@click.option("--reason", help="Why, for the others (shown by `mailboxes` and `status`).")
+@pass_ctx
+def mailboxes_pause(ctx: Context, email: str, reason: str | None) -> None:
+    """Stop a mailbox's sending until `outreach mailboxes resume`; its due work waits."""
+    click.echo(outbox.pause_mailbox(ctx.ws, email, clock.now(), reason))
+
+
+@mailboxes.command("retry")
+@click.argument("email")
+@pass_ctx
+def mailboxes_retry(ctx: Context, email: str) -> None:
+    """Try a waiting mailbox (an unreachable server, or its gap) now, once."""
+    text, report = outbox.retry_mailbox(ctx.ws, email, clock.now(), on_event=click.echo)
+    click.echo(text)
+    if report is None:
+        return
+    click.echo(
+        f"{len(report.sent)} sent, {report.retried} to retry, {report.bounced} bounced, "
+        f"{report.failed} failed"
+    )
+    problems = [f"{box}: paused: {why}" for box, why in report.paused.items()]
+    problems += report.errors + report.notes
+    if problems:
+        fail(problems)
+
+
+@cli.command()
+@click.option("--from", "source", required=True, help="The mailbox the prospects leave.")
+@click.option("--to", "target", required=True, help="The configured mailbox they move to.")
+@click.option("--sequence", help="Only this sequence's enrollments.")
+@pass_ctx
+def reassign(ctx: Context, source: str, target: str, sequence: str | None) -> None:
+    """Move a mailbox's live enrollments (a rep leaves) to another mailbox."""
+    result = engine.reassign(ctx.ws, source, target, clock.now(), sequence)
+    per = ", ".join(f"{name} {count}" for name, count in sorted(result.by_sequence.items()))
+    click.echo(
+        f"moved {result.enrollments} live enrollment(s) from {result.source} to "
+        f"{result.target}" + (f" ({per})" if per else "")
+    )
+    if result.messages:
+        click.echo(f"  with {result.messages} retry(ies) and open task(s)")
+
+
+@cli.group()
+def sequence() -> None:
+    """Pause or resume a whole sequence."""
+
+
+@sequence.command("pause")
+@click.argument("name")
+@click.option("--reason", help="Why (kept with the pause).")
+@pass_ctx
+def sequence_pause(ctx: Context, name: str, reason: str | None) -> None:
+    """Nothing of the sequence is sent or becomes a task until `sequence resume`."""
+    click.echo(engine.pause_sequence(ctx.ws, name, clock.now(), reason))
+
+
+@sequence.command("resume")
+@click.argument("name")
+@pass_ctx
+def sequence_resume(ctx: Context, name: str) -> None:
+    """What fell due while paused goes out in due order, within the limits."""
+    click.echo(engine.resume_sequence(ctx.ws, name, clock.now()))

@@ -44,7 +44,13 @@ def _progress(path: Path) -> Iterator[Callable[[int], None] | None]:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--sequence", required=True, help="The sequence to enroll into (e.g. cold).")
-@click.option("--sender", help="Mailbox email the messages go out from (default: the only one).")
+@click.option(
+    "--sender",
+    "senders",
+    multiple=True,
+    help="Mailbox the messages go out from (default: the only one); repeat it, or give "
+    "'all', to spread the file over several.",
+)
 @click.option("--dry-run", is_flag=True, help="Check and count everything, write nothing.")
 @click.option(
     "--skip-invalid", is_flag=True, help="Import the good rows even if some are rejected."
@@ -60,7 +66,7 @@ def enroll(
     ctx: Context,
     file: Path,
     sequence: str,
-    sender: str | None,
+    senders: tuple[str, ...],
     dry_run: bool,
     skip_invalid: bool,
     include_ended: bool,
@@ -73,7 +79,7 @@ def enroll(
             file,
             sequence,
             now=clock.now(),
-            sender=sender,
+            senders=senders,
             dry_run=dry_run,
             skip_invalid=skip_invalid,
             include_ended=include_ended,
@@ -85,6 +91,11 @@ def enroll(
         would = "" if result.applied else "would be "
         click.echo(f"{file} -> sequence {result.sequence}, sender {result.sender}")
         click.echo(f"  {would}enrolled  {result.enrolled}")
+        if len(result.split) > 1 or result.capacity:
+            for email in result.capacity or result.split:
+                count, room = result.split.get(email, 0), result.capacity.get(email)
+                can = f"  (can send {room} in the next 5 sending days)" if room is not None else ""
+                click.echo(f"    {email:<40} {count:>6}{can}")
         click.echo(
             f"  prospects {result.created} new, {result.updated} updated"
             + ("" if result.applied else " (not written)")

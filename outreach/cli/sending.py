@@ -61,7 +61,9 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
         ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
     )
     unreachable = outbox.unreachable_mailboxes(ctx.ws, clock.now())
-    failing = bool(report.errors or report.paused or report.held or unreachable)
+    # A mailbox paused by hand (a rep on leave) is meant: reported, but not a failure.
+    trouble = [r for r in report.paused.values() if not r.startswith(outbox.PAUSED_BY_HAND)]
+    failing = bool(report.errors or trouble or report.held or unreachable)
     if as_json:
         print_json(
             asdict(report)
