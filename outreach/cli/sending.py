@@ -86,7 +86,8 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     for note in report.notes + report.errors:
         click.echo(note, err=True)
     for box in unreachable:
-        next_try = when(box["next_send_at"], localtime.mailbox_zone(ctx.ws.config, box["email"]))
+        at = box.get("next_try_at") or box.get("next_send_at")
+        next_try = when(at, localtime.mailbox_zone(ctx.ws.config, box["email"]))
         click.echo(
             f"mailbox {box['email']}: SMTP server unreachable: {box['unreachable']}; "
             f"{box['due_now']} message(s) wait, next try at {next_try}",
