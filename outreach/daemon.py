@@ -50,8 +50,8 @@ log = logging.getLogger("outreach")
 
 # Libraries that log at INFO what is routine for us (flufl.bounce names every detector it
 # runs on every inbound message; APScheduler every job run; Alembic its context): only their
-# warnings reach the daemon's log.
-QUIET_LOGGERS = ("apscheduler", "alembic", "flufl.bounce", "aiohttp.access", "asyncio")
+# warnings reach the daemon's log. (aiohttp.access stays: one line per web request is ours.)
+QUIET_LOGGERS = ("apscheduler", "alembic", "flufl.bounce", "asyncio")
 # syslog priorities, for journald's "<N>" line prefix (`journalctl -p warning` then works).
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 # The mailbox a dispatcher task is draining, so that its log lines can name it.

@@ -37,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write a working starter: outreach.toml, the three playbook sequences, their templates "
         "and a sample prospects CSV.",
     ),
-    "mailboxes": ("mailboxes", "Each sending mailbox: sent today, limit, backlog, paused."),
+    "mailboxes": (
+        "mailboxes",
+        "Each sending mailbox: today's limit (with the warm-up), sent today, backlog, paused or "
+        "waiting and why.",
+    ),
     "preview": (
         "people",
         "Render every step a prospect will get, with every subject and body variant.",
