@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import signal
 import subprocess
 import sys
@@ -58,7 +59,14 @@ def test_daemon_log_is_one_line_per_event_for_journald(
             deadline = time.monotonic() + 120
             while len(smtp.received) < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            time.sleep(3)  # the first mailbox poll runs at start as well
+            # The first mailbox poll runs at start as well; its libraries load on first use.
+            database = workspace_dir / "outreach.db"
+            while time.monotonic() < deadline:
+                with sqlite3.connect(database) as db:
+                    if db.execute("SELECT 1 FROM events WHERE kind = 'bounce'").fetchone():
+                        break
+                time.sleep(0.2)
+            time.sleep(0.5)  # its log line follows the commit
         finally:
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=60)
