@@ -36,10 +36,9 @@ def test_daemon_log_is_one_line_per_event_for_journald(
     config = workspace_dir / "outreach.toml"
     user = dovecot_server.new_user()
     bounce = (MAIL / "postfix_user_unknown.eml").read_bytes()
-    dovecot_server.append(user, "INBOX", bounce.replace(b"sanna@northwind.example", SANNA.encode()))
     with RecordingSMTP() as smtp:
         point_at_servers(config, smtp.port, dovecot_server.host, dovecot_server.port, user)
-        edit_config(config, **ALWAYS_OPEN, idle=False)
+        edit_config(config, **ALWAYS_OPEN, idle=False, poll_seconds=10)
         (workspace_dir / "list.csv").write_text(
             "email,first_name\nann@acme.example,Ann\npekka.nieminen@asiakas.fi,Pekka\n"
         )
@@ -59,7 +58,10 @@ def test_daemon_log_is_one_line_per_event_for_journald(
             deadline = time.monotonic() + 120
             while len(smtp.received) < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            # The first mailbox poll runs at start as well; its libraries load on first use.
+            # The bounce comes back once Pekka's message has left (one that came before any
+            # message to him would be nobody's bounce); the next poll reads it.
+            returned = bounce.replace(b"sanna@northwind.example", SANNA.encode())
+            dovecot_server.append(user, "INBOX", returned)
             database = workspace_dir / "outreach.db"
             while time.monotonic() < deadline:
                 with sqlite3.connect(database) as db:
