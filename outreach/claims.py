@@ -114,7 +114,9 @@ class Claimer:
                 result.paused = room.reason
                 return result
             if isinstance(room, Wait):
-                result.wait = room
+                # The gap after the last message is nothing to wait for.
+                if _anything_due(session.connection(), box.email, now):
+                    result.wait = room
                 return result
             if room is None:
                 return result
@@ -312,7 +314,13 @@ class Claimer:
         )
         out = []
         for (row, sequence, who), values in zip(kept, rows, strict=True):
-            message = _Row(id=made[row.id], attempts=1, **values)
+            message = _Row(
+                made[row.id],
+                1,
+                values["message_id"],
+                values["subject_variant"],
+                values["body_variant"],
+            )
             out.append(
                 self._claimed(
                     box, row, sequence, who, message, self._thread_of(session, sequence, row)
@@ -382,22 +390,20 @@ def hold(
 
 @dataclass
 class _Row:
-    """The columns of a message row just inserted, as a claim needs them."""
+    """What a claim reads of a message row it has just inserted."""
 
     id: int
     attempts: int
     message_id: str | None
     subject_variant: str | None
     body_variant: str | None
-    enrollment_id: int = 0
-    prospect_id: int = 0
-    sequence: str = ""
-    step_index: int = 0
-    step_name: str = ""
-    channel: str = ""
-    sender: str = ""
-    language: str | None = None
-    persona: str | None = None
+
+
+def _anything_due(conn: Connection, sender: str, now: datetime) -> bool:
+    """Whether the mailbox has a due enrollment at all (read only, nothing locked)."""
+    e = enrollments_t.c
+    due = core_select(e.id).where(e.sender == sender, e.state == "active", e.due_at <= now)
+    return conn.execute(due.limit(1)).first() is not None
 
 
 def _due(conn: Connection, sender: str, now: datetime, paused: list[str]) -> list[Any]:

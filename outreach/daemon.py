@@ -30,7 +30,6 @@ from aiohttp.web import AppRunner
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col, select
 
 from outreach import ab, clock, cluster, handoff, inbox, localtime, web
 from outreach.claims import Claimed
@@ -39,7 +38,6 @@ from outreach.dispatch import Dispatcher
 from outreach.engine import check_no_orphans
 from outreach.errors import OutreachError
 from outreach.imap import ImapError, MailboxImap
-from outreach.models import Enrollment
 from outreach.outcomes import Report
 from outreach.pacing import Wait
 from outreach.sender import SmtpTransport, Transport
@@ -161,8 +159,6 @@ class OnceDispatcher(Dispatcher):
         self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
     ) -> list[Claimed] | Wait | None:
         claimed = super().claim_batch(box, now, report, limit)
-        if isinstance(claimed, Wait) and not self._has_due(box, now):
-            return None  # the gap after the last message: nothing is left to wait for
         if isinstance(claimed, Wait) and self.on_event is not None:
             until = localtime.local(
                 claimed.until, localtime.mailbox_zone(self.ws.config, box.email), seconds=True
@@ -177,19 +173,6 @@ class OnceDispatcher(Dispatcher):
                 else f"{box.email}: next send at {until} (the gap); not waiting for it"
             )
         return claimed
-
-    def _has_due(self, box: Mailbox, now: datetime) -> bool:
-        with self.ws.store.session() as session:
-            return (
-                session.exec(
-                    select(Enrollment.id).where(
-                        Enrollment.sender == box.email,
-                        Enrollment.state == "active",
-                        col(Enrollment.due_at) <= now,
-                    )
-                ).first()
-                is not None
-            )
 
 
 def send_once(

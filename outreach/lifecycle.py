@@ -376,9 +376,12 @@ def mark_unknown(
     return _move(db, stale, (MessageState.SENDING,), MessageState.UNKNOWN, error=_UNKNOWN_TEXT)
 
 
-def uncount(conn: Connection, mailbox: str, count: int = 1, *, forgive_gap: bool = False) -> None:
+def uncount(
+    db: Session | Connection, mailbox: str, count: int = 1, *, forgive_gap: bool = False
+) -> None:
     """The claim counted sends against today's limit that did not happen after all (and with
     ``forgive_gap``, the gap drawn after them is forgiven too)."""
+    conn = _conn(db)
     sent = conn.execute(
         select(mailboxes_t.c.sent_on_day).where(mailboxes_t.c.email == mailbox).with_for_update()
     ).scalar()

@@ -186,10 +186,7 @@ class Recorder:
 
 
 def _uncount(session: Session, mailbox: str) -> MailboxState | None:
-    """The claim counted a send against today's limit; it did not happen after all."""
-    state = session.get(MailboxState, mailbox, with_for_update=True, populate_existing=True)
-    if state is not None:
-        state.sent_on_day = max(state.sent_on_day - 1, 0)
-        state.next_send_at = None
-        session.add(state)
-    return state
+    """The claim counted a send against today's limit; it did not happen after all (and the
+    gap drawn after it is forgiven). The mailbox's row, read again, for what else changes."""
+    lifecycle.uncount(session, mailbox, forgive_gap=True)
+    return session.get(MailboxState, mailbox, populate_existing=True)
