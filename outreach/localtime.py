@@ -46,17 +46,23 @@ def day_start(value: str, now: datetime, zone: str, field: str = "--since") -> d
     """The start of the day named by ``value`` (``today``, ``yesterday`` or ``YYYY-MM-DD``) in
     ``zone``, as an aware datetime; anything else is one clear error naming ``field``."""
     tz = ZoneInfo(zone)
-    today = now.astimezone(tz).date()
-    word = value.strip().lower()
-    if word == "today":
-        day = today
-    elif word == "yesterday":
-        day = date.fromordinal(today.toordinal() - 1)
-    else:
-        try:
-            day = date.fromisoformat(word)
-        except ValueError:
-            raise OutreachError(
-                f"'{value}' is not a day", field=field, hint="today, yesterday or YYYY-MM-DD"
-            ) from None
+    day = parse_day(value, now, zone, field, ("today", "yesterday"))
     return datetime.combine(day, time(0), tzinfo=tz)
+
+
+_OFFSETS = {"yesterday": -1, "today": 0, "tomorrow": 1}
+
+
+def parse_day(value: str, now: datetime, zone: str, field: str, words: tuple[str, ...]) -> date:
+    """The date named by ``value`` (one of ``words``, or ``YYYY-MM-DD``), today being the date
+    in ``zone`` at ``now``; anything else is one clear error naming ``field``."""
+    today = now.astimezone(ZoneInfo(zone)).date()
+    word = value.strip().lower()
+    if word in words:
+        return date.fromordinal(today.toordinal() + _OFFSETS[word])
+    try:
+        return date.fromisoformat(word)
+    except ValueError:
+        raise OutreachError(
+            f"'{value}' is not a day", field=field, hint=f"{', '.join(words)} or YYYY-MM-DD"
+        ) from None

@@ -7,6 +7,7 @@ Kept in the ``mailbox_states`` row, locked in the claim's transaction and leased
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -70,24 +71,51 @@ class Pacing:
         state = cluster.lock_mailbox(session, box.email, self.member, mailboxes, now)
         if state is None:
             return None
-        if state.paused_reason:
-            return Paused(state.paused_reason)
-        if state.next_send_at and state.next_send_at > now:
-            return Wait(state.next_send_at)
-        day = self.local_day(box, now)
-        if state.day != day:
-            state.day, state.sent_on_day = day, 0
-            session.add(state)
-        count = min(wanted, self.daily_limit(session, box, state, now) - state.sent_on_day)
-        return Room(state, count) if count > 0 else None
+        verdict = allowance(
+            state,
+            self.local_day(box, now),
+            lambda: self.daily_limit(session, box, state, now),
+            now,
+            wanted,
+        )
+        session.add(state)
+        return verdict
 
     def count_sends(self, session: Session, state: MailboxState, now: datetime, n: int) -> None:
         """``n`` more messages claimed for today; the next may go after a random gap."""
         if n == 0:
             return
         sending = self.config.settings.sending
-        state.sent_on_day += n
-        state.last_sent_at = now
-        gap = self.rng.uniform(sending.min_gap_seconds, sending.max_gap_seconds)
-        state.next_send_at = now + timedelta(seconds=gap)
+        counted(state, now, n, self.rng.uniform(sending.min_gap_seconds, sending.max_gap_seconds))
         session.add(state)
+
+
+# The two rules below are the whole of a mailbox's pace. The dispatcher applies them to the
+# locked ``mailbox_states`` row; the forecast (``outreach/forecast.py``) to a copy of it, at
+# the times it simulates: so ``outreach schedule`` says what the dispatcher will do.
+
+
+def allowance(
+    state: MailboxState, day: str, limit: int | Callable[[], int], now: datetime, wanted: int
+) -> Room | Wait | Paused | None:
+    """How many of ``wanted`` messages a mailbox in ``state`` may send at ``now``, its local
+    date being ``day`` and ``limit`` that day's limit (a callable is called only when it
+    matters); None when the day's limit is reached. A new day starts the count again
+    (written to ``state``)."""
+    if state.paused_reason:
+        return Paused(state.paused_reason)
+    if state.next_send_at and state.next_send_at > now:
+        return Wait(state.next_send_at)
+    if state.day != day:
+        state.day, state.sent_on_day = day, 0
+    count = min(wanted, (limit if isinstance(limit, int) else limit()) - state.sent_on_day)
+    return Room(state, count) if count > 0 else None
+
+
+def counted(state: MailboxState, now: datetime, n: int, gap_seconds: float) -> None:
+    """``n`` more messages claimed at ``now`` for the day; the next may go after the gap."""
+    if n == 0:
+        return
+    state.sent_on_day += n
+    state.last_sent_at = now
+    state.next_send_at = now + timedelta(seconds=gap_seconds)

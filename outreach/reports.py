@@ -203,53 +203,6 @@ def _step_name(sequences: dict[str, Any], sequence: str, index: int) -> str | No
     return str(seq.steps[index].name)
 
 
-def schedule(ws: Workspace, now: datetime, limit: int = 20) -> dict[str, Any]:
-    """The next steps due, soonest first, in UTC and in the time zone they are planned in."""
-    sequences = ws.sequences
-    with ws.store.session() as session:
-        rows = session.exec(
-            select(Enrollment, Prospect)
-            .join(Prospect)
-            .where(Enrollment.state == "active", col(Enrollment.due_at).is_not(None))
-            .order_by(col(Enrollment.due_at), col(Enrollment.id))
-            .limit(limit)
-        ).all()
-        total = session.exec(
-            select(func.count()).select_from(Enrollment).where(Enrollment.state == "active")
-        ).one()
-        due_now = session.exec(
-            select(func.count())
-            .select_from(Enrollment)
-            .where(Enrollment.state == "active", col(Enrollment.due_at) <= now)
-        ).one()
-    items = []
-    for enrollment, prospect in rows:
-        mailbox_zone = _mailbox_zone(ws, enrollment.sender)
-        zone = ZoneInfo(prospect.timezone or mailbox_zone)
-        seq = sequences.get(enrollment.sequence)
-        step = (
-            seq.steps[enrollment.step_index]
-            if seq and enrollment.step_index < len(seq.steps)
-            else None
-        )
-        assert enrollment.due_at is not None
-        items.append(
-            {
-                "email": prospect.email,
-                "name": " ".join(p for p in (prospect.first_name, prospect.last_name) if p) or None,
-                "company": prospect.company,
-                "sequence": enrollment.sequence,
-                "step": step.name if step else None,
-                "channel": step.channel if step else None,
-                "thread": step.thread if step else None,
-                "sender": enrollment.sender,
-                "due_at": enrollment.due_at.isoformat(),
-                "due_local": enrollment.due_at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z"),
-            }
-        )
-    return {"now": now.isoformat(), "active": total, "due_now": due_now, "upcoming": items}
-
-
 def _mailbox_zone(ws: Workspace, sender: str) -> str:
     for box in ws.config.mailboxes:
         if box.email == sender and box.timezone:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
+from outreach import planner
 from outreach.config import Config, Mailbox, SendingDefaults
 from outreach.models import Enrollment, MailboxState, Message, Prospect
 
@@ -187,7 +188,7 @@ def after_hard_bounce(
 
 
 # What counts as sent to a domain today: everything claimed that was not given back.
-_TAKEN = ("claimed", "sending", "sent", "bounced", "unknown")
+TAKEN_STATES = ("claimed", "sending", "sent", "bounced", "unknown")
 
 
 def defer_if_domain_full(
@@ -202,8 +203,7 @@ def defer_if_domain_full(
     if cap is None:
         return False
     domain = row.email.rpartition("@")[2]
-    zone = ZoneInfo(box.timezone or ws.config.settings.sending.timezone)
-    midnight = datetime.combine(now.astimezone(zone).date(), time(0), zone)
+    midnight = day_start(ws.config, box, now)
     sent = session.exec(
         select(func.count())
         .select_from(Message)
@@ -213,21 +213,35 @@ def defer_if_domain_full(
             Message.channel == "email",
             Prospect.domain == domain,
             col(Message.claimed_at) >= midnight,
-            col(Message.state).in_(_TAKEN),
+            col(Message.state).in_(TAKEN_STATES),
         )
     ).one()
     if sent + pending < cap:
         return False
-    cal = ws.config.calendar(box, row.timezone)
     session.connection().execute(
         update(enrollments_t)
         .where(enrollments_t.c.id == row.id)
-        .values(due_at=cal.next_open(midnight + timedelta(days=1)))
+        .values(due_at=after_domain_cap(ws.config.calendar(box, row.timezone), midnight))
     )
     return True
 
 
+def day_start(config: Config, box: Mailbox, at: datetime) -> datetime:
+    """The mailbox's local midnight that starts the day ``at`` is in: its daily counts (the
+    limit, the per-domain cap) start there."""
+    zone = ZoneInfo(box.timezone or config.settings.sending.timezone)
+    return datetime.combine(at.astimezone(zone).date(), time(0), zone)
+
+
+def after_domain_cap(cal: planner.SendingCalendar, midnight: datetime) -> datetime:
+    """When an email deferred by the per-domain cap on the day starting at ``midnight`` is
+    due again: the next sending day's window (the dispatcher and the forecast both)."""
+    return cal.next_open(midnight + timedelta(days=1))
+
+
 __all__ = [
+    "after_domain_cap",
+    "day_start",
     "defer_if_domain_full",
     "BounceWindow",
     "Ramp",

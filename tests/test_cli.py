@@ -32,9 +32,9 @@ def test_quick_start_steps(tmp_path: Path) -> None:
     assert cold["enrollments"]["active"] == 10
     assert cold["steps"][0]["due"] == 10 and cold["steps"][1]["active"] == 0
     schedule = run.json("schedule")
-    assert schedule["due_now"] == 10
-    assert {item["step"] for item in schedule["upcoming"]} == {"intro"}
-    assert run("schedule").stdout.startswith("10 active enrollment(s), 10 due now")
+    assert schedule["active"] == 10 and len(schedule["messages"]) == 10
+    assert {item["step"] for item in schedule["messages"]} == {"intro"}
+    assert run("schedule").stdout.startswith("Mon 2027-01-04: 10 email(s) and 0 task(s)")
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:

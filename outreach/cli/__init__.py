@@ -66,7 +66,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Let a paused prospect (a colleague replied) go on with their sequences.",
     ),
     "run": ("sending", "The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."),
-    "schedule": ("sending", "What is due next, and when, in the prospect's own time zone."),
+    "schedule": (
+        "sending",
+        "What will really go out on a day: limits, ramp, gaps and windows applied.",
+    ),
     "secrets": ("secrets", "The key that encrypts the stored OAuth grants ([secrets] key_env)."),
     "sequence": ("mailboxes", "Pause or resume a whole sequence."),
     "send": ("sending", "Send everything that is due now, within windows and limits, then exit."),

@@ -135,12 +135,14 @@ def mailbox_state(row: dict[str, Any]) -> str:
     return "ok"
 
 
-def table(rows: list[list[Any]], header: list[str]) -> None:
+def table(rows: list[list[Any]], header: list[str], *, left: bool = False) -> None:
+    """Columns in the widths of their longest cell: the first (or, with ``left``, every one)
+    aligned left, the others right."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
         click.echo(
             "  ".join(
-                str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                str(v).ljust(w) if i == 0 or left else str(v).rjust(w)
                 for i, (v, w) in enumerate(zip(row, widths, strict=False))
             ).rstrip()
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import asdict
+from datetime import date, timedelta
 
 import click
 
@@ -18,32 +19,117 @@ from outreach.cli.base import (
     table,
     when,
 )
+from outreach.errors import OutreachError
 
 
 @cli.command()
 @click.option(
-    "--limit",
-    default=20,
+    "--date",
+    "day",
+    default="today",
     show_default=True,
-    type=click.IntRange(min=1),
-    help="How many upcoming steps to show.",
+    metavar="today|tomorrow|YYYY-MM-DD",
+    help="The day to forecast, each mailbox's own date.",
 )
+@click.option("--sender", metavar="EMAIL", help="Only this mailbox.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
-def schedule(ctx: Context, limit: int, as_json: bool) -> None:
-    """What is due next, and when, in the prospect's own time zone."""
-    report = reports.schedule(ctx.ws, clock.now(), limit)
+def schedule(ctx: Context, day: str, sender: str | None, as_json: bool) -> None:
+    """What will really go out on a day: limits, ramp, gaps and windows applied."""
+    from outreach import forecast
+
+    now = clock.now()
+    config = ctx.ws.config
+    if sender is not None and sender not in {b.email for b in config.mailboxes}:
+        raise OutreachError(f"no mailbox {sender} in the config", field="--sender")
+    zone = localtime.mailbox_zone(config, sender) if sender else localtime.team_zone(config)
+    wanted = localtime.parse_day(day, now, zone, "--date", ("today", "tomorrow"))
+    today = localtime.parse_day("today", now, zone, "--date", ("today",))
+    if not today <= wanted <= today + timedelta(days=forecast.HORIZON_DAYS):
+        raise OutreachError(
+            f"{wanted} is not between today ({today}) and {forecast.HORIZON_DAYS} days ahead",
+            field="--date",
+        )
+    report = forecast.forecast(ctx.ws, now, wanted, sender)
     if as_json:
         print_json(report)
         return
-    click.echo(f"{report['active']} active enrollment(s), {report['due_now']} due now")
-    table(
-        [
-            [i["email"], i["sequence"], f"{i['step']} ({i['channel']})", i["due_local"]]
-            for i in report["upcoming"]
-        ],
-        ["prospect", "sequence", "next step", "due (local)"],
+    _print_forecast(report)
+
+
+def _print_forecast(report: dict) -> None:  # type: ignore[type-arg]
+    day = date.fromisoformat(report["date"])
+    messages, tasks = report["messages"], report["tasks"]
+    click.echo(
+        f"{day:%a %Y-%m-%d}: {len(messages)} email(s) and {len(tasks)} task(s) will go out "
+        f"({report['active']} active enrollment(s); assuming {report['assumes']})"
     )
+    for box in report["mailboxes"]:
+        if box["paused"]:
+            reason = box["paused"]
+            state = reason if reason.startswith("paused") else f"paused: {reason}"
+            state += "; nothing goes out"
+        elif not box["sending_day"]:
+            state = "not a sending day"
+        else:
+            limit = f"limit {box['daily_limit']}"
+            if box["warming_up"]:
+                limit += f" (warming up to {box['full_limit']})"
+            state = f"{box['sends']} email(s), {limit}"
+        left = box["backlog_after"]
+        wait = f"; {left} still due at the day's end" if left else ""
+        click.echo(f"mailbox {box['email']} ({box['timezone']}): {state}{wait}")
+    several = len(report["mailboxes"]) > 1
+    if messages:
+        click.echo("")
+        table(
+            [
+                [
+                    m["at_local"][11:],
+                    *([m["sender"]] if several else []),
+                    m["email"],
+                    m["company"] or "",
+                    f"{m['sequence']}/{m['step']}",
+                    m["prospect_local"][11:] if m["prospect_local"] != m["at_local"] else "",
+                    "late" if m["late"] else ("next step" if m["follow_up"] else ""),
+                ]
+                for m in messages
+            ],
+            [
+                "time",
+                *(["mailbox"] if several else []),
+                "prospect",
+                "company",
+                "step",
+                "their time",
+                "",
+            ],
+            left=True,
+        )
+    if tasks:
+        click.echo("\ntasks for the reps (in `outreach tasks` from then on):")
+        table(
+            [
+                [
+                    t["at_local"][11:],
+                    *([t["sender"]] if several else []),
+                    t["email"],
+                    f"{t['sequence']}/{t['step']}",
+                    t["channel"],
+                ]
+                for t in tasks
+            ],
+            ["due", *(["mailbox"] if several else []), "prospect", "step", "channel"],
+            left=True,
+        )
+    for held in report["held"]:
+        click.echo(
+            f"held: {held['email']} ({held['sequence']}, step {held['step_index'] + 1}): "
+            f"{held['reason']}",
+            err=True,
+        )
+    for name in report["paused_sequences"]:
+        click.echo(f"sequence {name} is paused: nothing of it goes out", err=True)
 
 
 @cli.command()
