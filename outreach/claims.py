@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, and_, or_, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
@@ -163,6 +163,29 @@ class Claimer:
                     )
                 session.flush()
             self.pacing.count_sends(session, room.state, now, len(result.claimed))
+        return result
+
+    def claim_tasks(self, box: Mailbox, now: datetime) -> ClaimResult:
+        """Make the mailbox's due LinkedIn and manual steps tasks now, without its pace (a
+        task takes no place in the day's limit): what a rep asking `outreach tasks` sees is
+        what is due, not what the last send pass made."""
+        result = ClaimResult()
+        steps = [
+            (sequence.name, index)
+            for sequence in self.ws.sequences.values()
+            for index, step in enumerate(sequence.steps)
+            if not step.is_email
+        ]
+        if not steps:
+            return result
+        with self.ws.store.session() as session:
+            conn = session.connection()
+            paused = paused_sequences(session)
+            while due := _due(conn, box.email, now, paused, steps):
+                dead = _suppressed_among(conn, [row.email for row in due])
+                for row in due:  # each one leaves the due set: a task, rescheduled, or ended
+                    self._triage(session, box, row, dead, now, result)
+                session.flush()
         return result
 
     def _triage(
@@ -406,10 +429,22 @@ def _anything_due(conn: Connection, sender: str, now: datetime) -> bool:
     return conn.execute(due.limit(1)).first() is not None
 
 
-def _due(conn: Connection, sender: str, now: datetime, paused: list[str]) -> list[Any]:
+def _due(
+    conn: Connection,
+    sender: str,
+    now: datetime,
+    paused: list[str],
+    steps: list[tuple[str, int]] | None = None,
+) -> list[Any]:
     """The mailbox's due enrollments, oldest first, with their prospects, locked (skipping
-    those another transaction holds)."""
+    those another transaction holds); only those at one of ``steps`` (sequence, index) when
+    given."""
     e, p = enrollments_t.c, prospects_t.c
+    at_steps = (
+        [or_(*(and_(e.sequence == name, e.step_index == index) for name, index in steps))]
+        if steps is not None
+        else []
+    )
     return list(
         conn.execute(
             core_select(
@@ -425,7 +460,7 @@ def _due(conn: Connection, sender: str, now: datetime, paused: list[str]) -> lis
             .join(prospects_t, p.id == e.prospect_id)
             .where(e.sender == sender, e.state == "active", e.due_at <= now)
             # A sequence paused by hand sends nothing and creates no task; its due times wait.
-            .where(*([e.sequence.not_in(paused)] if paused else []))
+            .where(*([e.sequence.not_in(paused)] if paused else []), *at_steps)
             .order_by(e.due_at, e.id)
             .limit(BATCH)
             .with_for_update(skip_locked=True, of=enrollments_t)

@@ -175,6 +175,24 @@ class OnceDispatcher(Dispatcher):
         return claimed
 
 
+def make_due_tasks(ws: Workspace, now: Callable[[], datetime] = clock.now) -> int | None:
+    """Make the due LinkedIn and manual steps tasks now (``outreach tasks`` before it lists),
+    and skip those left undone too long. None when a daemon is running on this SQLite file:
+    it makes them itself at its next tick, and two writers would only race."""
+    try:
+        lock = DispatchLock(ws).__enter__()
+    except OutreachError:
+        return None
+    try:
+        return Dispatcher(ws, _no_transport, now=now).make_due_tasks()
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _no_transport(box: Mailbox) -> Transport:
+    raise AssertionError("making tasks sends nothing")
+
+
 def send_once(
     ws: Workspace,
     *,

@@ -83,6 +83,19 @@ class Dispatcher:
         self._sent_folders_checked = False
         self._prepared_at: datetime | None = None
 
+    def make_due_tasks(self) -> int:
+        """Every mailbox's due LinkedIn and manual steps made tasks now, their texts rendered
+        (outside the claim's transaction), and tasks left undone too long skipped: what
+        ``outreach tasks`` runs before it lists. Returns how many tasks it made."""
+        now = self.now()
+        made = 0
+        for box in self.ws.config.mailboxes:
+            result = self.claimer.claim_tasks(box, now)
+            tasks.render_new(self.ws, self.composer, result.tasks)
+            made += len(result.tasks)
+        tasks.expire(self.ws, now, Report(), self.rng)
+        return made
+
     # ----------------------------------------------------------------- the run
 
     async def run_once(self, *, wait_for_gaps: bool = True, hold: bool = False) -> Report:

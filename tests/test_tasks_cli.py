@@ -139,3 +139,30 @@ def test_tasks_skip_and_done_refuse_in_one_line(tasks_due: Cli) -> None:
     )
     unknown = tasks_due("tasks", "--sender", "nobody@northwind.example")
     assert unknown.exit_code == 1 and len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_tasks_appear_when_due_without_a_send_pass(workspace_dir: Path, run: Cli) -> None:
+    """The rep asks `outreach tasks` on the morning the LinkedIn step falls due: it is there,
+    with its text, though nothing has run `send` since the nudges; not before it is due, and
+    not while its sequence is paused by hand."""
+    config = workspace_dir / "outreach.toml"
+    with RecordingSMTP() as smtp, freeze_time(MONDAY, real_asyncio=True) as clock:
+        edit_config(config, smtp_port=smtp.port, min_gap_seconds=0, max_gap_seconds=0)
+        (workspace_dir / "list.csv").write_text(PROSPECTS)
+        assert run.json("enroll", str(workspace_dir / "list.csv"), "--sequence", "cold")
+        for moment in (MONDAY, NUDGES_DUE):
+            clock.move_to(moment)
+            assert run("send", "--once").exit_code == 0
+        assert len(smtp.received) == 4
+        assert run.json("tasks") == []  # the LinkedIn step is 10-14 days away
+        clock.move_to(TASKS_DUE)
+        assert run("sequence", "pause", "cold").exit_code == 0
+        assert run.json("tasks") == []
+        assert run("sequence", "resume", "cold").exit_code == 0
+        tasks = run.json("tasks")
+        assert sorted(t["prospect"] for t in tasks) == ["ann@acme.example", "bob@beta.example"]
+        assert all(t["text"] and "Ann" in t["text"] for t in tasks if t["first_name"] == "Ann")
+        assert run.json("tasks") == tasks  # asked again: the same tasks, none twice
+        assert len(smtp.received) == 4  # making tasks sends nothing
+        assert run("send", "--once").exit_code == 0
+        assert run.json("tasks") == tasks

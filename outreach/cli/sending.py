@@ -346,6 +346,7 @@ def tasks(click_ctx: click.Context, sender: str | None, as_json: bool, as_csv: b
     ctx: Context = click_ctx.obj
     if sender is not None:
         sender = ctx.ws.config.mailbox(sender).email  # an unknown mailbox is one clear line
+    daemon.make_due_tasks(ctx.ws)  # due steps listed now, not after the next send pass
     rows = outbox.list_tasks(ctx.ws, clock.now(), sender)
     if as_json:
         print_json(rows)
