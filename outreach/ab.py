@@ -29,6 +29,7 @@ from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail import Outgoing, build_message, make_message_id
 from outreach.models import Decision, Event, Message, Review
 from outreach.models import Variant as VariantRow
+from outreach.sentiment import reply_class_of
 from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace
 
@@ -50,7 +51,6 @@ METRICS = {
     "positive_or_neutral": "replies classed positive or neutral (not negative, not unsubscribe)",
     "any_reply": "every human reply, unsubscribe requests and refusals included",
 }
-REPLY_CLASSES = ("positive", "neutral", "negative", "unsubscribe")
 DELIVERED = ("sent",)  # a bounced message reached nobody; an unknown one may not have left
 
 
@@ -328,23 +328,6 @@ def counts(reply_class: str, metric: str) -> bool:
     if metric == "any_reply":
         return True
     return reply_class in ("positive", "neutral")
-
-
-def reply_class_of(event: Event) -> str | None:
-    """The class of a human reply event (a rep's correction first), or None for any other."""
-    if event.kind == "reply":
-        default = event.reason or "neutral"
-    elif event.kind == "unsubscribe":
-        if str(event.data.get("rule", "")).startswith("sent to the unsubscribe address"):
-            return None  # a message to the List-Unsubscribe mailto, not a reply
-        default = "unsubscribe"
-    elif event.kind == "stop" and event.reason == "replied":
-        default = "neutral"
-    elif event.kind == "goal":  # a meeting or a webinar booked: the best answer there is
-        default = "positive"
-    else:
-        return None
-    return str(event.data.get("class") or default)
 
 
 def human_replies(session: Session) -> list[Reply]:

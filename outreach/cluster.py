@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from outreach.models import DaemonBeat, MailboxState, Message, Singleton
@@ -67,6 +66,9 @@ def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> 
     """INSERT ... ON CONFLICT DO NOTHING, in the database's own dialect."""
     if not rows:
         return
+    # The dialect's own INSERT, imported when used: a read-only command never needs it.
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(dialect.insert(table).values(rows).on_conflict_do_nothing())
 

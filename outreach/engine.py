@@ -10,11 +10,11 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from outreach import handoff, lifecycle, planner
-from outreach.ab import REPLY_CLASSES, reply_class_of
 from outreach.config import Crm, Mailbox
 from outreach.errors import ConfigError, NotFound, OutreachError, Problems
 from outreach.models import Enrollment, Event, Message, Prospect, SequencePause, Suppression
 from outreach.prospects import normalize_email
+from outreach.sentiment import REPLY_CLASSES, reply_class_of
 from outreach.store import Store
 from outreach.workspace import Workspace
 

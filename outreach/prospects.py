@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import email_validator
-from email_validator import EmailNotValidError, validate_email
-
 from outreach.csvfile import detect_encoding, records
 from outreach.errors import ImportError_
 
@@ -80,8 +77,16 @@ class RowError:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _FAST_EMAIL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
-_SPECIAL_DOMAINS = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES)
-_SPECIAL_SUFFIXES = tuple("." + name for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
+@lru_cache(maxsize=1)
+def _special_use() -> tuple[frozenset[str], tuple[str, ...]]:
+    """email-validator's special-use domains (imported on the first address: a command that
+    reads no address never loads it)."""
+    import email_validator
+
+    names = email_validator.SPECIAL_USE_DOMAIN_NAMES
+    return frozenset(names), tuple("." + name for name in names)
 
 
 def normalize_email(address: str) -> str:
@@ -94,12 +99,11 @@ def normalize_email(address: str) -> str:
     match = _FAST_EMAIL.fullmatch(address) if len(address) <= 254 else None
     if match is not None:
         domain = match.group(1).lower()
-        if (
-            "--" not in domain
-            and domain not in _SPECIAL_DOMAINS
-            and not domain.endswith(_SPECIAL_SUFFIXES)
-        ):
+        special, suffixes = _special_use()
+        if "--" not in domain and domain not in special and not domain.endswith(suffixes):
             return address.lower()
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as e:

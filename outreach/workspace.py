@@ -6,14 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from outreach.config import Config, Mailbox, find_config_path, load_config
 from outreach.errors import OutreachError, Problems, SequenceError
 from outreach.prospects import STANDARD_FIELDS
 from outreach.sequences import Sequence, load_sequences
 from outreach.store import Store, open_store
-from outreach.templates import Renderer, TemplateLibrary
+
+if TYPE_CHECKING:  # Jinja loads with the first template: `status` never needs it
+    from outreach.templates import Renderer, TemplateLibrary
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Workspace:
 
     @cached_property
     def templates(self) -> TemplateLibrary:
+        from outreach.templates import TemplateLibrary
+
         self._templates_stamp = self._stamp_templates()
         return TemplateLibrary(self.config.templates_dir, self.config.root)
 
@@ -93,6 +97,8 @@ class Workspace:
 
     @cached_property
     def renderer(self) -> Renderer:
+        from outreach.templates import Renderer
+
         return Renderer()
 
     @property

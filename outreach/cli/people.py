@@ -20,9 +20,6 @@ from outreach.cli.base import (
     table,
     when,
 )
-from outreach.enroll import enroll_csv, format_rejection
-from outreach.export import write_csv
-from outreach.preview import preview as render_preview
 
 
 @contextmanager
@@ -74,6 +71,7 @@ def enroll(
 ) -> None:
     """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
     with _progress(file) as on_progress:
+        from outreach.enroll import enroll_csv, format_rejection  # not for `status`
         result = enroll_csv(
             ctx.ws,
             file,
@@ -375,6 +373,8 @@ def suppressions(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def preview(ctx: Context, email: str, sequence: str | None, as_json: bool) -> None:
     """Render every step a prospect will get, with every subject and body variant."""
+    from outreach.preview import preview as render_preview
+
     doc = render_preview(ctx.ws, email, sequence)
     if as_json:
         print_json(doc)
@@ -425,6 +425,8 @@ def export(ctx: Context, replied: bool, excel: bool, output: Path | None, as_jso
     if as_json:
         print_json(rows)
         return
+    from outreach.export import write_csv
+
     write_csv(output or sys.stdout.buffer, reports.EXPORT_COLUMNS, rows, excel=excel)
     if output:
         click.echo(f"{len(rows)} row(s) written to {output}", err=True)

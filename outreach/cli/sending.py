@@ -10,7 +10,6 @@ from datetime import date, timedelta
 import click
 
 from outreach import clock, daemon, handoff, inbox, localtime, outbox, reports
-from outreach.ab import REPLY_CLASSES
 from outreach.cli.base import (
     Context,
     cli,
@@ -20,6 +19,7 @@ from outreach.cli.base import (
     when,
 )
 from outreach.errors import OutreachError
+from outreach.sentiment import REPLY_CLASSES
 
 
 @cli.command()
