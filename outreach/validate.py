@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import col, select
 
 from outreach import ab
+from outreach.compose import Composer
 from outreach.config import Mailbox
 from outreach.engine import orphan_problems
 from outreach.errors import OutreachError, TemplateError
 from outreach.models import Prospect
 from outreach.models import Variant as VariantRow
+from outreach.prospects import STANDARD_FIELDS
 from outreach.sequences import Sequence, read_sequences
 from outreach.templates import Kind, StepTemplate, Variant
-from outreach.workspace import Workspace, template_variables
+from outreach.workspace import Workspace
 
 SAMPLE_PROSPECT = {
     "email": "aino.korhonen@rakennus.example",
@@ -166,31 +169,23 @@ def _template_references(
 
 
 def _render_every_text(ws: Workspace, template: StepTemplate, report: Report) -> None:
-    """Render each text of the file, every language and persona, for the sample prospect."""
+    """Render each text of the file, every language and persona, for the sample prospect,
+    through the composer that dispatch, enroll's pre-flight and preview use."""
     settings = ws.config.settings
     mailbox = ws.config.mailboxes[0] if ws.config.mailboxes else PLACEHOLDER_SENDER
-    sender = ws.sender_variables(mailbox)
     sample = {**SAMPLE_PROSPECT, **settings.sample_prospect}
-    standard = {
-        k: v
-        for k, v in sample.items()
-        if k in SAMPLE_PROSPECT or k in ("persona", "language", "timezone")
-    }
-    extra = {k: v for k, v in sample.items() if k not in standard}
+    extra = {k: v for k, v in sample.items() if k not in STANDARD_FIELDS}
+    composer = Composer(ws, rehearsal=True)
     for variant in template.subjects + template.bodies:
         for language, persona in sorted(variant.texts):
-            who = None if persona == "default" else persona
-            variables = template_variables(
-                {**standard, "language": language, "persona": who},
-                extra,
-                sender,
-                settings.variables,
+            prospect = SimpleNamespace(
+                **{key: sample.get(key) for key in STANDARD_FIELDS},
+                fields=extra,
             )
+            prospect.language = language
+            prospect.persona = None if persona == "default" else persona
             try:
-                if variant.kind == "subject":
-                    ws.renderer.render_subject(variant, language, who, variables, template.path)
-                else:
-                    ws.renderer.render_body(variant, language, who, variables, template.path)
+                composer.render(template, variant, composer.recipient(prospect, mailbox))
                 report.rendered += 1
             except TemplateError as exc:
                 report.problem(exc)
