@@ -403,12 +403,19 @@ def hold(
             lifecycle.uncount(conn, claim.mail_from)
         else:
             lifecycle.release(conn, now, ids=[claim.message_row], owner=member.id)
-        e = lifecycle.enrollments_t.c
-        conn.execute(
-            update(lifecycle.enrollments_t)
-            .where(e.id == claim.enrollment_id, e.state == "active")
-            .values(due_at=now + HOLD_FOR, updated_at=now, held_reason=problem, held_at=now)
-        )
+        hold_enrollment(conn, claim.enrollment_id, now, problem)
+
+
+def hold_enrollment(conn: Connection, enrollment_id: int, now: datetime, problem: str) -> None:
+    """The enrollment's step is held for ``problem`` (a template's file:line, a header that
+    cannot be built): tried again after HOLD_FOR, and shown with the reason meanwhile
+    (`status`, `schedule`, `prospect`, the daemon's log once)."""
+    e = enrollments_t.c
+    conn.execute(
+        update(enrollments_t)
+        .where(e.id == enrollment_id, e.state == "active")
+        .values(due_at=now + HOLD_FOR, updated_at=now, held_reason=problem, held_at=now)
+    )
 
 
 @dataclass
@@ -494,11 +501,7 @@ def _end(session: Session, enrollment_id: int, reason: str, now: datetime) -> No
 def _hold_row(
     conn: Connection, enrollment_id: int, now: datetime, problem: str, result: ClaimResult
 ) -> None:
-    conn.execute(
-        update(enrollments_t)
-        .where(enrollments_t.c.id == enrollment_id)
-        .values(due_at=now + HOLD_FOR, held_reason=problem, held_at=now)
-    )
+    hold_enrollment(conn, enrollment_id, now, problem)
     result.held[problem] = result.held.get(problem, 0) + 1
 
 
