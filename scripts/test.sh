@@ -23,4 +23,6 @@ python3 -m venv .venv
 
 .venv/bin/ruff check outreach tests bench
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+# In parallel (one worker per core, at most 4; each worker starts its own Dovecot and
+# PostgreSQL on free ports): `-n 0` among the arguments runs it in one process.
+.venv/bin/python -m pytest -q -n auto --maxprocesses 4 "$@"
