@@ -168,7 +168,9 @@ def status(ctx: Context, as_json: bool) -> None:
         )
         tracking_on = any(report["tracking"].values())
         for s in seq["steps"]:
-            if any(s["tracking"].values()) or (tracking_on and s["channel"] == "email"):
+            if any(s["tracking"].values()) or (
+                tracking_on and s["channel"] == "email" and s["sent"]
+            ):
                 click.echo(f"  tracked {s['index'] + 1}. {s['name']}: {_tracked(s['tracking'])}")
         click.echo()
     for box in report["mailboxes"]:
@@ -212,8 +214,9 @@ def status(ctx: Context, as_json: bool) -> None:
 def _tracked(counts: dict[str, int]) -> str:
     """One step's opens and clicks: people's, then machines' apart (never counted)."""
     return (
-        f"opened by {counts['opened']} (+{counts['opened_by_machines']} by machines), "
-        f"clicked by {counts['clicked']} (+{counts['clicked_by_machines']} by machines)"
+        f"opened: {counts['opened']} by people, {counts['opened_by_machines']} by machines "
+        f"(not counted); clicked: {counts['clicked']} by people, "
+        f"{counts['clicked_by_machines']} by machines"
     )
 
 
