@@ -31,6 +31,7 @@ from outreach.mail import (
 )
 from outreach.sequences import Sequence, Step
 from outreach.templates import Kind, StepTemplate, Variant
+from outreach.tracking import Tracker
 from outreach.unsubscribe import make_link, secret_from_env
 from outreach.wire import WireMessage, render_message
 from outreach.workspace import Workspace
@@ -115,11 +116,32 @@ class Composer:
         self.ws = ws
         self.settings = ws.config.settings
         self._secret: str | None = None
-        if self.settings.sending.unsubscribe_url:
+        sending, tracking = self.settings.sending, self.settings.tracking
+        if sending.unsubscribe_url:
             self._secret = (
                 secrets.token_urlsafe(32)
                 if rehearsal
-                else secret_from_env(self.settings.sending.unsubscribe_secret_env)
+                else secret_from_env(sending.unsubscribe_secret_env)
+            )
+        # Opens and clicks (off by default): the tracking links are signed with the same
+        # secret, under a salt of their own.
+        self.tracker: Tracker | None = None
+        if tracking.on and tracking.domain:
+            self.tracker = Tracker(
+                base_url=tracking.domain,
+                secret=self._secret
+                or (
+                    secrets.token_urlsafe(32)
+                    if rehearsal
+                    else secret_from_env(
+                        sending.unsubscribe_secret_env, "the unsubscribe and tracking links"
+                    )
+                ),
+                opens=tracking.opens,
+                clicks=tracking.clicks,
+                untouched=(sending.unsubscribe_url.partition("?")[0],)
+                if sending.unsubscribe_url
+                else (),
             )
 
     def recipient(self, prospect: Any, box: Mailbox) -> Recipient:
@@ -202,6 +224,10 @@ class Composer:
                 )
             subject, previous = reply_subject(thread[0].subject), thread[-1]
         text, html = self.body(template, body_variant, who)
+        if self.tracker is not None:
+            # The step's own copy only: the quoted earlier message (added when the message is
+            # built) keeps the earlier message's links.
+            text, html = self.tracker.apply(text, html, message_id)
         quote = None
         if previous is not None and self.settings.sending.quote_previous:
             # After a reassign the earlier message is quoted under the name it was sent with.

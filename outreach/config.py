@@ -368,6 +368,66 @@ class Crm(_Strict):
         return value
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*"
+)
+
+
+class Tracking(_Strict):
+    """``[tracking]``: opt-in open and click tracking, off by default.
+
+    A pixel and rewritten links cost deliverability, and privacy proxies and link scanners
+    fetch them without a person (:mod:`outreach.scanners`); replies stay the A/B metric.
+    """
+
+    opens: bool = False  # a 1x1 image in the HTML part, at a signed URL
+    clicks: bool = False  # the copy's links through a signed redirect
+    # Where `outreach run`'s web endpoints are reached from the internet, behind the team's
+    # proxy: a host name ("t.northwind.example", https implied) or a base URL
+    # ("https://northwind.example/t"); stored as the base URL, without a trailing slash.
+    domain: str | None = None
+    # An open or click this soon after the message was sent is a machine's (a gateway or link
+    # scanner fetching at delivery): recorded, never counted.
+    machine_seconds: int = Field(default=60, ge=0, le=86_400)
+
+    @field_validator("domain")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        url = value if "://" in value else "https://" + value
+        example = 'e.g. domain = "t.northwind.example" or "https://northwind.example/t"'
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - a port that is not a number raises here
+        except ValueError:
+            raise ValueError(f"'{value}' is not a host name or a base URL ({example})") from None
+        if parts.scheme not in ("https", "http") or not host or parts.username is not None:
+            raise ValueError(f"'{value}' is not a host name or a base URL ({example})")
+        if parts.query or parts.fragment or "?" in url or "#" in url:
+            raise ValueError("domain is a base URL: no ?query or #fragment")
+        if not (_HOST_NAME.fullmatch(host) or _is_ip(host)):
+            raise ValueError(f"'{host}' is not a host name ({example})")
+        if parts.scheme == "http" and not _is_loopback(host):
+            # The links name the message they came in; a network sees every fetch.
+            raise ValueError(
+                f"domain must be https:// (http:// only for a loopback host, not {host})"
+            )
+        return f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+
+    @property
+    def on(self) -> bool:
+        """Whether any tracking is on (each message then needs the signing secret)."""
+        return self.opens or self.clicks
+
+    @property
+    def path_prefix(self) -> str:
+        """The path the base URL adds before ``/o/`` and ``/c/`` ("" or "/t")."""
+        return urlsplit(self.domain).path if self.domain else ""
+
+
 class Tasks(_Strict):
     """``[tasks]``: LinkedIn and manual steps, done by the rep."""
 
@@ -471,6 +531,7 @@ class Settings(_Strict):
     replies: Replies = Replies()
     web: Web = Web()
     crm: Crm = Crm()
+    tracking: Tracking = Tracking()
     tasks: Tasks = Tasks()
     sample_prospect: dict[str, str] = Field(default_factory=dict)
     # Workspace-wide template variables (links to the site, a case, a webinar...); a CSV column
@@ -502,6 +563,35 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cross_checks(settings: Settings) -> tuple[tuple[str, ...], str] | None:
+    """A setting that needs another one: where (the key at fault) and what is missing."""
+    tracking = settings.tracking
+    if tracking.on:
+        kinds = " and ".join(k for k in ("opens", "clicks") if getattr(tracking, k))
+        turned_on = f"[tracking] {kinds} on"
+        if tracking.domain is None:
+            return (
+                ("tracking", "domain"),
+                f"{turned_on} needs [tracking] domain: the host (or base URL) your https proxy "
+                'serves the tracking links at, e.g. domain = "t.northwind.example"',
+            )
+        if not settings.web.enabled:
+            return (
+                ("web", "enabled"),
+                f"{turned_on} needs [web] enabled = true: `outreach run` serves the pixel and "
+                f"the tracked links behind your proxy at {tracking.domain}",
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -623,4 +713,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError(
             message, file=path, line=find_line(text, loc), field=dotted(loc)
         ) from None
+    missing = _cross_checks(settings)
+    if missing is not None:
+        loc, message = missing
+        raise ConfigError(message, file=path, line=find_line(text, loc), field=dotted(loc))
     return Config(path=path.resolve(), settings=settings)

@@ -278,7 +278,7 @@ class Daemon:
             log.warning("%d message(s) in unknown state; see outreach status", report.unknown)
 
     async def _start_web(self) -> AppRunner | None:
-        """The one-click unsubscribe and goal endpoints, when ``[web] enabled``."""
+        """The one-click unsubscribe, goal and tracking endpoints, when ``[web] enabled``."""
         settings = self.ws.config.settings
         if not settings.web.enabled:
             return None
@@ -288,8 +288,21 @@ class Daemon:
             else None
         )
         goal_token = os.environ.get(settings.web.goal_token_env) or None
+        tracking_secret = (
+            secret
+            or secret_from_env(
+                settings.sending.unsubscribe_secret_env, "the unsubscribe and tracking links"
+            )
+            if settings.tracking.on
+            else None
+        )
         return await web.start(
-            self.ws, settings.web.host, settings.web.port, secret=secret, goal_token=goal_token
+            self.ws,
+            settings.web.host,
+            settings.web.port,
+            secret=secret,
+            goal_token=goal_token,
+            tracking_secret=tracking_secret,
         )
 
     async def beat(self) -> None:

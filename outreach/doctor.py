@@ -2,9 +2,10 @@
 
 For every domain the mailboxes send from, the DNS checks (MX and SPF in
 :mod:`outreach.dnsauth`, DKIM in :mod:`outreach.dkim`, DMARC and alignment in
-:mod:`outreach.dmarc`); then one-click unsubscribe; then each mailbox's login, through the one
-hook :data:`LoginCheck`. Every finding is one line that says what to do; a failure makes the
-command exit 1, warnings alone do not.
+:mod:`outreach.dmarc`); then one-click unsubscribe; then, when ``[tracking]`` is on, the
+tracking domain; then each mailbox's login, through the one hook :data:`LoginCheck`. Every
+finding is one line that says what to do; a failure makes the command exit 1, warnings alone do
+not.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def diagnose(
         report.domains[domain] = [box.email for box in boxes]
         report.findings += check_domain(domain, boxes, resolver)
     report.findings += check_unsubscribe(config, resolver, environ)
+    report.findings += check_tracking(config, resolver, environ)
     if login is not None:
         for box in config.mailboxes:
             report.findings += login(box)
@@ -299,5 +301,89 @@ def check_unsubscribe(
     if not findings:
         findings.append(
             Finding(subject, "unsubscribe", "ok", f"one-click (List-Unsubscribe-Post) to {url}")
+        )
+    return findings
+
+
+def check_tracking(
+    config: Config, resolver: dns.resolver.Resolver, environ: Mapping[str, str]
+) -> list[Finding]:
+    """With ``[tracking]`` on: the tracking domain resolves (else every pixel and tracked
+    link in the mail points nowhere), sits under a sending domain (links to a stranger's
+    domain look like phishing to filters), and the links can be signed."""
+    tracking, subject = config.settings.tracking, "[tracking]"
+    if not tracking.on or tracking.domain is None:
+        return []
+    host = urlsplit(tracking.domain).hostname or ""
+    kinds = " and ".join(k for k in ("opens", "clicks") if getattr(tracking, k))
+    findings: list[Finding] = []
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None or host == "localhost":
+        findings.append(
+            Finding(
+                subject,
+                "tracking",
+                "warning",
+                f"domain {tracking.domain} is an address, not a name: "
+                + (
+                    "no recipient's mail client can reach it"
+                    if host == "localhost" or (address is not None and address.is_loopback)
+                    else "links to a bare IP address look like phishing to filters"
+                ),
+                "set [tracking] domain to a host under your sending domain, served by your "
+                "https proxy",
+            )
+        )
+    elif not resolves(host, resolver):
+        findings.append(
+            Finding(
+                subject,
+                "tracking",
+                "failure",
+                f"{host} (of [tracking] domain) has no address in DNS: every tracked link in "
+                "the mail would lead nowhere, and no open could be seen",
+                f"add an A, AAAA or CNAME record for {host} pointing at your https proxy (or "
+                "turn [tracking] off)",
+            )
+        )
+    else:
+        domains = list(mailbox_domains(config.mailboxes))
+        if not any(host == d or host.endswith("." + d) for d in domains):
+            findings.append(
+                Finding(
+                    subject,
+                    "tracking",
+                    "warning",
+                    f"{host} is not under a sending domain ({', '.join(domains)}): links to "
+                    "another domain than the From's look like phishing to filters",
+                    f"use a subdomain such as t.{domains[0]}" if domains else None,
+                )
+            )
+    variable = config.settings.sending.unsubscribe_secret_env
+    if len(environ.get(variable, "")) < 16 and not config.settings.sending.unsubscribe_url:
+        # (with unsubscribe_url set, the unsubscribe check above already says so)
+        findings.append(
+            Finding(
+                subject,
+                "tracking",
+                "failure",
+                f"${variable} does not hold a secret of 16 or more characters, so no tracking "
+                "link can be signed and nothing is sent",
+                f"export {variable}=$(python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))') where outreach runs",
+            )
+        )
+    if not findings:
+        findings.append(
+            Finding(
+                subject,
+                "tracking",
+                "ok",
+                f"{kinds} tracked at {tracking.domain} ({host} resolves; a fetch within "
+                f"{tracking.machine_seconds} s of the send is a machine's)",
+            )
         )
     return findings

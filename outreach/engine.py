@@ -15,6 +15,7 @@ from outreach.errors import ConfigError, NotFound, OutreachError, Problems
 from outreach.models import Enrollment, Event, Message, Prospect, SequencePause, Suppression
 from outreach.prospects import normalize_email
 from outreach.sentiment import REPLY_CLASSES, reply_class_of
+from outreach.sequences import TRACKED_RULES
 from outreach.store import Store
 from outreach.workspace import Workspace
 
@@ -415,7 +416,21 @@ def advance(
     if follow is None or follow.sequence not in ws.sequences:
         return
     # The audience rules: an enrollment that reached "finished" had no reply and no bounce
-    # (either would have ended it), so "no_reply" and "not_bounced" hold by construction.
+    # (either would have ended it), so "no_reply" and "not_bounced" hold by construction;
+    # "opened" and "clicked" ask what people (not machines) did with its emails.
+    missed = _audience_missed(session, enrollment, follow.audience)
+    if missed is not None:
+        session.add(
+            Event(
+                prospect_id=_id(prospect),
+                enrollment_id=enrollment.id,
+                kind="next_skipped",
+                reason=f"{sequence.name} -> {follow.sequence}: not {missed}",
+                data={"audience": list(follow.audience)},
+                occurred_at=now,
+            )
+        )
+        return
     taken = session.exec(
         select(Enrollment).where(
             Enrollment.prospect_id == prospect.id, Enrollment.sequence == follow.sequence
@@ -450,6 +465,29 @@ def advance(
             occurred_at=now,
         )
     )
+
+
+def _audience_missed(session: Session, enrollment: Enrollment, rules: list[str]) -> str | None:
+    """The first tracked audience rule (``opened``, ``clicked``) the enrollment does not meet:
+    a person's open or click of one of its emails. A click counts as an open (images may be
+    blocked, the link was still followed); a machine's (scanners.py) counts for neither."""
+    wanted = [rule for rule in rules if rule in TRACKED_RULES]
+    if not wanted:
+        return None
+    kinds = set(
+        session.exec(
+            select(Event.kind).where(
+                Event.prospect_id == enrollment.prospect_id,  # the indexed column first
+                Event.enrollment_id == enrollment.id,
+                col(Event.kind).in_(("open", "click")),
+                Event.reason == "human",
+            )
+        )
+    )
+    for rule in wanted:
+        if (rule == "opened" and not kinds) or (rule == "clicked" and "click" not in kinds):
+            return rule
+    return None
 
 
 @dataclass

@@ -35,7 +35,9 @@ from outreach.workspace import Workspace
 if TYPE_CHECKING:
     import aiohttp
 
-REASONS = ("replied", "meeting", "webinar")  # what is handed off; other stops are not
+# What is handed off (a click: a person's click on a step with stop_on: [click]); other stops
+# are not.
+REASONS = ("replied", "meeting", "webinar", "click")
 SIGNATURE_HEADER = "X-Outreach-Signature"
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
@@ -110,6 +112,7 @@ def build_document(
         }
         if event.kind == "reply"
         else None,
+        **({"click": {"url": data.get("url")}} if reason == "click" else {}),
     }
 
 

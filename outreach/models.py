@@ -125,9 +125,17 @@ class Message(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
-    """Something that happened to a prospect: reply, bounce, unsubscribe, goal, stop."""
+    """Something that happened to a prospect: reply, bounce, unsubscribe, goal, stop; an open
+    or a click (``reason`` human or machine)."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # An open or click is one row per message, kind, target and human-or-machine, whatever
+        # the number of fetches (counted in ``data``): a refetch storm adds no rows.
+        UniqueConstraint("dedup_key", name="uq_events_dedup_key"),
+        # status counts the opens and clicks per step without reading every other event.
+        Index("ix_events_kind_message", "kind", "message_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     prospect_id: int = Field(foreign_key="prospects.id", index=True)
@@ -137,6 +145,7 @@ class Event(SQLModel, table=True):
     reason: str | None = None
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     occurred_at: datetime
+    dedup_key: str | None = None  # "open:<message>:human", "click:<message>:<url hash>:machine"
 
 
 class Suppression(SQLModel, table=True):
@@ -278,7 +287,7 @@ class Handoff(SQLModel, table=True):
     uuid: str = Field(unique=True)
     prospect_id: int = Field(foreign_key="prospects.id", index=True)
     event_id: int = Field(foreign_key="events.id", unique=True)  # one hand-off per event
-    kind: str  # replied | meeting | webinar
+    kind: str  # replied | meeting | webinar | click
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     state: str = Field(default="pending")  # pending | delivered | failed
     attempts: int = 0

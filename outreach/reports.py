@@ -23,6 +23,10 @@ from outreach.workspace import Workspace
 
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
 messages_t = Message.__table__  # type: ignore[attr-defined]
+events_t = Event.__table__  # type: ignore[attr-defined]
+TRACKED = ("open", "click")
+# Per step: the messages a person opened / clicked in, and those a machine did (not counted).
+TRACKING_COUNTS = ("opened", "opened_by_machines", "clicked", "clicked_by_machines")
 ENDED = ("replied", "bounced", "unsubscribed", "stopped")
 # "skipped": the step's tasks that were skipped (by the rep, or left undone too long).
 STEP_COUNTS = ("active", "due", "waiting", "sent", "skipped", *ENDED, "finished")
@@ -76,6 +80,22 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
                 .group_by(e.sequence)
             )
         }
+        ev = events_t.c
+        tracked_rows: list[tuple[str, int, str, str, int]] = [
+            tuple(row)  # type: ignore[misc]
+            for row in session.execute(
+                sa_select(
+                    m.sequence,
+                    m.step_index,
+                    ev.kind,
+                    ev.reason,
+                    func.count(ev.message_id.distinct()),
+                )
+                .select_from(events_t.join(messages_t, ev.message_id == m.id))
+                .where(ev.kind.in_(TRACKED))
+                .group_by(m.sequence, m.step_index, ev.kind, ev.reason)
+            )
+        ]
         report["suppressed"] = session.exec(select(func.count()).select_from(Suppression)).one()
         # Prospects whose next step cannot be sent, and why (tried again every 15 minutes).
         report["held"] = [
@@ -99,6 +119,7 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
                 "name": step_names[i] if i < len(step_names) else f"#{i}",
                 "channel": sequence.steps[i].channel if sequence and i < len(step_names) else None,
                 **{key: 0 for key in STEP_COUNTS},
+                "tracking": dict.fromkeys(TRACKING_COUNTS, 0),
             }
             for i in range(size)
         ]
@@ -119,6 +140,11 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
         for seq, step_index, count in skipped_rows:
             if seq == name and step_index < size:
                 steps[step_index]["skipped"] += count
+        for seq, step_index, kind, reason, count in tracked_rows:
+            if seq == name and step_index < size:
+                counts = steps[step_index]["tracking"]
+                key = "opened" if kind == "open" else "clicked"
+                counts[key if reason == "human" else f"{key}_by_machines"] += count
         report["sequences"].append(
             {
                 "name": name,
@@ -127,6 +153,8 @@ def status(ws: Workspace, now: datetime) -> dict[str, Any]:
                 "steps": steps,
             }
         )
+    tracking = ws.config.settings.tracking
+    report["tracking"] = {"opens": tracking.opens, "clicks": tracking.clicks}
     report["mailboxes"] = mailbox_report(ws, now)
     report["backlog"] = sum(box["due_now"] for box in report["mailboxes"])
     report["unknown"] = unknown_messages(ws)
@@ -186,6 +214,7 @@ def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
                 "subject_variant": m.subject_variant,
                 "body_variant": m.body_variant,
                 "message_id": m.message_id,
+                **fetches(events, m.id),
             }
             for m in messages
         ],
@@ -194,6 +223,20 @@ def prospect_view(ws: Workspace, email: str) -> dict[str, Any]:
             for ev in events
         ],
     }
+
+
+def fetches(events: Any, message_row: int | None) -> dict[str, dict[str, int]]:
+    """A message's opens and clicks: how many fetches a person made, and a machine."""
+    out = {"opens": {"human": 0, "machine": 0}, "clicks": {"human": 0, "machine": 0}}
+    for ev in events:
+        if (
+            ev.message_id == message_row
+            and ev.kind in TRACKED
+            and ev.reason in ("human", "machine")
+        ):
+            key = "opens" if ev.kind == "open" else "clicks"
+            out[key][ev.reason] += int((ev.data or {}).get("count", 1))
+    return out
 
 
 def _step_name(sequences: dict[str, Any], sequence: str, index: int) -> str | None:
@@ -238,7 +281,8 @@ def replied(ws: Workspace) -> list[dict[str, Any]]:
             .join(Prospect, col(Prospect.id) == Event.prospect_id)
             .where(
                 col(Event.kind).in_(("reply", "goal"))
-                | ((Event.kind == "stop") & (Event.reason == "replied"))  # a rep recorded it
+                # a rep recorded it; a person's click on a step with stop_on: [click]
+                | ((col(Event.kind) == "stop") & col(Event.reason).in_(("replied", "click")))
             )
             .order_by(col(Event.occurred_at), col(Event.id))
         ).all()
@@ -263,7 +307,9 @@ def replied(ws: Workspace) -> list[dict[str, Any]]:
                     "replied_at": event.occurred_at.isoformat(),
                     # The reply's class, a rep's correction (`prospect --mark`) first.
                     "sentiment": reply_class_of(event) if event.kind == "reply" else None,
-                    "reason": event.reason if event.kind == "goal" else "reply",
+                    "reason": event.reason
+                    if event.kind == "goal" or event.reason == "click"
+                    else "reply",
                     "reply_text": (event.data or {}).get("text", ""),
                 }
             )
@@ -364,6 +410,8 @@ TASK_CSV_COLUMNS = (
     "due",
     "text",
 )
+
+
 def task_csv_rows(config: Config, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`outreach tasks --csv`: one row per open task, for a LinkedIn tool; ``due`` is ISO 8601
     in the sender's time zone (with its offset)."""

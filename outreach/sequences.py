@@ -15,12 +15,17 @@ from outreach.yamlfile import YamlDoc, load_yaml
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 # The conditions a sequence's `next.audience` may combine. Each names a fact the store knows
-# about an enrollment that ended without a reaction. ("opened" would need open tracking, which
-# outreach does not do: replies are the metric.)
+# about an enrollment that ended without a reaction. "opened" and "clicked" count people only
+# (outreach/scanners.py), and need [tracking] opens / clicks on.
 AUDIENCE_RULES = {
     "no_reply": "the prospect did not reply to any message of the sequence",
     "not_bounced": "no message of the sequence bounced",
+    "opened": "a person opened (or clicked in) an email of the sequence",
+    "clicked": "a person clicked a link in an email of the sequence",
 }
+# What each tracked rule needs on in [tracking], and the step rule stop_on likewise.
+TRACKED_RULES = {"opened": "opens", "clicked": "clicks"}
+STOP_ON = {"click": "clicks"}
 
 
 class _Strict(BaseModel):
@@ -36,6 +41,19 @@ class Step(_Strict):
     template: str
     thread: Literal["new", "reply"] = "new"
     reply_to: str | None = None
+    # A person's click on a link of this step's email ends the enrollment like a goal.
+    stop_on: list[str] = Field(default_factory=list)
+
+    @field_validator("stop_on")
+    @classmethod
+    def _known_stops(cls, value: list[str]) -> list[str]:
+        for rule in value:
+            if rule not in STOP_ON:
+                raise ValueError(
+                    f"unknown stop_on '{rule}' (known: click; an open is not reliable enough "
+                    "to stop on: privacy proxies open every message)"
+                )
+        return value
 
     @field_validator("wait", mode="before")
     @classmethod
@@ -83,6 +101,8 @@ class Sequence(_Strict):
     source: str = ""
     next_line: int | None = None
     template_lines: list[int | None] = Field(default_factory=list)  # where each step names it
+    audience_line: int | None = None  # next.audience
+    stop_on_lines: list[int | None] = Field(default_factory=list)  # each step's stop_on
 
     @model_validator(mode="after")
     def _threads(self) -> Sequence:
@@ -105,11 +125,50 @@ class Sequence(_Strict):
                     )
             elif step.reply_to is not None:
                 raise _StepError(index, "reply_to", "reply_to needs thread: reply")
+            if step.stop_on and not step.is_email:
+                raise _StepError(index, "stop_on", "stop_on is for email steps (their links)")
             seen[step.name] = step
         return self
 
     def step(self, index: int) -> Step:
         return self.steps[index]
+
+    def tracking_problems(self, opens: bool, clicks: bool) -> list[SequenceError]:
+        """An audience rule or ``stop_on`` that needs a kind of tracking that is off: nobody
+        would ever move on (or stop), so it is a problem, not a warning."""
+        on = {"opens": opens, "clicks": clicks}
+        problems = []
+        for rule in self.next.audience if self.next else []:
+            needs = TRACKED_RULES.get(rule)
+            if needs and not on[needs]:
+                problems.append(
+                    SequenceError(
+                        f"audience '{rule}' needs [tracking] {needs} = true, which is off: "
+                        f"nobody would move on to {self.next.sequence if self.next else '-'}",
+                        file=self.source,
+                        line=self.audience_line,
+                        field="next.audience",
+                        hint=f"turn on [tracking] {needs} (and domain) in outreach.toml, or "
+                        f"take '{rule}' out",
+                    )
+                )
+        for index, step in enumerate(self.steps):
+            for rule in step.stop_on:
+                needs = STOP_ON[rule]
+                if not on[needs]:
+                    problems.append(
+                        SequenceError(
+                            f"stop_on '{rule}' needs [tracking] {needs} = true, which is off: "
+                            "nothing would ever stop on it",
+                            file=self.source,
+                            line=self.stop_on_lines[index]
+                            if index < len(self.stop_on_lines)
+                            else None,
+                            field=f"steps.{index}.stop_on",
+                            hint=f"turn on [tracking] {needs} in outreach.toml, or take it out",
+                        )
+                    )
+        return problems
 
     def thread_root(self, index: int) -> int:
         """The index of the step whose message starts the thread that step ``index`` is in."""
@@ -200,6 +259,10 @@ def read_sequence(path: Path, display: str | None = None) -> SequenceFile:
                 "template_lines": [doc.line(("steps", i, "template")) for i in range(len(steps))]
                 if isinstance(steps, list)
                 else [],
+                "audience_line": doc.line(("next", "audience")),
+                "stop_on_lines": [doc.line(("steps", i, "stop_on")) for i in range(len(steps))]
+                if isinstance(steps, list)
+                else [],
             }
         )
     except ValidationError as exc:
@@ -241,9 +304,12 @@ def read_sequences(directory: Path, root: Path | None = None) -> list[SequenceFi
 
 
 def load_sequences(
-    directory: Path, root: Path | None = None
+    directory: Path,
+    root: Path | None = None,
+    tracking: tuple[bool, bool] = (False, False),
 ) -> tuple[dict[str, Sequence], list[OutreachError]]:
-    """Every ``*.yaml`` in ``directory``; returns the good ones and every problem of the bad."""
+    """Every ``*.yaml`` in ``directory``; returns the good ones and every problem of the bad.
+    ``tracking``: whether opens and clicks are tracked (an ``opened`` audience needs opens)."""
     sequences: dict[str, Sequence] = {}
     problems: list[OutreachError] = []
     if not directory.is_dir():
@@ -256,6 +322,7 @@ def load_sequences(
     # A file that is there but broken has its own problems; naming it is not one more.
     written = {Path(result.source).stem for result in files}
     for sequence in sequences.values():
+        problems.extend(sequence.tracking_problems(*tracking))
         if sequence.next and sequence.next.sequence not in written:
             problems.append(
                 SequenceError(

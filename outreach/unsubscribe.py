@@ -16,14 +16,15 @@ def _serializer(secret: str) -> URLSafeSerializer:
     return URLSafeSerializer(secret, salt=SALT)
 
 
-def secret_from_env(variable: str) -> str:
-    """The signing secret; a missing one is a configuration error, never a silent default."""
+def secret_from_env(variable: str, signs: str = "the unsubscribe links") -> str:
+    """The signing secret; a missing one is a configuration error, never a silent default.
+    ``signs`` says what it signs, for the message (the tracking links use the same secret)."""
     secret = os.environ.get(variable, "")
     if len(secret) < 16:
         raise ConfigError(
             f"environment variable {variable} must hold a secret of 16 or more characters",
             field="[sending] unsubscribe_secret_env",
-            hint="it signs the unsubscribe links; e.g. export "
+            hint=f"it signs {signs}; e.g. export "
             f"{variable}=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
         )
     return secret

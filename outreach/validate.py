@@ -23,7 +23,7 @@ from outreach.errors import OutreachError, TemplateError
 from outreach.models import Prospect
 from outreach.models import Variant as VariantRow
 from outreach.prospects import STANDARD_FIELDS
-from outreach.sequences import Sequence, read_sequences
+from outreach.sequences import TRACKED_RULES, Sequence, read_sequences
 from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace
 
@@ -132,6 +132,7 @@ def validate(ws: Workspace) -> Report:
             _check_step(ws, report, sequence, index, template, state)
             _check_languages(report, sequence, step.name, template, state, languages)
             _list_retired(report, sequence, step.name, template, reviewed)
+        _check_tracked_audience(ws, report, sequence)
 
     for orphan in orphan_problems(ws):  # a removed mailbox with live enrollments
         report.problem(orphan)
@@ -142,6 +143,29 @@ def validate(ws: Workspace) -> Report:
                 "(needed to send)"
             )
     return report
+
+
+def _check_tracked_audience(ws: Workspace, report: Report, sequence: Sequence) -> None:
+    """A warning when an ``opened``/``clicked`` audience or ``stop_on`` can never be met:
+    only a message with an HTML part is tracked, and no active body of the sequence has one."""
+    tracked = [r for r in (sequence.next.audience if sequence.next else []) if r in TRACKED_RULES]
+    tracked += [f"stop_on {r}" for step in sequence.steps for r in step.stop_on]
+    if not tracked or not ws.config.settings.tracking.on:
+        return  # with tracking off, it is a problem of its own (Sequence.tracking_problems)
+    for step in sequence.steps:
+        template, problems = ws.templates.check(step.template)
+        if not step.is_email or template is None or problems:
+            if template is None or problems:
+                return  # a broken template: it is listed already, and we cannot tell
+            continue
+        if any(variant.html and not variant.retired for variant in template.bodies):
+            return
+    line = sequence.audience_line if sequence.next else None
+    report.warn(
+        f"{sequence.source}:{line or 1}: {', '.join(tracked)}: no email step of "
+        f"{sequence.name} has an HTML body, and only a message with an HTML part is tracked: "
+        "nobody can meet it (add html: to a body)"
+    )
 
 
 def _template_references(

@@ -1,4 +1,5 @@
-"""The HTTP endpoints the daemon serves: one-click unsubscribe (RFC 8058), a goal webhook, health.
+"""The HTTP endpoints the daemon serves: one-click unsubscribe (RFC 8058), a goal webhook, health,
+and, with ``[tracking]`` on, the pixel and the tracked links (:mod:`outreach.webtrack`).
 
 The handlers are thin: they read the request, call :mod:`outreach.engine` in a worker thread (the
 store is synchronous and must not block the daemon's event loop) and answer in one line. The
@@ -14,7 +15,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -44,6 +45,7 @@ READ_TIMEOUT = 10.0
 LINGER_SECONDS = 2.0
 READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
 _REJECTED = web.ResponseKey("rejected", str)  # why a handler refused the request
+_SHOWN_PATH = web.ResponseKey("shown_path", str)  # the path as logged (a token hidden)
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 # A page for people, not for mail scanners: following the link (GET) only shows this form, so a
@@ -99,9 +101,11 @@ def make_app(
     goal_token: str | None,
     now: Callable[[], datetime] = clock.now,
     read_timeout: float = READ_TIMEOUT,
+    tracking_secret: str | None = None,
 ) -> web.Application:
     """The application: the unsubscribe endpoint when ``secret`` is set, ``/goal`` when
-    ``goal_token`` is set, and ``/health`` always; a route that is off answers 404.
+    ``goal_token`` is set, the pixel and the tracked links when ``tracking_secret`` is set and
+    ``[tracking]`` is on, and ``/health`` always; a route that is off answers 404.
     A body must arrive whole within ``read_timeout`` seconds."""
     app = web.Application(client_max_size=MAX_BODY)
     app[READ_TIMEOUT_KEY] = read_timeout
@@ -119,7 +123,36 @@ def make_app(
         app.router.add_post(path, handlers.one_click)
     if goal_token is not None:
         app.router.add_post("/goal", _Goal(ws, goal_token, now).handle)
+    tracking = ws.config.settings.tracking
+    if tracking_secret is not None and tracking.on:
+        from outreach.webtrack import Endpoints
+
+        prefix = tracking.path_prefix
+        endpoints = Endpoints(ws, tracking_secret, now)
+        # GET, and HEAD with it (recorded as a machine's: browsers GET).
+        if tracking.opens:
+            app.router.add_get(f"{prefix}/o/{{token}}", _answering(endpoints.pixel, prefix + "/o"))
+        if tracking.clicks:
+            app.router.add_get(
+                f"{prefix}/c/{{token}}", _answering(endpoints.redirect, prefix + "/c")
+            )
     return app
+
+
+def _answering(
+    handler: Callable[[web.Request], Awaitable[tuple[web.StreamResponse, str | None]]], path: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A tracking handler as a route: its path logged without the token (which names the
+    message), and why it refused, if it did."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response, rejected = await handler(request)
+        response[_SHOWN_PATH] = f"{path}/<token>"
+        if rejected:
+            response[_REJECTED] = rejected
+        return response
+
+    return handle
 
 
 async def start(
@@ -131,6 +164,7 @@ async def start(
     goal_token: str | None,
     now: Callable[[], datetime] = clock.now,
     read_timeout: float = READ_TIMEOUT,
+    tracking_secret: str | None = None,
 ) -> web.AppRunner:
     """Serve :func:`make_app` on ``host:port`` (0 picks a free port; see ``runner.addresses``).
     The caller stops it with ``await runner.cleanup()``.
@@ -138,7 +172,14 @@ async def start(
     Every request is logged in one line (``_AccessLogger``), a rejected one with the reason; a
     request too malformed to parse (an over-long line, bad headers) is one line too, never a
     traceback: anyone who can reach the port can send those."""
-    app = make_app(ws, secret=secret, goal_token=goal_token, now=now, read_timeout=read_timeout)
+    app = make_app(
+        ws,
+        secret=secret,
+        goal_token=goal_token,
+        now=now,
+        read_timeout=read_timeout,
+        tracking_secret=tracking_secret,
+    )
     runner = web.AppRunner(
         app,
         access_log_class=_AccessLogger,
@@ -175,7 +216,7 @@ class _AccessLogger(AbstractAccessLogger):
         self.logger.info(
             "%s %s %s %.3fs%s",
             _short(request.method, 20),
-            _short(request.rel_url.raw_path),
+            _short(response.get(_SHOWN_PATH) or request.rel_url.raw_path),
             response.status,
             time,
             f" refused: {reason}" if reason else "",

@@ -44,7 +44,10 @@ class Workspace:
 
     @cached_property
     def _sequences(self) -> tuple[dict[str, Sequence], list[OutreachError]]:
-        return load_sequences(self.config.sequences_dir, self.config.root)
+        tracking = self.config.settings.tracking
+        return load_sequences(
+            self.config.sequences_dir, self.config.root, (tracking.opens, tracking.clicks)
+        )
 
     @property
     def sequences(self) -> dict[str, Sequence]:
@@ -57,6 +60,12 @@ class Workspace:
     @property
     def sequence_problems(self) -> list[OutreachError]:
         return self._sequences[1]
+
+    @property
+    def loaded_sequences(self) -> dict[str, Sequence]:
+        """The sequences that loaded, even while another file is broken (what a web request
+        about a message already sent may still read)."""
+        return self._sequences[0]
 
     def sequence(self, name: str) -> Sequence:
         sequences = self.sequences

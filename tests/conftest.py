@@ -37,8 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_databases"
+    marked = metafunc.definition.get_closest_marker
+    if (
+        "database" in metafunc.fixturenames
+        and marked("both_databases")
+        and not marked("sqlite_only")
     ):
         metafunc.parametrize("database", DATABASES, indirect=True)
 

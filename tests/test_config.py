@@ -145,3 +145,69 @@ def test_a_password_in_the_database_url_is_refused(tmp_path: Path) -> None:
 def test_a_digest_address_is_checked_at_load(tmp_path: Path) -> None:
     error = error_of(tmp_path, BASE + '\n[ab]\ndigest_to = "marketing at example"\n')
     assert error.field == "ab.digest_to" and error.line == BASE.count("\n") + 3
+
+
+def test_tracking_is_off_by_default(tmp_path: Path) -> None:
+    tracking = load_config(write(tmp_path, BASE)).settings.tracking
+    assert (tracking.opens, tracking.clicks, tracking.domain, tracking.on) == (
+        False,
+        False,
+        None,
+        False,
+    )
+    assert tracking.machine_seconds == 60
+
+
+def test_tracking_on_needs_a_domain_and_the_web_endpoints(tmp_path: Path) -> None:
+    path = tmp_path / "outreach.toml"
+    error = error_of(tmp_path, BASE + "\n[web]\nenabled = true\n\n[tracking]\nopens = true\n")
+    assert error.one_line() == (
+        f"{path}:{BASE.count(chr(10)) + 5}: tracking.domain: [tracking] opens on needs "
+        "[tracking] domain: the host (or base URL) your https proxy serves the tracking links "
+        'at, e.g. domain = "t.northwind.example"'
+    )
+    error = error_of(
+        tmp_path, BASE + '\n[tracking]\nclicks = true\ndomain = "t.northwind.example"\n'
+    )
+    assert error.field == "web.enabled"
+    assert error.message.startswith("[tracking] clicks on needs [web] enabled = true")
+
+
+@pytest.mark.parametrize(
+    ("domain", "base_url"),
+    [
+        ("t.northwind.example", "https://t.northwind.example"),
+        ("T.Northwind.Example/", "https://t.northwind.example"),
+        ("https://northwind.example/t/", "https://northwind.example/t"),
+        ("https://t.northwind.example:8443/x/y", "https://t.northwind.example:8443/x/y"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/t", "http://localhost:8080/t"),
+    ],
+)
+def test_the_tracking_domain_is_a_host_name_or_an_https_base_url(
+    tmp_path: Path, domain: str, base_url: str
+) -> None:
+    text = BASE + f'\n[web]\nenabled = true\n\n[tracking]\nopens = true\ndomain = "{domain}"\n'
+    tracking = load_config(write(tmp_path, text)).settings.tracking
+    assert tracking.domain == base_url
+
+
+@pytest.mark.parametrize(
+    ("domain", "says"),
+    [
+        ("http://t.northwind.example", "must be https:// (http:// only for a loopback host"),
+        ("ftp://t.northwind.example", "is not a host name or a base URL"),
+        ("https://t.northwind.example/?x=1", "no ?query or #fragment"),
+        ("https://t.north wind.example", "is not a host name"),
+        ("https://-t.example", "is not a host name"),
+        ("https://t.example:99999", "is not a host name or a base URL"),
+    ],
+)
+def test_a_bad_tracking_domain_is_one_line_at_its_key(
+    tmp_path: Path, domain: str, says: str
+) -> None:
+    text = BASE + f'\n[web]\nenabled = true\n\n[tracking]\nopens = true\ndomain = "{domain}"\n'
+    error = error_of(tmp_path, text)
+    assert error.field == "tracking.domain"
+    assert error.line == text.count("\n")
+    assert says in error.message

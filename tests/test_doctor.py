@@ -727,3 +727,54 @@ def test_the_login_step_logs_in_without_sending(
     assert login, result.output
     assert any(line.startswith("ok") and "smtp" in line.lower() for line in login), login
     assert "Traceback" not in result.output
+
+
+def test_tracking_off_is_not_checked(run: Cli, ms365: LoopbackDns) -> None:
+    result = doctor(run, ms365)
+    assert "tracking" not in result.stdout
+
+
+def test_a_tracking_domain_that_resolves_under_the_sending_domain_passes(
+    run: Cli, workspace_dir: Path, ms365: LoopbackDns
+) -> None:
+    ms365.zone.cname(f"t.{DOMAIN}", f"outreach.{DOMAIN}")
+    edit_config(workspace_dir / "outreach.toml", opens=True, clicks=True, domain=f"t.{DOMAIN}")
+    result = doctor(run, ms365)
+    assert result.exit_code == 0, result.output
+    assert lines(result, "ok")[-1] == (
+        f"ok       [tracking] tracking: opens and clicks tracked at https://t.{DOMAIN} "
+        f"(t.{DOMAIN} resolves; a fetch within 60 s of the send is a machine's)"
+    )
+    assert lines(result, "warning") == lines(result, "FAIL") == []
+
+
+def test_an_unresolvable_tracking_domain_fails(
+    run: Cli, workspace_dir: Path, ms365: LoopbackDns
+) -> None:
+    edit_config(workspace_dir / "outreach.toml", opens=True, domain=f"https://t.{DOMAIN}/t")
+    result = doctor(run, ms365)
+    assert result.exit_code == 1
+    assert_one_line_per_finding(result)
+    assert lines(result, "FAIL") == [
+        f"FAIL     [tracking] tracking: t.{DOMAIN} (of [tracking] domain) has no address in "
+        "DNS: every tracked link in the mail would lead nowhere, and no open could be seen. "
+        f"Fix: add an A, AAAA or CNAME record for t.{DOMAIN} pointing at your https proxy (or "
+        "turn [tracking] off)"
+    ]
+    ms365.zone.a(f"t.{DOMAIN}", "198.51.100.8")  # published: the next run passes
+    assert doctor(run, ms365).exit_code == 0
+
+
+def test_a_tracking_domain_outside_the_sending_domain_is_a_warning(
+    run: Cli, workspace_dir: Path, ms365: LoopbackDns
+) -> None:
+    ms365.zone.a("links.tracker.example", "198.51.100.9")
+    edit_config(workspace_dir / "outreach.toml", clicks=True, domain="links.tracker.example")
+    result = doctor(run, ms365)
+    assert result.exit_code == 0, result.output
+    [warning] = lines(result, "warning")
+    assert warning.startswith(
+        f"warning  [tracking] tracking: links.tracker.example is not under a sending domain "
+        f"({DOMAIN}): links to another domain than the From's look like phishing to filters. "
+        f"Fix: use a subdomain such as t.{DOMAIN}"
+    )

@@ -85,9 +85,23 @@ def test_next_sequence_must_exist_and_audience_be_known(tmp_path: Path) -> None:
     assert len(problems) == 1
     assert problems[0].line == 13 and "'nowhere' does not exist" in problems[0].message
     error = load_text(
-        tmp_path, GOOD + "next:\n  sequence: cold\n  wait: 9 days\n  audience: [opened]\n"
+        tmp_path, GOOD + "next:\n  sequence: cold\n  wait: 9 days\n  audience: [liked]\n"
     )
-    assert "unknown audience rule 'opened'" in error.message
+    assert "unknown audience rule 'liked'" in error.message
+
+
+def test_an_opened_audience_needs_open_tracking(tmp_path: Path) -> None:
+    (tmp_path / "cold.yaml").write_text(
+        GOOD + "next:\n  sequence: cold\n  wait: 9 days\n  audience: [no_reply, opened]\n"
+    )
+    _, problems = load_sequences(tmp_path)  # tracking off
+    [problem] = problems
+    assert problem.line == 15 and problem.field == "next.audience"
+    assert "audience 'opened' needs [tracking] opens = true, which is off" in problem.message
+    _, problems = load_sequences(tmp_path, tracking=(False, True))  # clicks alone: not enough
+    assert len(problems) == 1
+    _, problems = load_sequences(tmp_path, tracking=(True, False))
+    assert problems == []
 
 
 def test_name_must_match_file(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from outreach.config import Mailbox
 from outreach.mail import InvalidHeader, Outgoing, Quote, build_message, make_message_id
 from outreach.sender import SmtpTransport
+from outreach.tracking import Tracker
 from outreach.wire import WireMessage, render_message
 from tests.dovecot import Dovecot
 from tests.smtp_servers import RecordingSMTP
@@ -326,6 +327,62 @@ def test_a_smuggled_line_break_or_encoded_word_is_refused_by_both(o: Outgoing) -
     assert refused is not None
     assert our_refusal == refused
     assert issubclass(refused[0], InvalidHeader)
+
+
+# Copy a marketer writes with links in it: what open and click tracking rewrites.
+links = st.sampled_from(
+    [
+        "https://northwind.example/cases?utm_source=outreach&x=1",
+        "https://pörssi.example/ä?q=ö",
+        "http://northwind.example/a(b)",
+        "mailto:sanna.lehto@northwind.example",
+        "https://northwind.example/u?t=abc",  # the unsubscribe page: never rewritten
+        "#top",
+        "https://" + "a" * 300 + ".example/",
+    ]
+)
+linked_text = st.lists(st.one_of(body_line, links), max_size=8).map(" ".join)
+linked_html = st.lists(
+    st.tuples(links, body_line).map(
+        lambda pair: f'<p><a class="c" href="{pair[0].replace("&", "&amp;")}">{pair[1]}</a></p>'
+    ),
+    max_size=5,
+).map(lambda tags: "<html><body>" + "\n".join(tags) + "</body></html>")
+
+
+@PROPERTY
+@given(
+    o=outgoing(),
+    text=linked_text,
+    html=st.none() | linked_html | body,
+    opens=st.booleans(),
+    clicks=st.booleans(),
+)
+def test_tracked_copy_is_built_alike_by_both_and_keeps_every_header(
+    o: Outgoing, text: str, html: str | None, opens: bool, clicks: bool
+) -> None:
+    """Tracking changes the copy only, before either builder sees it: the headers (the
+    List-Unsubscribe ones included), the encodings and the refusals stay the builders'."""
+    tracker = Tracker(
+        "https://t.northwind.example",
+        "a-wire-test-secret-long-enough",
+        opens,
+        clicks,
+        untouched=("https://northwind.example/u",),
+    )
+    tracked_text, tracked_html = tracker.apply(text, html, o.message_id)
+    tracked = replace(o, text=tracked_text, html=tracked_html)
+    reference, refused = attempt(build_message, tracked)
+    ours, our_refusal = attempt(render_message, tracked)
+    assert our_refusal == refused == attempt(render_message, replace(o, text=text, html=html))[1]
+    if refused is None:
+        assert isinstance(reference, EmailMessage) and isinstance(ours, WireMessage)
+        assert_same_message(tracked, reference, ours)
+        untracked = render_message(replace(o, text=text, html=html))
+        head, tracked_head = (m.data.partition(b"\r\n\r\n")[0] for m in (untracked, ours))
+        assert tracked_head == head  # not one header byte differs
+    if html is None or not (opens or clicks):
+        assert (tracked_text, tracked_html) == (text, html)
 
 
 @pytest.mark.parametrize(

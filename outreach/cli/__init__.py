@@ -16,9 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("setup", "Database schema: create and migrate."),
     "doctor": (
         "doctor",
-        "MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the "
-        "logins: one line per finding with what to do; exit 1 on a failure, 0 with warnings "
-        "only.",
+        "MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe, the "
+        "tracking domain and the logins: one line per finding with what to do; exit 1 on a "
+        "failure, 0 with warnings only.",
     ),
     "enroll": (
         "people",

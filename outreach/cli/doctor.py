@@ -43,8 +43,9 @@ def login_check(ctx: Context) -> LoginCheck | None:
 def doctor_command(
     ctx: Context, nameserver: str | None, timeout: float, no_login: bool, as_json: bool
 ) -> None:
-    """MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe and the logins:
-    one line per finding with what to do; exit 1 on a failure, 0 with warnings only."""
+    """MX, SPF, DKIM and DMARC of every mailbox's domain, one-click unsubscribe, the tracking
+    domain and the logins: one line per finding with what to do; exit 1 on a failure, 0 with
+    warnings only."""
     # dnspython and checkdmarc load here, not with every other command.
     from outreach import doctor
 

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -163,6 +164,12 @@ def status(ctx: Context, as_json: bool) -> None:
             ],
             ["  step", *reports.STEP_COUNTS],
         )
+        tracking_on = any(report["tracking"].values())
+        for s in seq["steps"]:
+            if any(s["tracking"].values()) or (
+                tracking_on and s["channel"] == "email" and s["sent"]
+            ):
+                click.echo(f"  tracked {s['index'] + 1}. {s['name']}: {_tracked(s['tracking'])}")
         click.echo()
     for box in report["mailboxes"]:
         state = mailbox_state(box)
@@ -200,6 +207,34 @@ def status(ctx: Context, as_json: bool) -> None:
         )
     click.echo(f"backlog: {report['backlog']} due now")
     click.echo(f"suppressed addresses and domains: {report['suppressed']}")
+
+
+def _tracked(counts: dict[str, int]) -> str:
+    """One step's opens and clicks: people's, then machines' apart (never counted)."""
+    return (
+        f"opened: {counts['opened']} by people, {counts['opened_by_machines']} by machines "
+        f"(not counted); clicked: {counts['clicked']} by people, "
+        f"{counts['clicked_by_machines']} by machines"
+    )
+
+
+def _fetched(message: dict[str, Any]) -> str | None:
+    """A message's opens and clicks, people's first; None when there were none."""
+    parts = []
+    for key, label in (("opens", "opened"), ("clicks", "clicked")):
+        human, machine = message[key]["human"], message[key]["machine"]
+        if human or machine:
+            parts.append(f"{label} {human}x by a person, {machine}x by machines")
+    return "; ".join(parts) or None
+
+
+def _event_detail(ev: dict[str, Any]) -> str:
+    """What an open or a click event says beyond its kind: where, why, how often."""
+    data = ev["data"]
+    where = f"{data.get('sequence')}/{data.get('step')}"
+    why = "; ".join(data.get("why") or ()) or data.get("via") or ""
+    url = f" {data['url']}" if data.get("url") else ""
+    return f"{where}{url}{': ' + why if why else ''} ({data.get('count', 1)}x)"
 
 
 @cli.command()
@@ -281,9 +316,12 @@ def prospect(
             f"subject={m['subject_variant'] or '-'} body={m['body_variant'] or '-'}  "
             f"{m['message_id'] or ''}".rstrip()
         )
+        if fetched := _fetched(m):
+            click.echo(f"    {fetched}")
     click.echo("events:" if view["events"] else "events: none")
     for ev in view["events"]:
-        click.echo(f"  {when(ev['at'], zone)}  {ev['kind']}  {ev['reason'] or ''}".rstrip())
+        detail = f"  {_event_detail(ev)}" if ev["kind"] in reports.TRACKED else ""
+        click.echo(f"  {when(ev['at'], zone)}  {ev['kind']}  {ev['reason'] or ''}{detail}".rstrip())
         if ev["kind"] in reports.REPLY_KINDS and ev["data"].get("text"):
             for line in str(ev["data"]["text"]).strip().splitlines():
                 click.echo(f"    | {line}")
