@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -231,7 +232,7 @@ class Mailbox(_Strict):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        from outreach.prospects import normalize_email
+        from outreach.prospect_csv import normalize_email
 
         return normalize_email(value)
 
@@ -307,7 +308,12 @@ class Daemon(_Strict):
     """``[daemon]``: the long-running process's pace."""
 
     dispatch_seconds: int = Field(default=30, ge=1)  # how often due work is looked for
-    lease_seconds: int = Field(default=600, ge=30)  # a claim older than this was a crash
+    # A message handed to SMTP with no answer this long after was in a process that died: it
+    # becomes `unknown`, never resent by itself. (Called `lease_seconds` before: still read,
+    # so as not to be confused with claim_lease_seconds, the scale-out lease.)
+    unknown_after_seconds: int = Field(
+        default=600, ge=30, validation_alias=AliasChoices("unknown_after_seconds", "lease_seconds")
+    )
     # Scale-out: what a daemon holds (claimed messages, a mailbox, the poll) lapses this long
     # after its last heartbeat; a heartbeat is written every third of it.
     claim_lease_seconds: int = Field(default=60, ge=2)
@@ -377,7 +383,7 @@ class Tracking(_Strict):
     """``[tracking]``: opt-in open and click tracking, off by default.
 
     A pixel and rewritten links cost deliverability, and privacy proxies and link scanners
-    fetch them without a person (:mod:`outreach.scanners`); replies stay the A/B metric.
+    fetch them without a person (:mod:`outreach.mail.scanners`); replies stay the A/B metric.
     """
 
     opens: bool = False  # a 1x1 image in the HTML part, at a signed URL
@@ -493,7 +499,7 @@ class ABSettings(_Strict):
     def _address(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from outreach.prospects import normalize_email
+        from outreach.prospect_csv import normalize_email
 
         try:
             return normalize_email(value)
@@ -548,7 +554,7 @@ class Settings(_Strict):
     @field_validator("variables")
     @classmethod
     def _not_a_prospect_field(cls, value: dict[str, str]) -> dict[str, str]:
-        from outreach.prospects import STANDARD_FIELDS
+        from outreach.prospect_csv import STANDARD_FIELDS
 
         clash = sorted(set(value) & set(STANDARD_FIELDS))
         if clash:

@@ -11,12 +11,12 @@ from sqlmodel import func, select
 
 from outreach import clock, lifecycle
 from outreach.config import Mailbox
-from outreach.engine import step_done
 from outreach.errors import OutreachError
-from outreach.imap import MailboxImap
+from outreach.mail.imap import MailboxImap
+from outreach.mail.wire import WireMessage
 from outreach.models import Message, MessageState
 from outreach.outcomes import Report
-from outreach.wire import WireMessage
+from outreach.sequencing import step_done
 from outreach.workspace import Workspace
 
 
@@ -24,7 +24,7 @@ def recover(ws: Workspace, now: datetime, *, everything: bool = False) -> int:
     """Claims never handed to SMTP go back to the queue; messages handed to SMTP that never
     got an answer become ``unknown`` (never resent by themselves). ``everything``: the caller
     holds the SQLite lock, so every other process is dead. Returns how many became unknown."""
-    lease = timedelta(seconds=ws.config.settings.daemon.lease_seconds)
+    lease = timedelta(seconds=ws.config.settings.daemon.unknown_after_seconds)
     with ws.store.engine.begin() as conn:
         lifecycle.release(conn, now, expired=not everything)
         return lifecycle.mark_unknown(conn, now, lease, everything=everything)

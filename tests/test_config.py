@@ -211,3 +211,19 @@ def test_a_bad_tracking_domain_is_one_line_at_its_key(
     assert error.field == "tracking.domain"
     assert error.line == text.count("\n")
     assert says in error.message
+
+
+def test_the_unknown_after_setting_reads_its_old_name_too(tmp_path: Path) -> None:
+    """`[daemon] unknown_after_seconds` was `lease_seconds` (easily confused with the
+    scale-out `claim_lease_seconds`): a config written with the old name still loads."""
+    from outreach.config import load_config
+    from outreach.starter import init_workspace
+
+    init_workspace(tmp_path)
+    config = tmp_path / "outreach.toml"
+    text = config.read_text()
+    assert "unknown_after_seconds = 600" in text
+    config.write_text(text.replace("unknown_after_seconds = 600", "lease_seconds = 120"))
+    assert load_config(config).settings.daemon.unknown_after_seconds == 120
+    config.write_text(text.replace("unknown_after_seconds = 600", "unknown_after_seconds = 90"))
+    assert load_config(config).settings.daemon.unknown_after_seconds == 90
