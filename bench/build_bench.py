@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from outreach.mail import Outgoing, Quote, build_message, make_message_id
-from outreach.wire import render_message
+from outreach.mail.message import Outgoing, Quote, build_message, make_message_id
+from outreach.mail.wire import render_message
 
 SENDER = "sanna.lehto@northwind.example"
 

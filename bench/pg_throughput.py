@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.postgre
 
 from send_bench import Counter, workspace  # noqa: E402 - this script's folder is on sys.path
 
-from outreach.sink import LoopbackController  # noqa: E402
+from outreach.mail.sink import LoopbackController  # noqa: E402
 from tests.postgres import PostgresCluster  # noqa: E402
 
 

@@ -6,7 +6,7 @@ connections: one per mailbox, all mailboxes in parallel.
 
 - outreach: `send_once` with limits lifted (no daily limit, no gap, an always-open window):
   claim, render, build, SMTP, record and plan the next step, for every message.
-- baseline: the same messages pre-built with `outreach.mail.build_message`, sent by a plain
+- baseline: the same messages pre-built with `outreach.mail.message.build_message`, sent by a plain
   `aiosmtplib.SMTP.send_message` loop per connection.
 
 Targets (issue #11): outreach >= 70 % of the baseline's messages per second at 4 and at 16
@@ -31,8 +31,8 @@ import aiosmtplib
 
 from outreach.daemon import send_once
 from outreach.enroll import enroll_csv
-from outreach.mail import Outgoing, build_message, make_message_id
-from outreach.sink import LoopbackController
+from outreach.mail.message import Outgoing, build_message, make_message_id
+from outreach.mail.sink import LoopbackController
 from outreach.starter import init_workspace
 from outreach.workspace import Workspace
 

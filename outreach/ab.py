@@ -26,7 +26,7 @@ from sqlmodel import Session, col, func, select
 from outreach import clock
 from outreach.config import ABSettings, Mailbox
 from outreach.errors import NotFound, OutreachError, Problems, TemplateError
-from outreach.mail import Outgoing, build_message, make_message_id
+from outreach.mail.message import Outgoing, build_message, make_message_id
 from outreach.models import Decision, Event, Message, Review
 from outreach.models import Variant as VariantRow
 from outreach.sentiment import reply_class_of
@@ -37,7 +37,7 @@ from outreach.workspace import Workspace
 # mail a digest.
 if TYPE_CHECKING:
     from outreach import abstats
-    from outreach.sender import Outcome, Transport
+    from outreach.mail.smtp import Outcome, Transport
 
 ATTRIBUTION = (
     "A human reply (not an auto-reply, not a bounce), or a meeting or webinar booked, counts "
@@ -843,7 +843,7 @@ def publish_digest(
             date=result.ran_at,
         )
 
-        from outreach.sender import SmtpTransport  # aiosmtplib: only to mail a digest
+        from outreach.mail.smtp import SmtpTransport  # aiosmtplib: only to mail a digest
 
         async def send() -> Outcome:
             message = build_message(outgoing)

@@ -24,13 +24,13 @@ from outreach import cluster, lifecycle, reputation
 from outreach.abassign import Assigner
 from outreach.compose import Composed, Earlier, Recipient, starts_thread
 from outreach.config import Mailbox
-from outreach.engine import end_enrollment, paused_sequences
 from outreach.errors import TemplateError
-from outreach.mail import make_message_id
+from outreach.mail.message import make_message_id
 from outreach.models import Enrollment, Message, MessageState, Prospect, Suppression
 from outreach.pacing import Pacing, Paused, Wait
-from outreach.prospects import PROSPECT_FIELDS
+from outreach.prospect_csv import PROSPECT_FIELDS
 from outreach.sequences import Sequence
+from outreach.sequencing import end_enrollment, paused_sequences
 from outreach.workspace import Workspace
 
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from jinja2 import Environment, TemplateSyntaxError, meta
 
 from outreach.config import Mailbox
 from outreach.errors import TemplateError
-from outreach.mail import (
+from outreach.mail.message import (
     InvalidHeader,
     Outgoing,
     Quote,
@@ -29,11 +29,11 @@ from outreach.mail import (
     make_message_id,
     reply_subject,
 )
+from outreach.mail.tracking import Tracker
+from outreach.mail.unsubscribe import make_link, secret_from_env
+from outreach.mail.wire import WireMessage, render_message
 from outreach.sequences import Sequence, Step
 from outreach.templates import Kind, StepTemplate, Variant
-from outreach.tracking import Tracker
-from outreach.unsubscribe import make_link, secret_from_env
-from outreach.wire import WireMessage, render_message
 from outreach.workspace import Workspace
 
 
@@ -210,7 +210,8 @@ class Composer:
         now: datetime,
     ) -> Composed:
         """The message of step ``index`` for ``who``: rendered, threaded, built. Raises
-        :class:`TemplateError` or :class:`outreach.mail.InvalidHeader`, never half a message."""
+        :class:`TemplateError` or :class:`outreach.mail.message.InvalidHeader`, never half a
+        message."""
         step = sequence.steps[index]
         template = self.ws.templates.get(step.template)
         if starts_thread(step):

@@ -35,13 +35,13 @@ from outreach import ab, clock, cluster, handoff, inbox, localtime, web
 from outreach.claims import Claimed
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher
-from outreach.engine import check_no_orphans
 from outreach.errors import OutreachError
-from outreach.imap import ImapError, MailboxImap
+from outreach.mail.imap import ImapError, MailboxImap
+from outreach.mail.smtp import SmtpTransport, Transport
+from outreach.mail.unsubscribe import secret_from_env
 from outreach.outcomes import Report
 from outreach.pacing import Wait
-from outreach.sender import SmtpTransport, Transport
-from outreach.unsubscribe import secret_from_env
+from outreach.sequencing import check_no_orphans
 from outreach.workspace import Workspace
 
 log = logging.getLogger("outreach")

@@ -12,7 +12,7 @@ of :mod:`outreach.lifecycle`):
 3. **Take**: one statement that is the last look and the hand-over: ``claimed`` becomes
    ``sending`` only for the lease holder and only while the enrollment is still active at
    this step; a reply or a stop recorded since the claim cancels the send.
-4. **SMTP** (:mod:`outreach.sender`).
+4. **SMTP** (:mod:`outreach.mail.smtp`).
 5. **Record** (:mod:`outreach.outcomes`, one transaction for a batch): ``sent`` and the next
    step planned; or a retry with backoff, a bounce, a paused mailbox.
 
@@ -36,11 +36,11 @@ from outreach.claims import Claimed, Claimer, hold
 from outreach.compose import Composer
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
-from outreach.mail import InvalidHeader
+from outreach.mail.message import InvalidHeader
+from outreach.mail.smtp import Outcome, Transport
 from outreach.outcomes import Recorder, Report
 from outreach.pacing import Pacing, Wait
 from outreach.recovery import SentFolder
-from outreach.sender import Outcome, Transport
 from outreach.workspace import Workspace
 
 __all__ = ["Claimed", "Dispatcher", "Report", "Wait"]

@@ -2,11 +2,11 @@
 
 An open or click is an :class:`~outreach.models.Event` of kind ``open`` or ``click`` on the
 message, its enrollment and its prospect, with reason ``human`` or ``machine``
-(:mod:`outreach.scanners` decides). There is one row per message, kind, target URL and
+(:mod:`outreach.mail.scanners` decides). There is one row per message, kind, target URL and
 human-or-machine, whatever the number of fetches: the first fetch inserts it (``INSERT ... ON
 CONFLICT DO NOTHING`` on its ``dedup_key``), each later one adds to its count, so a pixel that
 a proxy fetches a thousand times is one row. Only ``human`` rows count, for the audience rules
-``opened`` and ``clicked`` (:func:`outreach.engine.advance`) and for ``stop_on: [click]``, which
+``opened`` and ``clicked`` (:func:`outreach.sequencing.advance`) and for ``stop_on: [click]``, which
 ends the enrollment here, like a goal. Nothing here writes a message's state.
 """
 
@@ -20,10 +20,11 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from outreach import handoff, scanners
-from outreach.engine import LIVE_STATES, end_enrollment
+from outreach import handoff
+from outreach.mail import scanners
+from outreach.mail.tracking import CLICK, Hit
 from outreach.models import Enrollment, Event, Message, Prospect
-from outreach.tracking import CLICK, Hit
+from outreach.sequencing import LIVE_STATES, end_enrollment
 from outreach.workspace import Workspace
 
 events_t = Event.__table__  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from outreach.compose import Composer, Recipient, header_names
 from outreach.config import Mailbox
 from outreach.errors import OutreachError
 from outreach.models import Enrollment, Prospect, Suppression
-from outreach.prospects import (
+from outreach.prospect_csv import (
     PROSPECT_FIELDS,
     ProspectRow,
     RowError,

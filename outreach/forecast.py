@@ -29,9 +29,9 @@ from sqlmodel import Session, col, func, select
 
 from outreach import pacing, planner, reputation
 from outreach.config import Mailbox
-from outreach.engine import paused_sequences
 from outreach.models import Enrollment, MailboxState, Message, Prospect, Suppression
 from outreach.sequences import Sequence
+from outreach.sequencing import paused_sequences
 from outreach.workspace import Workspace
 
 HORIZON_DAYS = 31  # how far ahead a forecast may look

@@ -29,7 +29,7 @@ from outreach import __version__, localtime
 from outreach.config import Crm
 from outreach.errors import ConfigError, NotFound, OutreachError
 from outreach.models import Enrollment, Event, Handoff, Message, Prospect
-from outreach.prospects import STANDARD_FIELDS
+from outreach.prospect_csv import STANDARD_FIELDS
 from outreach.workspace import Workspace
 
 if TYPE_CHECKING:

@@ -22,25 +22,25 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from outreach import handoff, lifecycle, reputation
-from outreach.classify import (
+from outreach.config import Mailbox, SendingDefaults
+from outreach.errors import OutreachError
+from outreach.mail.classify import (
     Classified,
     classify,
     may_be_bounce,
     referenced_ids,
     returned_ids,
 )
-from outreach.config import Mailbox, SendingDefaults
-from outreach.engine import (
+from outreach.mail.imap import MailboxImap
+from outreach.models import Enrollment, Event, InboxCursor, Message, Prospect
+from outreach.prospect_csv import normalize_email
+from outreach.sequencing import (
     end_enrollment,
     live_enrollments,
     stop_for_bounce,
     suppress_in,
     suppression_value,
 )
-from outreach.errors import OutreachError
-from outreach.imap import MailboxImap
-from outreach.models import Enrollment, Event, InboxCursor, Message, Prospect
-from outreach.prospects import normalize_email
 from outreach.workspace import Workspace
 
 # Colleagues are found by e-mail domain, except on these shared ones, where by company name.
@@ -377,7 +377,7 @@ def _pause_colleagues(session: Session, prospect: Prospect, now: datetime) -> in
 
 def resume(ws: Workspace, email_address: str, now: datetime) -> list[str]:
     """A rep lets a paused prospect's sequences go on (due at once, inside the window)."""
-    from outreach.engine import find_prospect
+    from outreach.sequencing import find_prospect
 
     with ws.store.session() as session:
         prospect = find_prospect(session, email_address)

@@ -16,8 +16,8 @@ import aiosmtplib
 
 from outreach.config import Mailbox, _is_loopback
 from outreach.errors import OutreachError
-from outreach.imap import MailboxImap
-from outreach.sender import TokenRefused, xoauth2
+from outreach.mail.imap import MailboxImap
+from outreach.mail.smtp import TokenRefused, xoauth2
 
 
 @dataclass(frozen=True)

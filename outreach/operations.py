@@ -10,16 +10,16 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, func, select
 
-from outreach import clock, cluster, engine, lifecycle, reputation
+from outreach import clock, cluster, lifecycle, reputation, sequencing
 from outreach.config import Mailbox
-from outreach.engine import step_done
 from outreach.errors import NotFound, OutreachError
 from outreach.models import Enrollment, Event, MailboxState, Message, Prospect
+from outreach.sequencing import step_done
 from outreach.workspace import Workspace
 
 if TYPE_CHECKING:
     from outreach.dispatch import Report
-    from outreach.sender import Transport
+    from outreach.mail.smtp import Transport
 
 
 def list_tasks(ws: Workspace, now: datetime, sender: str | None = None) -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def evidence(ws: Workspace, reference: str) -> dict[str, Any]:
     """What is known of a message whose fate is open, for the person who settles it: the
     outbox row, what the SMTP server last said, and whether the mailbox's Sent folder holds
     a copy (searched now by its Message-ID, read-only)."""
-    from outreach.imap import MailboxImap  # imapclient only for the command that needs it
+    from outreach.mail.imap import MailboxImap  # imapclient only for the command that needs it
 
     message = find_message(ws, reference)
     with ws.store.session() as session:
@@ -252,7 +252,7 @@ def mailbox_report(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
     out = []
     sending = ws.config.settings.sending
     with ws.store.session() as session:
-        paused_sequences = engine.paused_sequences(session)
+        paused_sequences = sequencing.paused_sequences(session)
         for box in ws.config.mailboxes:
             state = session.get(MailboxState, box.email)
             due = (
@@ -329,7 +329,7 @@ def unreachable_mailboxes(ws: Workspace, now: datetime) -> list[dict[str, Any]]:
 def paused_sequence_names(ws: Workspace) -> list[str]:
     """The sequences paused by hand (`outreach sequence pause`)."""
     with ws.store.session() as session:
-        return sorted(engine.paused_sequences(session))
+        return sorted(sequencing.paused_sequences(session))
 
 
 def resume_mailbox(ws: Workspace, email: str, now: datetime | None = None) -> str:
@@ -400,7 +400,7 @@ def retry_mailbox(
     from outreach.daemon import DispatchLock, recover_after_crash
     from outreach.dispatch import Dispatcher
     from outreach.dispatch import Report as PassReport
-    from outreach.sender import SmtpTransport
+    from outreach.mail.smtp import SmtpTransport
 
     text = clear_wait(ws, email, now)
     box = ws.config.mailbox(email, field="MAILBOX")

@@ -1,5 +1,5 @@
 """What an SMTP answer does: to the message (through :mod:`outreach.lifecycle`), to its
-enrollment, and to the mailbox. One handler per kind of :class:`outreach.sender.Outcome`."""
+enrollment, and to the mailbox. One handler per kind of :class:`outreach.mail.smtp.Outcome`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from sqlmodel import Session, col, select
 
 from outreach import lifecycle, reputation
 from outreach.claims import Claimed
-from outreach.engine import end_enrollment, steps_done, stop_for_bounce
+from outreach.mail.smtp import Outcome
 from outreach.models import Enrollment, MailboxState, Message, Prospect
-from outreach.sender import Outcome
+from outreach.sequencing import end_enrollment, steps_done, stop_for_bounce
 from outreach.workspace import Workspace
 
 MAX_RETRY_DELAY = timedelta(hours=6)

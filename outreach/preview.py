@@ -8,9 +8,9 @@ from sqlmodel import col, select
 
 from outreach import ab
 from outreach.compose import Composer, starts_thread
-from outreach.engine import find_prospect
 from outreach.errors import OutreachError
 from outreach.models import Enrollment
+from outreach.sequencing import find_prospect
 from outreach.workspace import Workspace
 
 

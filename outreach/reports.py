@@ -12,13 +12,13 @@ from sqlmodel import Session, col, select
 
 from outreach import cluster, localtime
 from outreach.config import Config
-from outreach.engine import LAST_STEP_SKIPPED, find_prospect
 from outreach.export import neutralise
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
-from outreach.outbox import mailbox_report, unknown_messages
-from outreach.prospects import STANDARD_FIELDS
+from outreach.operations import mailbox_report, unknown_messages
+from outreach.prospect_csv import STANDARD_FIELDS
 from outreach.sentiment import reply_class_of
 from outreach.sequences import playbook_order
+from outreach.sequencing import LAST_STEP_SKIPPED, find_prospect
 from outreach.workspace import Workspace
 
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]

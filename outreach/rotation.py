@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from outreach import reputation
 from outreach.config import Mailbox
 from outreach.models import Enrollment, MailboxState
-from outreach.prospects import ProspectRow
+from outreach.prospect_csv import ProspectRow
 from outreach.workspace import Workspace
 
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]

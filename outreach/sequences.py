@@ -16,7 +16,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 # The conditions a sequence's `next.audience` may combine. Each names a fact the store knows
 # about an enrollment that ended without a reaction. "opened" and "clicked" count people only
-# (outreach/scanners.py), and need [tracking] opens / clicks on.
+# (outreach/mail/scanners.py), and need [tracking] opens / clicks on.
 AUDIENCE_RULES = {
     "no_reply": "the prospect did not reply to any message of the sequence",
     "not_bounced": "no message of the sequence bounced",

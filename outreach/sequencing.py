@@ -13,7 +13,7 @@ from outreach import handoff, lifecycle, planner
 from outreach.config import Crm, Mailbox
 from outreach.errors import ConfigError, NotFound, OutreachError, Problems
 from outreach.models import Enrollment, Event, Message, Prospect, SequencePause, Suppression
-from outreach.prospects import normalize_email
+from outreach.prospect_csv import normalize_email
 from outreach.sentiment import REPLY_CLASSES, reply_class_of
 from outreach.sequences import TRACKED_RULES
 from outreach.store import Store

@@ -12,10 +12,10 @@ from sqlmodel import col, select
 from outreach import lifecycle
 from outreach.claims import NewTask
 from outreach.compose import Composer
-from outreach.engine import step_done
 from outreach.errors import TemplateError
 from outreach.models import Message, MessageState
 from outreach.outcomes import Report
+from outreach.sequencing import step_done
 from outreach.workspace import Workspace
 
 

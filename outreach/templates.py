@@ -33,7 +33,7 @@ from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from outreach.errors import TemplateError, TemplateProblems
-from outreach.prospects import LANGUAGES, PERSONAS
+from outreach.prospect_csv import LANGUAGES, PERSONAS
 from outreach.sandbox import BoundedSandbox, RenderLimit, Runaway, render_bounded
 from outreach.yamlfile import Loc, YamlDoc, load_yaml
 

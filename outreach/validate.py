@@ -18,12 +18,12 @@ from sqlmodel import col, select
 from outreach import ab
 from outreach.compose import Composer
 from outreach.config import Mailbox
-from outreach.engine import orphan_problems
 from outreach.errors import OutreachError, TemplateError
 from outreach.models import Prospect
 from outreach.models import Variant as VariantRow
-from outreach.prospects import STANDARD_FIELDS
+from outreach.prospect_csv import STANDARD_FIELDS
 from outreach.sequences import TRACKED_RULES, Sequence, read_sequences
+from outreach.sequencing import orphan_problems
 from outreach.templates import Kind, StepTemplate, Variant
 from outreach.workspace import Workspace
 

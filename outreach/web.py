@@ -1,7 +1,8 @@
 """The HTTP endpoints the daemon serves: one-click unsubscribe (RFC 8058), a goal webhook, health,
 and, with ``[tracking]`` on, the pixel and the tracked links (:mod:`outreach.webtrack`).
 
-The handlers are thin: they read the request, call :mod:`outreach.engine` in a worker thread (the
+The handlers are thin: they read the request, call :mod:`outreach.sequencing` in a worker thread
+(the
 store is synchronous and must not block the daemon's event loop) and answer in one line. The
 unsubscribe endpoint sits at the path of ``[sending] unsubscribe_url``; a TLS-terminating proxy in
 front of the daemon maps that public https URL to it.
@@ -26,9 +27,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import ERROR as UNPARSED
 
-from outreach import clock, engine
+from outreach import clock, sequencing
 from outreach.errors import ConfigError, NotFound, OutreachError
-from outreach.unsubscribe import read_token
+from outreach.mail.unsubscribe import read_token
 from outreach.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class _Unsubscribe:
             return _reply(request, _INVALID, 400, "no valid token")
         try:
             await asyncio.to_thread(
-                engine.suppress, self.ws.store, email, self.now(), reason="unsubscribed"
+                sequencing.suppress, self.ws.store, email, self.now(), reason="unsubscribed"
             )
         except OutreachError as exc:
             # Our own signature on an address we cannot parse: refuse without details.
@@ -357,11 +358,11 @@ class _Goal:
         if not isinstance(body, dict) or not isinstance(body.get("email"), str):
             return _error(400, 'expected {"email": "...", "reason": "meeting"|"webinar"}')
         reason = body.get("reason")
-        if reason not in engine.GOALS:
-            return _error(400, "reason must be one of " + ", ".join(engine.GOALS))
+        if reason not in sequencing.GOALS:
+            return _error(400, "reason must be one of " + ", ".join(sequencing.GOALS))
         try:
             result = await asyncio.to_thread(
-                engine.stop,
+                sequencing.stop,
                 self.ws.store,
                 body["email"],
                 reason,

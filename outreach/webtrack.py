@@ -5,7 +5,7 @@ Each answers at once from the token alone: the pixel is served and the redirect 
 URL signed into the token, even when the database cannot be reached (the fetch is then only
 lost, never the reader's click). A token that is not ours is a 404, never a redirect. The
 fetch is recorded in a worker thread (:mod:`outreach.engagement`): a person or a machine
-(:mod:`outreach.scanners`), counted once per message, kind, target and verdict.
+(:mod:`outreach.mail.scanners`), counted once per message, kind, target and verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from yarl import URL
 
 from outreach import engagement
 from outreach.errors import OutreachError
-from outreach.tracking import CLICK, OPEN, Hit, read_token
+from outreach.mail.tracking import CLICK, OPEN, Hit, read_token
 from outreach.workspace import Workspace
 
 log = logging.getLogger(__name__)

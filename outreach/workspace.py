@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from outreach.config import Config, Mailbox, find_config_path, load_config
 from outreach.errors import OutreachError, Problems, SequenceError
-from outreach.prospects import STANDARD_FIELDS
+from outreach.prospect_csv import STANDARD_FIELDS
 from outreach.sequences import Sequence, load_sequences
 from outreach.store import Store, open_store
 

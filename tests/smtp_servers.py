@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from outreach.sink import LoopbackController
+from outreach.mail.sink import LoopbackController
 
 SMTP_USERNAME = "sanna.lehto@northwind.example"
 SMTP_PASSWORD = "correct horse battery staple"

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from outreach.classify import (
+from outreach.mail.classify import (
     classify,
     may_be_bounce,
     referenced_ids,

@@ -21,9 +21,9 @@ from outreach import clock, cluster, lifecycle
 from outreach.daemon import send_once
 from outreach.dispatch import Claimed, Dispatcher, Report
 from outreach.enroll import enroll_csv
+from outreach.mail.smtp import SmtpTransport
 from outreach.models import MailboxState, Message
 from outreach.reports import status
-from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
 from tests.conftest import edit_config
 from tests.smtp_servers import RecordingSMTP

@@ -15,7 +15,7 @@ import freezegun
 import pytest
 from sqlmodel import select
 
-from outreach import clock, engine
+from outreach import clock, sequencing
 from outreach.models import Enrollment, Message
 from outreach.workspace import Workspace
 from tests.conftest import Cli, edit_config
@@ -85,7 +85,7 @@ def test_a_stop_takes_effect_while_a_slow_template_renders(
                 time.sleep(0.1)
             assert sender.poll() is None, "send --once ended before the render"
             started = time.monotonic()
-            stopped = engine.stop(ws.store, "ann@acme.example", "meeting", clock.now())
+            stopped = sequencing.stop(ws.store, "ann@acme.example", "meeting", clock.now())
             took = time.monotonic() - started
         finally:
             sender.wait(timeout=600)

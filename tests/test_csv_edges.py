@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from outreach import csvfile
 from outreach.errors import ImportError_
-from outreach.prospects import ProspectRow, RowError, read_prospects
+from outreach.prospect_csv import ProspectRow, RowError, read_prospects
 from tests.conftest import Cli
 from tests.dbsnapshot import snapshot
 

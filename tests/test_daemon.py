@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from outreach.sink import LoopbackController
+from outreach.mail.sink import LoopbackController
 from tests.conftest import edit_config
 
 ALWAYS_OPEN = {
@@ -163,7 +163,7 @@ def test_the_daemon_serves_one_click_unsubscribe(
     import socket
     import urllib.request
 
-    from outreach.unsubscribe import make_link
+    from outreach.mail.unsubscribe import make_link
 
     handler, port = holding_server
     handler.release.set()  # the SMTP server answers at once here

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from outreach.engine import stop, suppress
 from outreach.enroll import enroll_csv
 from outreach.errors import ConfigError, SequenceError
 from outreach.models import Enrollment, Prospect
+from outreach.sequencing import stop, suppress
 from outreach.workspace import Workspace
 
 # Monday 2027-01-04 10:00 Helsinki (08:00 UTC): inside the 08-17 window on a working day.

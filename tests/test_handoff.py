@@ -28,7 +28,7 @@ from freezegun import freeze_time
 from multidict import CIMultiDict
 from sqlmodel import select
 
-from outreach import clock, engine, handoff, inbox
+from outreach import clock, handoff, inbox, sequencing
 from outreach import web as outreach_web
 from outreach.daemon import send_once
 from outreach.enroll import enroll_csv
@@ -279,7 +279,7 @@ def test_a_5xx_is_retried_with_backoff_and_delivered_once(ws: Workspace, crm: Cr
     crm.script((500, "database down", {}), 502)
     run = Cli(ws.config.path)
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
-        engine.stop(ws.store, ANN, "webinar", clock.now(), ws.config.settings.crm)
+        sequencing.stop(ws.store, ANN, "webinar", clock.now(), ws.config.settings.crm)
         first = run("handoffs", "--deliver")
         # People read the retry time locally (Helsinki, the team's zone); JSON keeps UTC.
         assert "retry #1 webinar ann@acme.example at 2027-01-04 10:01:00 EET: HTTP 500" in (
@@ -310,7 +310,7 @@ def test_a_5xx_is_retried_with_backoff_and_delivered_once(ws: Workspace, crm: Cr
 
 def test_a_429_waits_at_least_its_retry_after(ws: Workspace, crm: CrmReceiver) -> None:
     crm.script((429, "slow down", {"Retry-After": "600"}))
-    engine.stop(ws.store, ANN, "meeting", MONDAY_10, ws.config.settings.crm)
+    sequencing.stop(ws.store, ANN, "meeting", MONDAY_10, ws.config.settings.crm)
     assert handoff.deliver_once(ws, MONDAY_10).retrying == 1
     [row] = handoffs(ws)
     assert row.next_attempt_at == MONDAY_10 + timedelta(minutes=10)
@@ -344,7 +344,7 @@ def test_an_unreachable_crm_is_retried_then_given_up(workspace_dir: Path) -> Non
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ws = enrolled(workspace_dir, webhook_url=f"http://127.0.0.1:{port}/hook", max_attempts=2)
-    engine.stop(ws.store, ANN, "meeting", MONDAY_10, ws.config.settings.crm)
+    sequencing.stop(ws.store, ANN, "meeting", MONDAY_10, ws.config.settings.crm)
     assert handoff.deliver_once(ws, MONDAY_10).retrying == 1
     assert "ClientConnectorError" in (handoffs(ws)[0].last_error or "")
     assert handoff.deliver_once(ws, MONDAY_10 + timedelta(minutes=1)).failed == 1
@@ -358,7 +358,7 @@ def test_the_signature_verifies_with_the_secret(
     workspace_dir: Path, crm: CrmReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = enrolled(workspace_dir, webhook_url=crm.url, secret_env="OUTREACH_CRM_SECRET")
-    engine.stop(ws.store, ANN, "meeting", clock.now(), ws.config.settings.crm)
+    sequencing.stop(ws.store, ANN, "meeting", clock.now(), ws.config.settings.crm)
     run = Cli(ws.config.path)
 
     missing = run("handoffs", "--deliver")  # the variable is not set: nothing is claimed
@@ -422,7 +422,7 @@ def test_without_a_webhook_nothing_is_queued(workspace_dir: Path, smtp: Recordin
 
 @pytest.mark.parametrize("reason", ["not-interested", "other"])
 def test_other_stops_are_not_handed_off(ws: Workspace, reason: str) -> None:
-    engine.stop(ws.store, ANN, reason, MONDAY_10, ws.config.settings.crm)
+    sequencing.stop(ws.store, ANN, reason, MONDAY_10, ws.config.settings.crm)
     assert handoffs(ws) == []
 
 
@@ -455,7 +455,7 @@ def test_https_or_loopback_webhooks_are_accepted(workspace_dir: Path, url: str) 
 
 
 def test_the_daemon_delivers_what_is_queued(ws: Workspace, crm: CrmReceiver) -> None:
-    engine.stop(ws.store, ANN, "meeting", clock.now(), ws.config.settings.crm)
+    sequencing.stop(ws.store, ANN, "meeting", clock.now(), ws.config.settings.crm)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "outreach", "--config", str(ws.config.path), "run"],
         stdout=subprocess.PIPE,

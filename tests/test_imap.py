@@ -1,4 +1,4 @@
-"""outreach.imap against a real Dovecot: login, the Sent folder, append, search, fetch, threads.
+"""outreach.mail.imap against a real Dovecot: login, Sent folder, append, search, fetch, threads.
 
 Every test logs in as a user of its own (an empty maildir) on the session's Dovecot, and reads
 flags back through a separate plain IMAP connection, as another mail client would.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from outreach.config import Mailbox
-from outreach.imap import ImapError, MailboxImap
+from outreach.mail.imap import ImapError, MailboxImap
 
 if TYPE_CHECKING:
     from dovecot import Dovecot

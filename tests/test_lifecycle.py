@@ -36,11 +36,11 @@ from hypothesis.stateful import (
 )
 from sqlmodel import select
 
-from outreach import clock, cluster, engine, outbox
+from outreach import clock, cluster, operations, sequencing
 from outreach.dispatch import Claimed, Dispatcher, Report
 from outreach.enroll import enroll_csv
+from outreach.mail.smtp import Outcome, SmtpTransport
 from outreach.models import Message, MessageState
-from outreach.sender import Outcome, SmtpTransport
 from outreach.starter import init_workspace
 from outreach.workspace import Workspace
 from tests.conftest import edit_config
@@ -135,12 +135,12 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(who=st.sampled_from(PEOPLE), reason=st.sampled_from(["replied", "meeting", "other"]))
     def stop(self, who: str, reason: str) -> None:
-        engine.stop(self.ws.store, who, reason, clock.now())
+        sequencing.stop(self.ws.store, who, reason, clock.now())
         self.stopped_at.setdefault(who, self.wire_sends[who])
 
     @rule()
     def resume_mailbox(self) -> None:
-        outbox.resume_mailbox(self.ws, self.ws.config.mailboxes[0].email)
+        operations.resume_mailbox(self.ws, self.ws.config.mailboxes[0].email)
 
     @rule(seconds=st.sampled_from([1, LEASE + 1, 3600, 8 * 86400]))
     def time_passes(self, seconds: int) -> None:
@@ -163,7 +163,7 @@ class Lifecycle(RuleBasedStateMachine):
         if not candidates:
             return
         row = data.draw(st.sampled_from(sorted(c for c in candidates if c is not None)))
-        outbox.resolve(self.ws, str(row), self.dead_on_wire.pop(row), clock.now())
+        operations.resolve(self.ws, str(row), self.dead_on_wire.pop(row), clock.now())
 
     # ------------------------------------------------------------- invariants
 

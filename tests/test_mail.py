@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from outreach.errors import OutreachError
-from outreach.mail import (
+from outreach.mail.message import (
     HeaderInjection,
     Outgoing,
     Quote,
@@ -30,7 +30,7 @@ from outreach.mail import (
     quote_text,
     reply_subject,
 )
-from outreach.wire import render_message
+from outreach.mail.wire import render_message
 
 SANNA = "sanna.lehto@northwind.example"
 AINO = "aino.korhonen@rakennus.example"

@@ -18,11 +18,11 @@ import pytest
 from freezegun import freeze_time
 from sqlmodel import select
 
-from outreach import clock, engine
+from outreach import clock, sequencing
 from outreach.daemon import send_once
 from outreach.enroll import enroll_csv
 from outreach.models import Enrollment, Message, Prospect
-from outreach.outbox import mailbox_report
+from outreach.operations import mailbox_report
 from outreach.workspace import Workspace
 from tests.conftest import Cli, edit_config
 from tests.smtp_servers import RecordingSMTP
@@ -191,7 +191,7 @@ def test_pinned_sender_across_the_hand_over_to_the_reminder(
         with ws.store.session() as session:
             for enrollment in session.exec(select(Enrollment)).all():
                 while enrollment.state == "active":  # every step done: hands over at the end
-                    engine.advance(ws, session, enrollment, clock.now(), rng)
+                    sequencing.advance(ws, session, enrollment, clock.now(), rng)
         assert senders(ws, "reminder") == first
         with ws.store.session() as session:  # the reminder done, the network not yet begun
             for enrollment in session.exec(

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from outreach.errors import ImportError_
-from outreach.prospects import (
+from outreach.prospect_csv import (
     ProspectRow,
     RowError,
     header_key,

@@ -18,8 +18,8 @@ from outreach import clock, inbox
 from outreach.daemon import send_once
 from outreach.dispatch import Dispatcher
 from outreach.enroll import enroll_csv
+from outreach.mail.smtp import SmtpTransport
 from outreach.models import Enrollment, Event, Message, Prospect, Suppression
-from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
 from tests.conftest import point_at_servers
 from tests.smtp_servers import RecordingSMTP
@@ -341,8 +341,8 @@ def test_resume_lets_a_paused_colleague_go_on(
 def test_export_replied_gives_the_crm_the_reply_and_what_preceded_it(
     ws: Workspace, smtp: RecordingSMTP, dovecot_server: Dovecot, rep: str
 ) -> None:
-    from outreach.engine import stop
     from outreach.reports import replied
+    from outreach.sequencing import stop
 
     with freeze_time(MONDAY_10, real_asyncio=True):
         send_once(ws)
@@ -389,7 +389,7 @@ def test_hard_bounces_read_from_dsns_pause_the_mailbox(
 ) -> None:
     """A DSN read over IMAP counts against the sending mailbox's bounce rate like a 5.1.1 at
     SMTP time: 1 of 3 sends is far above 3 %, with bounce_pause_min_sends = 3."""
-    from outreach.outbox import mailbox_report
+    from outreach.operations import mailbox_report
     from tests.conftest import edit_config
 
     edit_config(workspace_dir / "outreach.toml", bounce_pause_min_sends=3)

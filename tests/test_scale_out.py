@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 
 from outreach import clock
 from outreach.enroll import enroll_csv
-from outreach.sink import LoopbackController
+from outreach.mail.sink import LoopbackController
 from outreach.workspace import Workspace
 from tests.conftest import edit_config
 

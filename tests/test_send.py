@@ -16,12 +16,12 @@ from sqlmodel import select
 from outreach import clock
 from outreach.daemon import send_once
 from outreach.dispatch import Dispatcher, Report
-from outreach.engine import stop
 from outreach.enroll import enroll_csv
 from outreach.errors import ConfigError
+from outreach.mail.smtp import SmtpTransport
 from outreach.models import Enrollment, Message, Prospect
-from outreach.outbox import complete_task, list_tasks, mailbox_report, resume_mailbox
-from outreach.sender import SmtpTransport
+from outreach.operations import complete_task, list_tasks, mailbox_report, resume_mailbox
+from outreach.sequencing import stop
 from outreach.workspace import Workspace
 from tests.conftest import edit_config
 from tests.smtp_servers import RecordingSMTP
@@ -312,7 +312,7 @@ def test_one_click_unsubscribe_link_is_signed_per_prospect(
     token = header.split("?t=")[1].split(">")[0]
     from urllib.parse import unquote
 
-    from outreach.unsubscribe import read_token
+    from outreach.mail.unsubscribe import read_token
 
     assert read_token("a-test-secret-of-enough-length", unquote(token)) == "ann@acme.example"
     assert read_token("another-secret-entirely-here", unquote(token)) is None

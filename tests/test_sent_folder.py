@@ -18,9 +18,9 @@ from outreach import clock
 from outreach.daemon import send_once
 from outreach.dispatch import Claimed, Dispatcher, Report
 from outreach.enroll import enroll_csv
-from outreach.imap import MailboxImap
+from outreach.mail.imap import MailboxImap
+from outreach.mail.smtp import SmtpTransport
 from outreach.models import Enrollment, Message
-from outreach.sender import SmtpTransport
 from outreach.workspace import Workspace
 from tests.conftest import Cli, point_at_servers
 from tests.smtp_servers import RecordingSMTP

@@ -16,7 +16,7 @@ import aiosmtplib
 import pytest
 
 from outreach.errors import OutreachError
-from outreach.sink import PortInUse, Sink, summarize
+from outreach.mail.sink import PortInUse, Sink, summarize
 
 if TYPE_CHECKING:
     from smtp_servers import MakeSMTPServer, RecordingSMTP

@@ -21,8 +21,8 @@ from itsdangerous import URLSafeSerializer
 from sqlmodel import select
 
 from outreach import web as outreach_web
+from outreach.mail.tracking import SALT
 from outreach.models import Event
-from outreach.tracking import SALT
 from outreach.workspace import Workspace
 from tests.conftest import Cli, edit_config
 from tests.smtp_servers import RecordingSMTP

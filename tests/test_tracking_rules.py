@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outreach.scanners import classify
-from outreach.tracking import CLICK, OPEN, Hit, Tracker, read_token
+from outreach.mail.scanners import classify
+from outreach.mail.tracking import CLICK, OPEN, Hit, Tracker, read_token
 
 SECRET = "a-rules-test-secret-long-enough"
 BASE = "https://t.northwind.example"

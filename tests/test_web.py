@@ -15,8 +15,8 @@ from sqlmodel import select
 
 from outreach import web as outreach_web
 from outreach.enroll import enroll_csv
+from outreach.mail.unsubscribe import make_link
 from outreach.models import Enrollment, Event, Prospect, Suppression
-from outreach.unsubscribe import make_link
 from outreach.workspace import Workspace
 from tests.conftest import edit_config
 

@@ -29,10 +29,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from outreach.config import Mailbox
-from outreach.mail import InvalidHeader, Outgoing, Quote, build_message, make_message_id
-from outreach.sender import SmtpTransport
-from outreach.tracking import Tracker
-from outreach.wire import WireMessage, render_message
+from outreach.mail.message import InvalidHeader, Outgoing, Quote, build_message, make_message_id
+from outreach.mail.smtp import SmtpTransport
+from outreach.mail.tracking import Tracker
+from outreach.mail.wire import WireMessage, render_message
 from tests.dovecot import Dovecot
 from tests.smtp_servers import RecordingSMTP
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from outreach import clock, engine, mailcheck, outbox
+from outreach import clock, mailcheck, operations, sequencing
 from outreach.cli.base import (
     Context,
     cli,
@@ -28,11 +28,11 @@ def mailboxes(click_ctx: click.Context, as_json: bool) -> None:
     if click_ctx.invoked_subcommand is not None:
         return
     ctx: Context = click_ctx.obj
-    rows = outbox.mailbox_report(ctx.ws, clock.now())
+    rows = operations.mailbox_report(ctx.ws, clock.now())
     if as_json:
         print_json(rows)
         return
-    for name in outbox.paused_sequence_names(ctx.ws):
+    for name in operations.paused_sequence_names(ctx.ws):
         click.echo(
             f"sequence {name} is paused: nothing of it goes out (`outreach sequence resume {name}`)"
         )
@@ -73,7 +73,7 @@ def _state(row: dict[str, object]) -> str:
 def mailboxes_resume(ctx: Context, email: str) -> None:
     """Let a paused mailbox send again (after fixing its login, or cleaning a list that
     bounced: the bounce rate then counts afresh)."""
-    click.echo(outbox.resume_mailbox(ctx.ws, email, clock.now()))
+    click.echo(operations.resume_mailbox(ctx.ws, email, clock.now()))
 
 
 @mailboxes.command("connect")
@@ -120,7 +120,7 @@ def mailboxes_check(ctx: Context, email: str | None, as_json: bool) -> None:
 @pass_ctx
 def mailboxes_pause(ctx: Context, email: str, reason: str | None) -> None:
     """Stop a mailbox's sending until `outreach mailboxes resume`; its due work waits."""
-    click.echo(outbox.pause_mailbox(ctx.ws, email, clock.now(), reason))
+    click.echo(operations.pause_mailbox(ctx.ws, email, clock.now(), reason))
 
 
 @mailboxes.command("retry")
@@ -128,7 +128,7 @@ def mailboxes_pause(ctx: Context, email: str, reason: str | None) -> None:
 @pass_ctx
 def mailboxes_retry(ctx: Context, email: str) -> None:
     """Try a waiting mailbox (an unreachable server, or its gap) now, once."""
-    text, report = outbox.retry_mailbox(ctx.ws, email, clock.now(), on_event=click.echo)
+    text, report = operations.retry_mailbox(ctx.ws, email, clock.now(), on_event=click.echo)
     click.echo(text)
     if report is None:
         return
@@ -149,7 +149,7 @@ def mailboxes_retry(ctx: Context, email: str) -> None:
 @pass_ctx
 def reassign(ctx: Context, source: str, target: str, sequence: str | None) -> None:
     """Move a mailbox's live enrollments (a rep leaves) to another mailbox."""
-    result = engine.reassign(ctx.ws, source, target, clock.now(), sequence)
+    result = sequencing.reassign(ctx.ws, source, target, clock.now(), sequence)
     per = ", ".join(f"{name} {count}" for name, count in sorted(result.by_sequence.items()))
     click.echo(
         f"moved {result.enrollments} live enrollment(s) from {result.source} to "
@@ -170,7 +170,7 @@ def sequence() -> None:
 @pass_ctx
 def sequence_pause(ctx: Context, name: str, reason: str | None) -> None:
     """Nothing of the sequence is sent or becomes a task until `sequence resume`."""
-    click.echo(engine.pause_sequence(ctx.ws, name, clock.now(), reason))
+    click.echo(sequencing.pause_sequence(ctx.ws, name, clock.now(), reason))
 
 
 @sequence.command("resume")
@@ -178,4 +178,4 @@ def sequence_pause(ctx: Context, name: str, reason: str | None) -> None:
 @pass_ctx
 def sequence_resume(ctx: Context, name: str) -> None:
     """What fell due while paused goes out in due order, within the limits."""
-    click.echo(engine.resume_sequence(ctx.ws, name, clock.now()))
+    click.echo(sequencing.resume_sequence(ctx.ws, name, clock.now()))

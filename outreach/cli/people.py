@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from outreach import clock, engine, localtime, reports
+from outreach import clock, localtime, reports, sequencing
 from outreach.cli.base import (
     Context,
     cli,
@@ -259,7 +259,7 @@ def prospect(
 ) -> None:
     """One prospect's enrollments, every message sent and every event."""
     if new_email is not None:
-        change = engine.set_email(ctx.ws.store, email, new_email, clock.now())
+        change = sequencing.set_email(ctx.ws.store, email, new_email, clock.now())
         if not as_json:
             click.echo(
                 f"{change.old} is now {change.new}: history kept, "
@@ -273,7 +273,7 @@ def prospect(
             return
         email = change.new
     if mark is not None:
-        result = engine.mark_reply(ctx.ws.store, email, mark, clock.now())
+        result = sequencing.mark_reply(ctx.ws.store, email, mark, clock.now())
         if not as_json:
             click.echo(
                 f"{result.email}: the reply of "
@@ -337,7 +337,7 @@ def prospect(
 @pass_ctx
 def stop(ctx: Context, email: str, reason: str) -> None:
     """Stop every active enrollment of a prospect now."""
-    result = engine.stop(ctx.ws.store, email, reason, clock.now(), ctx.ws.config.settings.crm)
+    result = sequencing.stop(ctx.ws.store, email, reason, clock.now(), ctx.ws.config.settings.crm)
     if result.stopped:
         click.echo(f"stopped {result.email} in {', '.join(result.stopped)} ({reason})")
     elif result.already is not None:
@@ -363,7 +363,7 @@ def stop(ctx: Context, email: str, reason: str) -> None:
 @pass_ctx
 def suppress(ctx: Context, value: str, reason: str) -> None:
     """Never write to an address, or to a whole @domain, again, in any sequence."""
-    result = engine.suppress(ctx.ws.store, value, clock.now(), reason)
+    result = sequencing.suppress(ctx.ws.store, value, clock.now(), reason)
     state = "added" if result.added else "already suppressed"
     click.echo(f"{result.value}: {state}; {result.stopped} active enrollment(s) stopped")
 
@@ -378,7 +378,7 @@ def suppress(ctx: Context, value: str, reason: str) -> None:
 @pass_ctx
 def unsuppress(ctx: Context, value: str, force: bool) -> None:
     """Take an address, or a whole @domain, off the suppression list."""
-    result = engine.unsuppress(ctx.ws.store, value, clock.now(), force=force)
+    result = sequencing.unsuppress(ctx.ws.store, value, clock.now(), force=force)
     since = localtime.local(result.since, localtime.team_zone(ctx.ws.config))
     click.echo(
         f"{result.value}: off the suppression list (was {result.reason or 'suppressed'} "
@@ -393,7 +393,7 @@ def suppressions(ctx: Context, as_json: bool) -> None:
     """List the suppressed addresses and domains."""
     rows = [
         {"value": s.value, "reason": s.reason, "since": s.created_at.isoformat()}
-        for s in engine.suppressions(ctx.ws.store)
+        for s in sequencing.suppressions(ctx.ws.store)
     ]
     if as_json:
         print_json(rows)

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 
 import click
 
-from outreach import clock, daemon, handoff, inbox, localtime, outbox, reports
+from outreach import clock, daemon, handoff, inbox, localtime, operations, reports
 from outreach.cli.base import (
     Context,
     cli,
@@ -146,9 +146,9 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     report = daemon.send_once(
         ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
     )
-    unreachable = outbox.unreachable_mailboxes(ctx.ws, clock.now())
+    unreachable = operations.unreachable_mailboxes(ctx.ws, clock.now())
     # A mailbox paused by hand (a rep on leave) is meant: reported, but not a failure.
-    trouble = [r for r in report.paused.values() if not r.startswith(outbox.PAUSED_BY_HAND)]
+    trouble = [r for r in report.paused.values() if not r.startswith(operations.PAUSED_BY_HAND)]
     failing = bool(report.errors or trouble or report.held or unreachable)
     if as_json:
         print_json(
@@ -312,7 +312,7 @@ def resolve(ctx: Context, message: str, sent: bool | None, force: bool, as_json:
     """Settle a message whose fate is unknown after a crash (outbox id or Message-ID): first
     see what is known (the Sent folder searched, the SMTP answer), then answer."""
     if sent is None:
-        found = outbox.evidence(ctx.ws, message)
+        found = operations.evidence(ctx.ws, message)
         if as_json:
             print_json(found)
             return
@@ -326,7 +326,7 @@ def resolve(ctx: Context, message: str, sent: bool | None, force: bool, as_json:
         click.echo(f"  Sent folder: {found['sent_folder']}")
         click.echo(f"  {found['advice']}")
         return
-    click.echo(outbox.resolve(ctx.ws, message, sent, clock.now(), force=force))
+    click.echo(operations.resolve(ctx.ws, message, sent, clock.now(), force=force))
 
 
 @cli.group(invoke_without_command=True)
@@ -347,7 +347,7 @@ def tasks(click_ctx: click.Context, sender: str | None, as_json: bool, as_csv: b
     if sender is not None:
         sender = ctx.ws.config.mailbox(sender).email  # an unknown mailbox is one clear line
     daemon.make_due_tasks(ctx.ws)  # due steps listed now, not after the next send pass
-    rows = outbox.list_tasks(ctx.ws, clock.now(), sender)
+    rows = operations.list_tasks(ctx.ws, clock.now(), sender)
     if as_json:
         print_json(rows)
         return
@@ -382,7 +382,7 @@ def tasks(click_ctx: click.Context, sender: str | None, as_json: bool, as_csv: b
 @pass_ctx
 def tasks_done(ctx: Context, task_id: int) -> None:
     """Mark a task done; the prospect's sequence goes on."""
-    click.echo(outbox.complete_task(ctx.ws, task_id, clock.now()))
+    click.echo(operations.complete_task(ctx.ws, task_id, clock.now()))
 
 
 @tasks.command("skip")
@@ -391,7 +391,7 @@ def tasks_done(ctx: Context, task_id: int) -> None:
 @pass_ctx
 def tasks_skip(ctx: Context, task_id: int, reason: str | None) -> None:
     """Skip a task that will not be done; the prospect's sequence goes on without it."""
-    click.echo(outbox.skip_task(ctx.ws, task_id, clock.now(), reason))
+    click.echo(operations.skip_task(ctx.ws, task_id, clock.now(), reason))
 
 
 @cli.group(invoke_without_command=True)

@@ -16,7 +16,7 @@ from outreach.cli.base import (
     pass_ctx,
     print_json,
 )
-from outreach.sink import Sink, summarize
+from outreach.mail.sink import Sink, summarize
 from outreach.starter import init_workspace
 from outreach.store import Store, database_errors
 from outreach.transfer import copy_database

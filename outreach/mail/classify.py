@@ -2,7 +2,7 @@
 
 Pure: no I/O and no clock (`now` is passed in). The decisions are taken in that order, and each
 verdict names the rule that took it, so a rep can see why. The phrase tables a rep reads and
-extends live in `outreach.reply_rules`. Libraries do the format work: flufl.bounce knows the
+extends live in `outreach.mail.reply_rules`. Libraries do the format work: flufl.bounce knows the
 bounce formats, mail-parser-reply strips quoted history (taught Finnish here), dateparser reads
 out-of-office return dates.
 """
@@ -24,7 +24,7 @@ from typing import Literal, cast
 from dateparser.search import search_dates
 from flufl.bounce import all_failures
 
-from outreach.reply_rules import (
+from outreach.mail.reply_rules import (
     AUTO_REPLY_BODY,
     AUTO_REPLY_SUBJECTS,
     BOUNCE_SENDERS,

@@ -4,7 +4,7 @@ Pure: everything, the ``Date`` included, comes in through :class:`Outgoing`; the
 only puts the result on the wire. Header text is checked before it reaches a header
 (:func:`prepare`), so a line break in a name or subject raises :class:`HeaderInjection` instead
 of being folded in. :func:`build_message` writes the message with the email package; the send
-path's :func:`outreach.wire.render_message` writes the same message as bytes, faster.
+path's :func:`outreach.mail.wire.render_message` writes the same message as bytes, faster.
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ def _list_unsubscribe(o: Outgoing) -> str | None:
 class Prepared:
     """An :class:`Outgoing` checked and normalised: what every serialiser of it writes.
 
-    :func:`build_message` (the email package) and :func:`outreach.wire.render_message` (bytes
+    :func:`build_message` (the email package) and :func:`outreach.mail.wire.render_message` (bytes
     written directly) both start from here, so they refuse exactly the same input.
     """
 
@@ -374,7 +374,7 @@ def prepare(o: Outgoing) -> Prepared:
 
 def build_message(o: Outgoing) -> EmailMessage:
     """The complete message as an ``EmailMessage``: headers, plain text (plus the HTML
-    alternative), quote. The send path uses :func:`outreach.wire.render_message`, which writes
+    alternative), quote. The send path uses :func:`outreach.mail.wire.render_message`, which writes
     the same message as bytes several times faster; this one is the reference it is tested
     against, and what callers that want an ``EmailMessage`` use."""
     p = prepare(o)

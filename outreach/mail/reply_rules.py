@@ -1,4 +1,4 @@
-"""The rules `outreach.classify` applies, as data a rep can read and extend.
+"""The rules `outreach.mail.classify` applies, as data a rep can read and extend.
 
 A phrase matches whole words, case-insensitively, with any punctuation or line break between its
 words ("no thanks" matches "No, thanks!"); a trailing `*` lets the last word go on ("kiinnostu*"

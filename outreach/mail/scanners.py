@@ -1,6 +1,6 @@
 """Who fetched a pixel or followed a link: a person, or a machine acting on its own.
 
-Pure, and plain tables a rep can read and extend, like :mod:`outreach.reply_rules`. A fetch is
+Pure, and plain tables a rep can read and extend, like :mod:`outreach.mail.reply_rules`. A fetch is
 a machine's when it is a ``HEAD`` (a browser showing an image or following a link asks with
 ``GET``), when it comes within ``[tracking] machine_seconds`` of the send (a gateway or link
 scanner checks the message as it is delivered; so does a message never recorded as sent yet),

@@ -16,9 +16,9 @@ import aiosmtplib
 
 from outreach.config import Mailbox, _is_loopback
 from outreach.errors import ClientRefused, ConfigError, GrantRevoked, TokenEndpointDown
-from outreach.wire import WireMessage
+from outreach.mail.wire import WireMessage
 
-# What a transport sends: the bytes of outreach.wire.render_message (the send path), or an
+# What a transport sends: the bytes of outreach.mail.wire.render_message (the send path), or an
 # EmailMessage (which aiosmtplib flattens itself), or bytes made elsewhere.
 Payload = WireMessage | EmailMessage | bytes
 

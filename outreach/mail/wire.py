@@ -1,10 +1,11 @@
 """The outgoing message as the bytes SMTP sends, written directly rather than by ``EmailMessage``.
 
-:func:`render_message` takes the same :class:`~outreach.mail.Outgoing` as
-:func:`~outreach.mail.build_message` and starts from the same checks
-(:func:`~outreach.mail.prepare`), so it refuses exactly the same input: a line break, NUL or an
-``=?...?=`` in any header value raises :class:`~outreach.mail.HeaderInjection` or
-:class:`~outreach.mail.InvalidHeader`. What it skips is the email package's header registry
+:func:`render_message` takes the same :class:`~outreach.mail.message.Outgoing` as
+:func:`~outreach.mail.message.build_message` and starts from the same checks
+(:func:`~outreach.mail.message.prepare`), so it refuses exactly the same input: a line break,
+NUL or an
+``=?...?=`` in any header value raises :class:`~outreach.mail.message.HeaderInjection` or
+:class:`~outreach.mail.message.InvalidHeader`. What it skips is the email package's header registry
 (parsing every value back into a tree to fold it) and ``set_content``'s policy machinery; a
 property test (``tests/test_wire.py``) holds it to the same decoded headers, parts and bodies as
 ``build_message``.
@@ -20,7 +21,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from outreach.mail import Outgoing, Prepared, _display_name_words, _encoded_words, prepare
+from outreach.mail.message import Outgoing, Prepared, _display_name_words, _encoded_words, prepare
 
 _LIMIT = 78  # RFC 5322's recommended line length, as policy.SMTP folds
 # The longest word that fits on any line of any header, the first ("Subject: ...") included;
