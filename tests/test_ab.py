@@ -542,7 +542,9 @@ def test_a_restored_variant_gets_a_fresh_trial(ws: Workspace, tmp_path: Path, ru
         seed_results(
             ws, tmp_path, frozen, {"quick-question": 9, "idea-for-company": 6, "persona-outcome": 5}
         )
-        assert [d.variant for _, d in ab.review(ws, clock.now()).retired if d.sends] == [
+        # The subjects' figures are seeded; the bodies are split at random and may lose too.
+        retired = ab.review(ws, clock.now()).retired
+        assert [d.variant for f, d in retired if d.sends and f.factor.kind == "subject"] == [
             "same-numbers"
         ]
         assert run("ab", "restore", "cold", "intro", "subject", "same-numbers").exit_code == 0

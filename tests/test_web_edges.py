@@ -230,7 +230,7 @@ def test_a_bug_in_a_handler_keeps_its_traceback(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug of ours")
 
-    monkeypatch.setattr(outreach_web.engine, "stop", broken)
+    monkeypatch.setattr(outreach_web.sequencing, "stop", broken)
     answers = []
 
     async def test(host: str, port: int) -> None:
