@@ -28,4 +28,4 @@ echo
 echo "== what the sink received (full messages are files in $dir/sink/new/)"
 "$outreach" sink --show --dir sink
 "$outreach" status
-"$outreach" schedule --limit 5
+"$outreach" schedule --date tomorrow
