@@ -90,7 +90,7 @@ def test_a_stop_takes_effect_while_a_slow_template_renders(
         finally:
             sender.wait(timeout=600)
         assert stopped.stopped == ["cold"]
-        assert took < 1, took  # never the 30 s of SQLite's busy timeout
+        assert took < 5, took  # never the 30 s of SQLite's busy timeout (1.35 s seen under load)
         assert smtp.received == []
     with Workspace.load(config).store.session() as session:
         [enrollment] = session.exec(select(Enrollment)).all()
