@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -264,11 +264,16 @@ class ReplyDelays:
     days: tuple[float, ...]  # sorted delays, observed and prior, each clipped to the window
     window_days: float
     observed: int  # how many of them are the workspace's own
+    _sorted: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The dispatcher weighs every young send with this: convert once.
+        object.__setattr__(self, "_sorted", np.asarray(self.days, dtype=np.float64))
 
     def weight(self, age_days: float | NDArray[np.float64]) -> NDArray[np.float64]:
         """P(a reply that will come has come by ``age_days``), the empirical curve."""
         age = np.asarray(age_days, dtype=np.float64)
-        share = np.searchsorted(np.asarray(self.days), age, side="right") / len(self.days)
+        share = np.searchsorted(self._sorted, age, side="right") / len(self.days)
         return np.where(age >= self.window_days, 1.0, np.where(age < 0, 0.0, share))
 
     def exposure(self, ages_days: Sequence[float] | NDArray[np.float64], answered: int) -> float:
@@ -281,7 +286,7 @@ class ReplyDelays:
 
 
 def reply_delays(
-    observed_days: Sequence[float],
+    observed_days: Sequence[float] | NDArray[np.float64],
     window_days: float,
     prior: Sequence[float] = PRIOR_DELAYS_DAYS,
 ) -> ReplyDelays:
@@ -290,11 +295,13 @@ def reply_delays(
     prior's."""
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
-    observed = [min(max(float(d), 0.0), window_days) for d in observed_days]
-    days = sorted([min(float(d), window_days) for d in prior] + observed)
-    if not days:
+    observed = np.clip(np.asarray(observed_days, dtype=np.float64), 0.0, window_days)
+    days = np.sort(
+        np.concatenate([np.minimum(np.asarray(prior, dtype=np.float64), window_days), observed])
+    )
+    if not days.size:
         raise ValueError("no reply delays, and no prior ones")
-    return ReplyDelays(tuple(days), float(window_days), len(observed))
+    return ReplyDelays(tuple(days.tolist()), float(window_days), int(observed.size))
 
 
 # Thompson sampling draws from posteriors that count the data this many times: plain Thompson
