@@ -10,7 +10,9 @@ A cold step's subject factor, 150 new prospects a week (30 per business day) for
   messages older than `[ab] reply_window_days`, and `ReplyDelays.exposure`;
 - the review: `outreach.abstats.review` with `[ab] min_sends_per_variant`,
   `retire_below_probability`, `retire_margin` and `prior_sends`, all read from
-  `outreach.config.ABSettings()` (the defaults) unless a flag overrides one.
+  `outreach.config.ABSettings()` (the defaults) unless a flag overrides one. A review is
+  skipped only where a bound shows it cannot retire anything (`nothing_to_retire`: most
+  reviews, and most of the time); `--check-screen` runs every one and checks that.
 
 Scenarios: A (2 %, 3 %, 5 %) and B (3 %, 3 %, 3.5 %, 6 %) with replies seen as soon as they are
 sent (issue #16's two); the same with reply delays (three in four within three days, the rest
@@ -41,10 +43,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from outreach.ab import balanced_choice
-from outreach.abstats import THOMPSON_TEMPER, Arm, reply_delays, review, thompson_choices
+from outreach.abstats import (
+    PRIOR,
+    THOMPSON_TEMPER,
+    Arm,
+    pooled_prior,
+    reply_delays,
+    review,
+    thompson_choices,
+)
 from outreach.config import ABSettings
 
 DEFAULTS = ABSettings()
@@ -52,6 +62,8 @@ WEEKS = 26
 PER_DAY = 30
 START_HOUR, END_HOUR, REVIEW_HOUR = 8, 17, 7
 MAX_SENDS = WEEKS * 5 * PER_DAY  # no variant can get more
+# A business day's sends, evenly from START_HOUR to END_HOUR (days after midnight).
+SEND_TIMES = (START_HOUR + (END_HOUR - START_HOUR) * (np.arange(PER_DAY) + 0.5) / PER_DAY) / 24
 
 
 @dataclass(frozen=True)
@@ -128,9 +140,10 @@ class Variant:
     n: int = 0  # sends so far
     active: bool = True
 
-    def send(self, at: float) -> None:
-        self.sent_at[self.n] = at
-        self.n += 1
+    def send(self, at: np.ndarray) -> None:
+        """Sends at the times ``at`` (ascending, after every earlier send)."""
+        self.sent_at[self.n : self.n + len(at)] = at
+        self.n += len(at)
 
 
 def draw_variant(rate: float, scenario: Scenario, gen: np.random.Generator) -> Variant:
@@ -147,28 +160,70 @@ def draw_variant(rate: float, scenario: Scenario, gen: np.random.Generator) -> V
 
 def arms_at(variants: list[Variant], now: float, window: float) -> list[Arm]:
     """The active variants as the engine sees them at ``now`` (days): replies that have come,
-    and every send weighted by the learnt reply-delay curve."""
-    observed: list[float] = []
-    came_of = []
+    and every send weighted by the learnt reply-delay curve (:func:`reply_delays` from the
+    replies to sends older than the window, then :meth:`ReplyDelays.exposure`)."""
+    observed = []
+    seen = []
     for v in variants:
         t, delays = v.sent_at[: v.n], v.delays[: v.n]
         came = v.replies[: v.n] & (t + delays <= now)
-        came_of.append(came)
-        observed.extend(delays[came & (t <= now - window)].tolist())
-    curve = reply_delays(observed, window)
+        old = int(np.searchsorted(t, now - window, side="right"))  # sends older than the window
+        observed.append(delays[:old][came[:old]])
+        seen.append((came, old))
+    curve = reply_delays(np.concatenate(observed), window)
     arms = []
     for i, v in enumerate(variants):
         if not v.active:
             continue
-        came = came_of[i]
+        came, old = seen[i]
         wins = int(came.sum())
-        exposure = curve.exposure(now - v.sent_at[: v.n][~came], wins)
+        # An old unanswered send weighs 1 (its age is past the window): only the young ones
+        # need the curve.
+        old_silent = old - int(came[:old].sum())
+        young = v.sent_at[old : v.n][~came[old:]]
+        exposure = curve.exposure(now - young, wins + old_silent)
         arms.append(Arm(str(i), v.n, wins, min(exposure, float(v.n))))
     return arms
 
 
+def nothing_to_retire(arms: list[Arm], policy: Policy) -> bool:
+    """True when the review provably retires nothing, so the simulation may skip it.
+
+    Only an arm with ``min_sends`` sends can be retired, and only when its P(within the
+    margin of the best) is below ``retire_below``. That probability is
+    E[G(X_i)] with G(x) = prod_{j != i} F_j(x / (1 - margin)) non-decreasing, so for any t
+    it is at least P(X_i >= t) * G(t); when that bound clears the threshold at one of a few
+    quantiles t of X_i, for every such arm, no review can retire one.
+    """
+    if len(arms) < 2:
+        return True
+    prior = pooled_prior(arms, policy.prior_sends) if policy.prior_sends else PRIOR
+    wins = np.array([a.wins for a in arms], dtype=np.float64)
+    trials = np.array([a.trials for a in arms], dtype=np.float64)
+    a, b = prior[0] + wins, prior[1] + np.maximum(trials - wins, 0.0)
+    scale = 1 / (1 - policy.margin)
+    for i, arm in enumerate(arms):
+        if arm.sends < policy.min_sends:
+            continue
+        t = special.betaincinv(a[i], b[i], _SCREEN_QUANTILES)
+        others = np.delete(np.arange(len(arms)), i)
+        g = special.betainc(a[others, None], b[others, None], np.minimum(t * scale, 1.0))
+        bound = float(((1 - _SCREEN_QUANTILES) * g.prod(axis=0)).max())
+        # A hair above the threshold: the review's integration is accurate to ~1e-9.
+        if bound < policy.retire_below + 1e-6:
+            return False
+    return True
+
+
+_SCREEN_QUANTILES = np.array([0.05, 0.2, 0.4, 0.6, 0.8, 0.9])
+
+
 def simulate(
-    policy: Policy, scenario: Scenario, seed_seq: np.random.SeedSequence, ties: int
+    policy: Policy,
+    scenario: Scenario,
+    seed_seq: np.random.SeedSequence,
+    ties: int,
+    check_screen: bool = False,
 ) -> Outcome:
     """One run of one policy."""
     streams = iter(seed_seq.spawn(64))
@@ -186,18 +241,21 @@ def simulate(
             now = day + REVIEW_HOUR / 24
             arms = arms_at(variants, now, policy.window_days)
             # Nothing can be retired with one variant left or none at min_sends: the
-            # engine's review would keep all; skipping it saves the time.
-            if len(arms) > 1 and max(a.sends for a in arms) >= policy.min_sends:
+            # engine's review would keep all; skipping it saves the time (and so where the
+            # bound above shows that no arm can qualify).
+            skip = max(a.sends for a in arms) < policy.min_sends or nothing_to_retire(arms, policy)
+            if not skip or check_screen:
                 best_rate = max(variants[int(a.id)].rate for a in arms)
-                for d in review(
+                decisions = review(
                     arms,
                     min_sends=policy.min_sends,
                     retire_below=policy.retire_below,
                     margin=policy.margin,
                     prior_strength=policy.prior_sends,
-                ):
-                    if d.action != "retire":
-                        continue
+                )
+                gone = [d for d in decisions if d.action == "retire"]
+                assert not (skip and gone), f"the screen skipped a retirement: {arms}"
+                for d in gone:
                     v = variants[int(d.variant)]
                     v.active = False
                     retired += 1
@@ -212,7 +270,7 @@ def simulate(
             continue
         now = day + START_HOUR / 24
         arms = arms_at(variants, now, policy.window_days)
-        best_rate = max(variants[int(a.id)].rate for a in arms)
+        rates = np.array([variants[int(a.id)].rate for a in arms])
         if policy.assignment == "thompson":
             choices = thompson_choices(arms, PER_DAY, rng, temper=policy.temper)
         else:
@@ -220,20 +278,19 @@ def simulate(
             for _ in range(PER_DAY):
                 choices.append(balanced_choice([a.id for a in arms], counts, rng))
                 counts[choices[-1]] = counts.get(choices[-1], 0) + 1
-        for k, choice in enumerate(choices):
-            variants[int(choice)].send(
-                day + (START_HOUR + (END_HOUR - START_HOUR) * (k + 0.5) / PER_DAY) / 24
-            )
-            oracle += best_rate
-            expected += variants[int(choice)].rate
+        chosen = np.array([int(c) for c in choices])
+        for i in np.unique(chosen):
+            variants[i].send(SEND_TIMES[chosen == i] + day)
+        oracle += PER_DAY * rates.max()
+        expected += sum(variants[i].rate for i in chosen)
     replies = sum(int(v.replies[: v.n].sum()) for v in variants)
     active = [v for v in variants if v.active]
     best_alone = len(active) == 1 and active[0].rate == max(v.rate for v in variants)
     return Outcome(replies, expected, oracle, best_retired, retired, best_alone)
 
 
-def run_one(args: tuple[int, int, str, Sequence[Policy]]) -> list[Outcome]:
-    seed, run, name, policies = args
+def run_one(args: tuple[int, int, str, Sequence[Policy], bool]) -> list[Outcome]:
+    seed, run, name, policies, check_screen = args
     seq = np.random.SeedSequence(seed, spawn_key=(list(SCENARIOS).index(name), run))
     ties = int(np.random.default_rng(seq.spawn(1)[0]).integers(2**63))
     # The same seed sequence for every policy: the same prospects, replies and delays.
@@ -243,6 +300,7 @@ def run_one(args: tuple[int, int, str, Sequence[Policy]]) -> list[Outcome]:
             SCENARIOS[name],
             np.random.SeedSequence(seed, spawn_key=(list(SCENARIOS).index(name), run, 1)),
             ties,
+            check_screen,
         )
         for p in policies
     ]
@@ -270,6 +328,11 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=DEFAULTS.retire_margin)
     parser.add_argument("--prior-sends", type=float, default=DEFAULTS.prior_sends)
     parser.add_argument("--assignment", default=DEFAULTS.assignment)
+    parser.add_argument(
+        "--check-screen",
+        action="store_true",
+        help="run every review, and fail if one the screen would skip retires a variant",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     ours = Policy(
@@ -304,7 +367,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for name in args.scenarios.split(","):
             scenario = SCENARIOS[name]
-            jobs = [(args.seed, run, name, policies) for run in range(args.runs)]
+            jobs = [(args.seed, run, name, policies, args.check_screen) for run in range(args.runs)]
             per_run = list(pool.map(run_one, jobs, chunksize=max(1, args.runs // 40)))
             for i, policy in enumerate(policies):
                 outcomes = [o[i] for o in per_run]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -135,6 +135,45 @@ def credible_interval_of(arm: Arm, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _nodes(
+    ranges: Sequence[tuple[float, float]], start: float, stop: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Gauss-Legendre nodes and weights over [start, stop]: each of ``ranges`` (clipped to it)
+    cut into _PIECES equal pieces, the union of all cuts, _ORDER points per piece."""
+    cuts = [np.array([start, stop])]
+    for low, high in ranges:
+        first, last = max(low, start), min(high, stop)
+        if first < last:
+            cuts.append(np.linspace(first, last, _PIECES + 1))
+    edges = np.unique(np.concatenate(cuts))
+    half = np.diff(edges) / 2
+    x = ((edges[:-1] + half)[:, None] + half[:, None] * _NODES).ravel()
+    w = (half[:, None] * _WEIGHTS).ravel()
+    return x, w
+
+
+def _integrate(
+    a: NDArray[np.float64],
+    b: NDArray[np.float64],
+    x: NDArray[np.float64],
+    w: NDArray[np.float64],
+    scale: float,
+) -> NDArray[np.float64]:
+    """For each arm i, the integral of pdf_i(x) * prod_{j != i} cdf_j(x * scale) dx."""
+    col_a, col_b = a[:, None], b[:, None]
+    with np.errstate(divide="ignore"):
+        log_pdf = (
+            special.xlogy(col_a - 1, x)
+            + special.xlog1py(col_b - 1, -x)
+            - special.betaln(col_a, col_b)
+        )
+        log_cdf = np.log(special.betainc(col_a, col_b, np.minimum(x * scale, 1.0)))
+    # log of prod_{j != i} cdf_j, without subtracting -inf from -inf where one cdf is 0.
+    others = np.where(np.eye(len(a), dtype=bool)[:, :, None], 0.0, log_cdf[None, :, :])
+    integrand: NDArray[np.float64] = np.exp(log_pdf + others.sum(axis=1)) @ w
+    return integrand
+
+
 def prob_best(arms: Sequence[Arm], prior: tuple[float, float] = PRIOR) -> list[float]:
     """P(each arm has the highest true reply rate), by numerical integration; sums to 1.
 
@@ -150,29 +189,8 @@ def prob_best(arms: Sequence[Arm], prior: tuple[float, float] = PRIOR) -> list[f
     hi = special.betaincinv(a, b, 1 - _TAIL)
     # Below the highest lower tail some cdf is < _TAIL, so no arm can be best there; above the
     # highest upper tail every cdf is ~1 and no density is left.
-    start, stop = lo.max(), hi.max()
-    cuts = [np.array([start, stop])]
-    for k in range(len(arms)):
-        first, last = max(lo[k], start), min(hi[k], stop)
-        if first < last:
-            cuts.append(np.linspace(first, last, _PIECES + 1))
-    edges = np.unique(np.concatenate(cuts))
-    half = np.diff(edges) / 2
-    x = ((edges[:-1] + half)[:, None] + half[:, None] * _NODES).ravel()
-    w = (half[:, None] * _WEIGHTS).ravel()
-
-    col_a, col_b = a[:, None], b[:, None]
-    with np.errstate(divide="ignore"):
-        log_pdf = (
-            special.xlogy(col_a - 1, x)
-            + special.xlog1py(col_b - 1, -x)
-            - special.betaln(col_a, col_b)
-        )
-        log_cdf = np.log(special.betainc(col_a, col_b, x))
-    # log of prod_{j != i} cdf_j, without subtracting -inf from -inf where one cdf is 0.
-    others = np.where(np.eye(len(arms), dtype=bool)[:, :, None], 0.0, log_cdf[None, :, :])
-    integrand = np.exp(log_pdf + others.sum(axis=1))
-    p = integrand @ w
+    x, w = _nodes(list(zip(lo, hi, strict=True)), lo.max(), hi.max())
+    p = _integrate(a, b, x, w, 1.0)
     # The raw sum is 1 within about (k + 1) * _TAIL; normalising removes that last sliver.
     p = np.clip(p / p.sum(), 0.0, 1.0)
     return [float(v) for v in p]
@@ -196,24 +214,15 @@ def prob_near_best(
     scale = 1 / (1 - margin)
     lo = special.betaincinv(a, b, _TAIL)
     hi = special.betaincinv(a, b, 1 - _TAIL)
-    out = []
-    for i in range(len(arms)):
-        # Integrate arm i's density over its own range; the others' cdfs at x * scale.
-        edges = np.linspace(lo[i], hi[i], 4 * _PIECES + 1)
-        half = np.diff(edges) / 2
-        x = ((edges[:-1] + half)[:, None] + half[:, None] * _NODES).ravel()
-        w = (half[:, None] * _WEIGHTS).ravel()
-        with np.errstate(divide="ignore"):
-            log_pdf = (
-                special.xlogy(a[i] - 1, x)
-                + special.xlog1py(b[i] - 1, -x)
-                - special.betaln(a[i], b[i])
-            )
-            others = [j for j in range(len(arms)) if j != i]
-            z = np.minimum(x * scale, 1.0)
-            log_cdf = np.log(special.betainc(a[others][:, None], b[others][:, None], z)).sum(axis=0)
-        out.append(float(np.clip(np.exp(log_pdf + log_cdf) @ w, 0.0, 1.0)))
-    return out
+    # One grid for all arms: arm i's density is resolved over its own range, each other arm's
+    # cdf (read at x * scale) over the x where it rises. Arm i's integrand is ~0 below its own
+    # lower tail and below where some other cdf is still ~0.
+    k = len(arms)
+    floor = [max(lo[i], max(lo[j] for j in range(k) if j != i) / scale) for i in range(k)]
+    start, stop = min(floor), hi.max()
+    ranges = [(lo[i], hi[i]) for i in range(k)] + [(lo[i] / scale, hi[i] / scale) for i in range(k)]
+    x, w = _nodes(ranges, start, stop)
+    return [float(v) for v in np.clip(_integrate(a, b, x, w, scale), 0.0, 1.0)]
 
 
 def prob_best_monte_carlo(
@@ -255,11 +264,16 @@ class ReplyDelays:
     days: tuple[float, ...]  # sorted delays, observed and prior, each clipped to the window
     window_days: float
     observed: int  # how many of them are the workspace's own
+    _sorted: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The dispatcher weighs every young send with this: convert once.
+        object.__setattr__(self, "_sorted", np.asarray(self.days, dtype=np.float64))
 
     def weight(self, age_days: float | NDArray[np.float64]) -> NDArray[np.float64]:
         """P(a reply that will come has come by ``age_days``), the empirical curve."""
         age = np.asarray(age_days, dtype=np.float64)
-        share = np.searchsorted(np.asarray(self.days), age, side="right") / len(self.days)
+        share = np.searchsorted(self._sorted, age, side="right") / len(self.days)
         return np.where(age >= self.window_days, 1.0, np.where(age < 0, 0.0, share))
 
     def exposure(self, ages_days: Sequence[float] | NDArray[np.float64], answered: int) -> float:
@@ -272,7 +286,7 @@ class ReplyDelays:
 
 
 def reply_delays(
-    observed_days: Sequence[float],
+    observed_days: Sequence[float] | NDArray[np.float64],
     window_days: float,
     prior: Sequence[float] = PRIOR_DELAYS_DAYS,
 ) -> ReplyDelays:
@@ -281,11 +295,13 @@ def reply_delays(
     prior's."""
     if window_days <= 0:
         raise ValueError(f"window_days must be positive, got {window_days}")
-    observed = [min(max(float(d), 0.0), window_days) for d in observed_days]
-    days = sorted([min(float(d), window_days) for d in prior] + observed)
-    if not days:
+    observed = np.clip(np.asarray(observed_days, dtype=np.float64), 0.0, window_days)
+    days = np.sort(
+        np.concatenate([np.minimum(np.asarray(prior, dtype=np.float64), window_days), observed])
+    )
+    if not days.size:
         raise ValueError("no reply delays, and no prior ones")
-    return ReplyDelays(tuple(days), float(window_days), len(observed))
+    return ReplyDelays(tuple(days.tolist()), float(window_days), int(observed.size))
 
 
 # Thompson sampling draws from posteriors that count the data this many times: plain Thompson

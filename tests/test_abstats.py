@@ -13,6 +13,7 @@ Reference values used below, each derivable on paper:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -391,6 +392,27 @@ def test_prob_near_best_agrees_with_monte_carlo(arms: list[Arm]) -> None:
         others = np.delete(draws, i, axis=1).max(axis=1)
         share = float((draws[:, i] >= 0.8 * others).mean())
         assert abs(share - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-6) / n) + 1e-4, (i, share, p)
+
+
+def test_prob_near_best_resolves_a_sharp_rival_inside_a_wide_posterior() -> None:
+    # 2 replies in 40 sends against 4,000 in 100,000: the rival's cdf rises over a sliver of
+    # the few-send arm's range. Checked against scipy's adaptive quadrature, piece by piece.
+    from scipy import integrate, special
+
+    arms = [Arm("few", 40, 2), Arm("many", 100_000, 4_000)]
+    (a1, b1), (a2, b2) = [(1 + a.wins, 1 + a.sends - a.wins) for a in arms]
+    scale = 1 / 0.8
+
+    def few_near(x: float) -> float:
+        pdf = math.exp(special.xlogy(a1 - 1, x) + special.xlog1py(b1 - 1, -x) - lbeta(a1, b1))
+        return pdf * float(special.betainc(a2, b2, min(x * scale, 1.0)))
+
+    rival = [0.8 * q for q in special.betaincinv(a2, b2, [1e-14, 0.5, 1 - 1e-14])]
+    edges = [0.0, *rival, special.betaincinv(a1, b1, 1 - 1e-14)]
+    expected = math.fsum(
+        integrate.quad(few_near, lo, hi, epsabs=1e-15)[0] for lo, hi in itertools.pairwise(edges)
+    )
+    assert prob_near_best(arms, 0.2)[0] == pytest.approx(expected, abs=1e-9)
 
 
 def test_prob_near_best_without_a_margin_is_prob_best() -> None:
