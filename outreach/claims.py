@@ -203,8 +203,7 @@ class Claimer:
         if sequence is None or row.step_index >= len(sequence.steps):
             _end(session, row.id, "sequence or step no longer exists", now)
             return None
-        domain = "@" + row.email.rpartition("@")[2]
-        if row.status != "active" or row.email in dead or domain in dead:
+        if is_dead(row.status, row.email, dead):
             _end(session, row.id, "suppressed", now)
             return None
         cal = self.ws.config.calendar(box, row.timezone)
@@ -427,6 +426,13 @@ class _Row:
     message_id: str | None
     subject_variant: str | None
     body_variant: str | None
+
+
+def is_dead(status: str, email: str, suppressed: set[str]) -> bool:
+    """A prospect nothing may be sent to: an address proven dead, or one on the suppression
+    list by itself or by its ``@domain`` (the claim ends its enrollment; the forecast skips
+    it)."""
+    return status != "active" or email in suppressed or "@" + email.rpartition("@")[2] in suppressed
 
 
 def _anything_due(conn: Connection, sender: str, now: datetime) -> bool:

@@ -28,8 +28,9 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, col, func, select
 
 from outreach import pacing, planner, reputation
+from outreach.claims import is_dead
 from outreach.config import Mailbox
-from outreach.models import Enrollment, MailboxState, Message, Prospect, Suppression
+from outreach.models import Enrollment, MailboxState, Prospect, Suppression
 from outreach.sequences import Sequence
 from outreach.sequencing import paused_sequences
 from outreach.workspace import Workspace
@@ -210,7 +211,11 @@ def _replay(
     sending = config.settings.sending
     gap = (sending.min_gap_seconds + sending.max_gap_seconds) / 2
     domain_cap = sending.recipient_domain_daily_limit
-    to_domain: dict[tuple[date, str], int] = _domain_counts(session, config, box, now)
+    to_domain: dict[tuple[date, str], int] = {}
+    if domain_cap is not None:
+        today = reputation.local_day(config, box, now)
+        for domain, n in reputation.sent_to_domains(session, config, box, now).items():
+            to_domain[today, domain] = n
     t = now
     for _ in range(_MAX_STEPS):
         if not queue or t >= end:
@@ -302,7 +307,7 @@ def _queue(
         sequence = ws.sequences.get(e.sequence)
         if e.sequence in paused_seqs or sequence is None or e.step_index >= len(sequence.steps):
             continue
-        if p.status != "active" or p.email in dead or "@" + p.domain in dead:
+        if is_dead(p.status, p.email, dead):
             continue
         assert e.due_at is not None and e.id is not None
         row = {
@@ -317,24 +322,3 @@ def _queue(
         queue.append(_Due(e.due_at, e.id, e.step_index, row))
     heapq.heapify(queue)
     return queue
-
-
-def _domain_counts(
-    session: Session, config: Any, box: Mailbox, now: datetime
-) -> dict[tuple[date, str], int]:
-    """What the mailbox already sent to each domain today (the per-domain cap's count)."""
-    if config.settings.sending.recipient_domain_daily_limit is None:
-        return {}
-    today = reputation.local_day(config, box, now)
-    rows = session.exec(
-        select(Prospect.domain, func.count())
-        .join(Prospect, col(Prospect.id) == Message.prospect_id)
-        .where(
-            Message.sender == box.email,
-            Message.channel == "email",
-            col(Message.claimed_at) >= reputation.day_start(config, box, now),
-            col(Message.state).in_(reputation.TAKEN_STATES),
-        )
-        .group_by(Prospect.domain)
-    ).all()
-    return {(today, domain): n for domain, n in rows}

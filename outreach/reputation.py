@@ -204,18 +204,7 @@ def defer_if_domain_full(
         return False
     domain = row.email.rpartition("@")[2]
     midnight = day_start(ws.config, box, now)
-    sent = session.exec(
-        select(func.count())
-        .select_from(Message)
-        .join(Prospect, col(Prospect.id) == Message.prospect_id)
-        .where(
-            Message.sender == box.email,
-            Message.channel == "email",
-            Prospect.domain == domain,
-            col(Message.claimed_at) >= midnight,
-            col(Message.state).in_(TAKEN_STATES),
-        )
-    ).one()
+    sent = sent_to_domains(session, ws.config, box, now, [domain]).get(domain, 0)
     if sent + pending < cap:
         return False
     session.connection().execute(
@@ -224,6 +213,29 @@ def defer_if_domain_full(
         .values(due_at=after_domain_cap(ws.config.calendar(box, row.timezone), midnight))
     )
     return True
+
+
+def sent_to_domains(
+    session: Session, config: Config, box: Mailbox, now: datetime, domains: list[str] | None = None
+) -> dict[str, int]:
+    """How many emails the mailbox has taken today (its local day at ``now``) to each
+    recipient domain (only ``domains`` when given): the per-domain cap's count, for the claim
+    and the forecast alike."""
+    query = (
+        select(Prospect.domain, func.count())
+        .select_from(Message)
+        .join(Prospect, col(Prospect.id) == Message.prospect_id)
+        .where(
+            Message.sender == box.email,
+            Message.channel == "email",
+            col(Message.claimed_at) >= day_start(config, box, now),
+            col(Message.state).in_(TAKEN_STATES),
+        )
+        .group_by(Prospect.domain)
+    )
+    if domains is not None:
+        query = query.where(col(Prospect.domain).in_(domains))
+    return {domain: count for domain, count in session.exec(query).all()}
 
 
 def day_start(config: Config, box: Mailbox, at: datetime) -> datetime:
@@ -251,4 +263,5 @@ __all__ = [
     "local_day",
     "ramp",
     "ramp_now",
+    "sent_to_domains",
 ]

@@ -184,3 +184,22 @@ def test_a_held_step_is_shown_with_its_reason_not_forecast_to_go(
         assert all("1-intro.yaml:" in h["reason"] for h in doc["held"])
         text = run("schedule")
         assert "held: ann@acme.example (cold, step 1): " in text.stderr
+
+
+def test_the_per_domain_cap_spreads_one_company_over_the_days_as_send_does(
+    workspace_dir: Path, run: Cli, tmp_path: Path
+) -> None:
+    """Five colleagues at one company, at most two a day from one mailbox: the forecast puts
+    two on Monday, two on Tuesday, one on Wednesday, and `send` sends the two it said."""
+    config = workspace_dir / "outreach.toml"
+    emails = [f"p{n}@acme.example" for n in range(5)]
+    with RecordingSMTP() as smtp, freeze_time(at(MONDAY, 7), real_asyncio=True) as clock:
+        edit_config(config, smtp_port=smtp.port, min_gap_seconds=0, max_gap_seconds=0)
+        edit_config(config, recipient_domain_daily_limit=2)
+        enroll(run, tmp_path, emails)
+        assert [len(forecast(run, day)) for day in WEEK[:3]] == [2, 2, 1]
+        monday = forecast(run, MONDAY)
+        clock.move_to(at(MONDAY, 9))
+        assert run("send", "--once").exit_code == 0
+        assert wire(smtp, 0) == monday
+        assert run.json("schedule")["messages"] == []  # the cap holds for the rest of the day
