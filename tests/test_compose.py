@@ -59,6 +59,8 @@ def test_a_stop_takes_effect_while_a_slow_template_renders(
     with RecordingSMTP() as smtp:
         config = workspace_dir / "outreach.toml"
         edit_config(config, smtp_port=smtp.port, min_gap_seconds=0, max_gap_seconds=0)
+        # `send --once` runs in its own process on the real clock: open at any hour, any day.
+        edit_config(config, window="00:00-24:00", days="mon-sun", holidays="")
         path = write_csv(HEADER + "ann@acme.example,Ann,,Acme,CEO,en\n")  # type: ignore[operator]
         assert run("enroll", str(path), "--sequence", "cold").exit_code == 0
         slow = "{% for i in range(4000) %}{% for j in range(4000) %}{% endfor %}{% endfor %}"
