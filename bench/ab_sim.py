@@ -46,6 +46,7 @@ import numpy as np
 from scipy import special, stats
 
 from outreach.ab import balanced_choice
+from outreach.abindex import horizon_sends, index_choices
 from outreach.abstats import (
     PRIOR,
     THOMPSON_TEMPER,
@@ -108,13 +109,15 @@ class Policy:
     margin: float = DEFAULTS.retire_margin
     prior_sends: float = DEFAULTS.prior_sends
     temper: float = THOMPSON_TEMPER
+    horizon_days: float = DEFAULTS.horizon_days
 
     @property
     def label(self) -> str:
         near = f"P(within {self.margin:.0%})" if self.margin else "P(best)"
+        how = {"index": f"index {self.horizon_days:g} d", "thompson": f"thompson x{self.temper:g}"}
         return (
-            f"{self.assignment}, {near} < {self.retire_below:g}, >= {self.min_sends},"
-            f" prior {self.prior_sends:g}"
+            f"{how.get(self.assignment, self.assignment)}, {near} < {self.retire_below:g},"
+            f" >= {self.min_sends}, prior {self.prior_sends:g}"
         )
 
 
@@ -184,6 +187,18 @@ def arms_at(variants: list[Variant], now: float, window: float) -> list[Arm]:
         exposure = curve.exposure(now - young, wins + old_silent)
         arms.append(Arm(str(i), v.n, wins, min(exposure, float(v.n))))
     return arms
+
+
+def pace(variants: list[Variant], now: float, window: float) -> float:
+    """The factor's sends per day, as :meth:`outreach.ab.Tallies.pace` reads them: the higher
+    of the pace since its first send and over the last ``window`` days."""
+    sent = [v.sent_at[: v.n] for v in variants if v.n]
+    if not sent:
+        return 0.0
+    total = sum(len(t) for t in sent)
+    recent = sum(int((t > now - window).sum()) for t in sent)
+    age = now - min(float(t[0]) for t in sent)
+    return max(total / max(age, 1.0), recent / max(window, 1.0))
 
 
 def nothing_to_retire(arms: list[Arm], policy: Policy) -> bool:
@@ -271,7 +286,10 @@ def simulate(
         now = day + START_HOUR / 24
         arms = arms_at(variants, now, policy.window_days)
         rates = np.array([variants[int(a.id)].rate for a in arms])
-        if policy.assignment == "thompson":
+        if policy.assignment == "index":
+            horizon = horizon_sends(pace(variants, now, policy.window_days), policy.horizon_days)
+            choices = index_choices(arms, PER_DAY, rng, horizon)
+        elif policy.assignment == "thompson":
             choices = thompson_choices(arms, PER_DAY, rng, temper=policy.temper)
         else:
             choices = []
