@@ -8,7 +8,8 @@ A cold step's subject factor, 150 new prospects a week (30 per business day) for
   `outreach.abstats.thompson_choices`, or `outreach.ab.balanced_choice`), a business day's 30
   prospects from the arms as the review would see them that morning, each choice counting for
   the next as the dispatcher counts them (it reads the tallies every 10 minutes; a finer
-  refresh changed nothing measurable: 200 runs of B and B-delays, 6 and 30 reads a day);
+  refresh changed nothing measurable: Thompson sampling, 200 runs of B and B-delays, 6 and 30
+  reads a day);
 - what a send weighs: `outreach.abstats.reply_delays` learnt from this run's own replies to
   messages older than `[ab] reply_window_days`, and `ReplyDelays.exposure`;
 - the review: `outreach.abstats.review` with `[ab] min_sends_per_variant`,
