@@ -16,7 +16,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -365,6 +365,22 @@ class Tallies(dict[FactorKey, dict[str, Tally]]):
         super().__init__()
         self.segments: dict[FactorKey, dict[Segment, dict[str, Tally]]] = {}
         self.curves: dict[str, abstats.ReplyDelays] = {}
+        # Per factor: its first send, and its sends younger than the reply window.
+        self.first: dict[FactorKey, datetime] = {}
+        self.recent: dict[FactorKey, int] = {}
+        self.until: datetime | None = None
+        self.window_days: float = 14
+
+    def pace(self, key: FactorKey) -> float:
+        """The factor's sends per day: the higher of its pace since its first send (a pause
+        does not make it look idle) and over the last ``window_days`` (nor a ramp-up slow); a
+        day at least for either."""
+        first = self.first.get(key)
+        if first is None or self.until is None:
+            return 0.0
+        total = sum(t.sends for t in self.get(key, {}).values())
+        age = (self.until - first).total_seconds() / 86400
+        return max(total / max(age, 1.0), self.recent.get(key, 0) / max(self.window_days, 1.0))
 
 
 @dataclass(frozen=True)
@@ -393,6 +409,7 @@ def tallies(
     from outreach import abstats
 
     out = Tallies()
+    out.until, out.window_days = until, window_days
     young_since = until - timedelta(days=window_days) if until is not None else None
     for kind in ("subject", "body"):
         column = _variant_column(kind)
@@ -405,6 +422,7 @@ def tallies(
                 col(Message.language),
                 col(Message.persona),
                 func.count(),
+                func.min(col(Message.sent_at)),
             )
             .where(
                 column.is_not(None),
@@ -421,8 +439,14 @@ def tallies(
         )
         if until is not None:
             query = query.where(col(Message.sent_at) <= until)
-        for sequence, step_index, variant, language, persona, n in session.execute(query).all():
+        for sequence, step_index, variant, language, persona, n, first in session.execute(
+            query
+        ).all():
             key = (sequence, step_index, kind)
+            if first is not None:
+                # A bare aggregate skips the ORM's conversion: the store keeps UTC.
+                first = first if first.tzinfo else first.replace(tzinfo=UTC)
+                out.first[key] = min(out.first.get(key, first), first)
             tally = out.setdefault(key, {}).setdefault(variant, Tally())
             tally.sends += n
             tally.exposure += n
@@ -464,10 +488,13 @@ def tallies(
         age = (until - message.sent_at).total_seconds() / 86400
         for kind in ("subject", "body"):
             variant = message.subject_variant if kind == "subject" else message.body_variant
-            if not variant or (message.id, kind) in answered:
+            if not variant:
+                continue
+            key = (message.sequence, message.step_index, kind)
+            out.recent[key] = out.recent.get(key, 0) + 1
+            if (message.id, kind) in answered:
                 continue  # an answered send weighs 1, as counted
             missing = 1.0 - float(out.curves[kind].weight(age))
-            key = (message.sequence, message.step_index, kind)
             out[key][variant].exposure -= missing
             out.segments[key][_segment(message)][variant].exposure -= missing
     return out
@@ -714,6 +741,7 @@ def review(
                 "prior_sends": settings.prior_sends,
                 "reply_window_days": settings.reply_window_days,
                 "assignment": settings.assignment,
+                "horizon_days": settings.horizon_days,
             },
         )
         session.add(row)

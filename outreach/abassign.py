@@ -1,9 +1,10 @@
 """A/B assignment: which subject and body variant a new message gets.
 
-Balanced by default (the variant given to the fewest since the active set last changed),
-or, with ``[ab] assignment = "thompson"``, a draw from the reply posteriors. The state (what
-is active, the counts, the posteriors) lives here, beside the rest of the A/B test, and is
-read again on every dispatch run (:meth:`Assigner.prepare`).
+By default the variant with the highest index (``[ab] assignment = "index"``,
+:mod:`outreach.abindex`); or a draw from the reply posteriors (``"thompson"``); or balanced (the
+variant given to the fewest since the active set last changed). The state (what is active, the
+counts, the tallies) lives here, beside the rest of the A/B test, and is read again on every
+dispatch run (:meth:`Assigner.prepare`); the tallies at most every :data:`TALLIES_TTL`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from outreach.models import Message
 from outreach.templates import Kind, StepTemplate
 from outreach.workspace import Workspace
 
-TALLIES_TTL = timedelta(minutes=10)  # Thompson sampling's posteriors are read again this often
+TALLIES_TTL = timedelta(minutes=10)  # the index's and Thompson's tallies are read again this often
 
 
 class Assigner:
@@ -34,6 +35,8 @@ class Assigner:
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
         self._tallies: ab.Tallies | None = None
         self._tallies_at: datetime | None = None
+        # What the index gave each variant since the tallies were read (they do not count it).
+        self._given: dict[tuple[str, int, str], dict[str, int]] = {}
 
     def prepare(self, now: datetime) -> bool:
         """Register new variants (refusing texts edited after they were sent) and read which a
@@ -47,6 +50,7 @@ class Assigner:
         self.state = state
         if self._tallies_at is None or now - self._tallies_at > TALLIES_TTL:
             self._tallies = None
+            self._given = {}
         return changed
 
     def assign(
@@ -72,6 +76,8 @@ class Assigner:
                 hint="add one, or un-retire one (`outreach ab restore`)",
             )
         key = (sequence, index, kind)
+        if self.ws.config.settings.ab.assignment == "index":
+            return self._index(key, variants)
         if self.ws.config.settings.ab.assignment == "thompson":
             return self._thompson(key, variants)
         if key not in self._counts:
@@ -92,13 +98,33 @@ class Assigner:
         counts[choice] = counts.get(choice, 0) + 1
         return choice
 
+    def _read_tallies(self) -> ab.Tallies:
+        if self._tallies is None:
+            settings = self.ws.config.settings.ab
+            with self.ws.store.session() as session:
+                self._tallies = ab.tallies(
+                    session,
+                    settings.metric,
+                    ab.mature_until(self.ws, self.now()),
+                    settings.reply_window_days,
+                )
+            self._tallies_at = self.now()
+            self._given = {}
+        return self._tallies
+
+    def _index(self, key: tuple[str, int, str], variants: list[str]) -> str:
+        from outreach import abindex
+
+        tallies = self._read_tallies()
+        horizon = abindex.horizon_sends(tallies.pace(key), self.ws.config.settings.ab.horizon_days)
+        given = self._given.setdefault(key, {})
+        arms = ab.arms_of(tallies, key, variants)
+        choice = abindex.index_choices(arms, 1, self.rng, horizon, pending=given)[0]
+        given[choice] = given.get(choice, 0) + 1
+        return choice
+
     def _thompson(self, key: tuple[str, int, str], variants: list[str]) -> str:
         from outreach import abstats
 
-        if self._tallies is None:
-            with self.ws.store.session() as session:
-                self._tallies = ab.tallies(
-                    session, self.ws.config.settings.ab.metric, ab.mature_until(self.ws, self.now())
-                )
-            self._tallies_at = self.now()
-        return abstats.thompson_choice(ab.arms_of(self._tallies, key, variants), self.rng)
+        tallies = self._read_tallies()
+        return abstats.thompson_choice(ab.arms_of(tallies, key, variants), self.rng)

@@ -486,9 +486,13 @@ class ABSettings(_Strict):
     reply_window_days: int = Field(default=14, ge=1)
     # Accepted so that older files load; sends are no longer hidden (reply_window_days).
     mature_after_days: int | None = Field(default=None, ge=0)
-    # "thompson": draws from the posteriors (more prospects to the likely winner); "balanced":
-    # equal counts among the active variants.
-    assignment: Literal["balanced", "thompson"] = "thompson"
+    # "index": the variant with the highest index (reply rate plus what a send would teach,
+    # worth what the sends still to come can repay: outreach.abindex); "thompson": draws from
+    # the posteriors; "balanced": equal counts among the active variants.
+    assignment: Literal["balanced", "thompson", "index"] = "index"
+    # The index's horizon: a variant's lesson is worth this many days of the step's sends at
+    # its pace of the last reply_window_days (about six months: a subject line's life).
+    horizon_days: int = Field(default=182, ge=1)
     # After each review the marketer's digest is written here (relative to this file; "" for
     # none), and mailed to digest_to (from the first mailbox) when that is set.
     digest_file: str = "ab-digest.md"

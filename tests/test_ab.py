@@ -420,6 +420,7 @@ def test_the_daemon_review_job_records_a_cron_review_and_writes_the_digest(
         "prior_sends": 0,
         "reply_window_days": 14,
         "assignment": "balanced",
+        "horizon_days": 182,
     }
 
 
@@ -436,6 +437,25 @@ def test_thompson_assignment_sends_most_new_prospects_to_the_likely_winner(
     assert sum(new.values()) == 30
     # Beta(13, 9) against three posteriors near zero: the others win a draw almost never.
     assert new["quick-question"] >= 27
+
+
+def test_index_assignment_splits_new_prospects_between_the_leaders_and_skips_the_rest(
+    ws: Workspace, tmp_path: Path, workspace_dir: Path
+) -> None:
+    with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
+        seed_results(ws, tmp_path, frozen, {"quick-question": 6, "same-numbers": 6})
+        edit_config(workspace_dir / "outreach.toml", assignment="index")  # the default
+        ws = reload(ws)
+        with ws.store.session() as session:
+            tallies = ab.tallies(session, "positive_or_neutral", clock.now(), 14)
+        # 80 sends over the 14 days and an hour since the first: the horizon is 182 days of that.
+        assert tallies.pace(("cold", 0, "subject")) == pytest.approx(80 / (14 + 1 / 24))
+        enroll(ws, tmp_path, 300, 30)
+        send_once(ws, wait_for_gaps=False)
+    new = Counter(m.subject_variant for m in intro_messages(ws) if m.prospect_id > 80)
+    # 6/20 and 6/20 against 0/20 twice: the two leaders alternate, each choice counting for
+    # the next until the tallies are read again; the silent two get none.
+    assert new == {"quick-question": 15, "same-numbers": 15}
 
 
 # ------------------------------------------------------------------------------ review findings

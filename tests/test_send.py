@@ -282,7 +282,7 @@ def test_a_reply_between_claim_and_smtp_cancels_the_send(
 def test_balanced_assignment_spreads_subjects_evenly(
     workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
 ) -> None:
-    edit_config(workspace_dir / "outreach.toml", assignment="balanced")  # the default: thompson
+    edit_config(workspace_dir / "outreach.toml", assignment="balanced")  # the default: index
     ws = workspace_for(workspace_dir, server)
     rows = [f"p{i}@acme{i}.example,P{i},,Acme,,en" for i in range(12)]
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
