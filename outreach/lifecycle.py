@@ -29,10 +29,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, or_, select, update
 from sqlmodel import Session
 
 from outreach.models import Enrollment, MailboxState, Message, MessageState
+from outreach.store import Prepared
 
 messages_t = Message.__table__  # type: ignore[attr-defined]
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -162,26 +163,53 @@ def take(
     ``sending`` only for the lease holder and only while the enrollment is still active at
     this step (a reply or a stop since the claim wins). ``content`` (subject, body, threading
     headers, composed outside any transaction) is stored with it."""
-    m, e = messages_t.c, enrollments_t.c
-    live = (
-        select(e.id)
-        .where(e.id == m.enrollment_id, e.state == "active", e.step_index == m.step_index)
-        .exists()
-    )
-    return (
-        _move(
-            db,
-            message_row,
-            (MessageState.CLAIMED,),
-            MessageState.SENDING,
-            m.lease_owner == owner,
-            live,
-            claimed_at=now,
-            lease_until=lease_until,
-            **content,
-        )
-        == 1
-    )
+    statement = _take_statement(tuple(sorted(content)))
+    moved = statement(
+        _conn(db),
+        row=message_row,
+        owner=owner,
+        now=now,
+        until=lease_until,
+        **{f"set_{name}": value for name, value in content.items()},
+    ).rowcount
+    if isinstance(db, Session):
+        _expire(db, {message_row}, {"claimed_at": now, "lease_until": lease_until, **content})
+    return int(moved) == 1
+
+
+_TAKES: dict[tuple[str, ...], Prepared] = {}
+
+
+def _take_statement(columns: tuple[str, ...]) -> Prepared:
+    """The take, once per set of content columns: it runs before every message's SMTP, so it
+    is compiled once (:class:`outreach.store.Prepared`)."""
+    if columns not in _TAKES:
+
+        def build() -> Any:
+            m, e = messages_t.c, enrollments_t.c
+            live = (
+                select(e.id)
+                .where(e.id == m.enrollment_id, e.state == "active", e.step_index == m.step_index)
+                .exists()
+            )
+            return (
+                update(messages_t)
+                .where(
+                    m.id == bindparam("row"),
+                    m.state == MessageState.CLAIMED.value,
+                    m.lease_owner == bindparam("owner"),
+                    live,
+                )
+                .values(
+                    state=MessageState.SENDING.value,
+                    claimed_at=bindparam("now"),
+                    lease_until=bindparam("until"),
+                    **{name: bindparam(f"set_{name}") for name in columns},
+                )
+            )
+
+        _TAKES[columns] = Prepared(build)
+    return _TAKES[columns]
 
 
 def discard(conn: Connection, message_row: int, owner: str) -> bool:

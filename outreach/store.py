@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -77,6 +87,49 @@ def bulk_insert(
         if returning:
             out.extend(tuple(r) for r in result)
     return out
+
+
+class Prepared:
+    """A Core statement compiled once per dialect and run as the driver's own SQL.
+
+    Building a statement and running it through SQLAlchemy's compiled cache and type
+    processors cost about 0.6 ms a time on the send path, most of a per-message transaction;
+    the driver's own SQL with the same bound values costs a tenth of that. The statement is
+    built by ``build`` (bound values as ``bindparam``s, literals as usual) and compiled on
+    first use with each dialect; a call passes the bound values by name, datetimes aware (as
+    :func:`db_datetime` stores them). Only for statements without expanding ``IN`` lists.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+    def __call__(self, conn: Connection, **params: Any) -> CursorResult[Any]:
+        sql, values = self._driver(conn, [params])
+        return conn.exec_driver_sql(sql, values[0])
+
+    def many(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """The statement once per row of bound values, as one ``executemany``."""
+        if rows:
+            sql, values = self._driver(conn, rows)
+            conn.exec_driver_sql(sql, values)  # type: ignore[arg-type]
+
+    def _driver(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
+        name = conn.dialect.name
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            done = self._build().compile(dialect=conn.dialect)
+            order = tuple(done.positiontup) if done.positiontup is not None else None
+            compiled = self._compiled[name] = (done.string, order, dict(done.params))
+        sql, order, literals = compiled
+        out: list[Any] = []
+        for params in rows:
+            values = {**literals, **params}
+            for key, value in values.items():
+                if isinstance(value, datetime):
+                    values[key] = db_datetime(conn, value)
+            out.append(values if order is None else tuple(values[key] for key in order))
+        return sql, out
 
 
 def due_enrollment_ids(conn: Connection, now: datetime, limit: int = 500) -> list[int]:
