@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlmodel import func, select
 
@@ -20,6 +21,9 @@ from outreach.errors import TemplateError
 from outreach.models import Message
 from outreach.templates import Kind, StepTemplate
 from outreach.workspace import Workspace
+
+if TYPE_CHECKING:
+    from outreach import abindex
 
 TALLIES_TTL = timedelta(minutes=10)  # the index's and Thompson's tallies are read again this often
 
@@ -37,6 +41,8 @@ class Assigner:
         self._tallies_at: datetime | None = None
         # What the index gave each variant since the tallies were read (they do not count it).
         self._given: dict[tuple[str, int, str], dict[str, int]] = {}
+        # Each factor's index as the tallies gave it (per set of eligible variants).
+        self._factors: dict[tuple[tuple[str, int, str], tuple[str, ...]], abindex.Factor] = {}
 
     def prepare(self, now: datetime) -> bool:
         """Register new variants (refusing texts edited after they were sent) and read which a
@@ -51,6 +57,7 @@ class Assigner:
         if self._tallies_at is None or now - self._tallies_at > TALLIES_TTL:
             self._tallies = None
             self._given = {}
+            self._factors = {}
         return changed
 
     def assign(
@@ -110,16 +117,22 @@ class Assigner:
                 )
             self._tallies_at = self.now()
             self._given = {}
+            self._factors = {}
         return self._tallies
 
     def _index(self, key: tuple[str, int, str], variants: list[str]) -> str:
         from outreach import abindex
 
         tallies = self._read_tallies()
-        horizon = abindex.horizon_sends(tallies.pace(key), self.ws.config.settings.ab.horizon_days)
+        factor = self._factors.get((key, tuple(variants)))
+        if factor is None:
+            horizon = abindex.horizon_sends(
+                tallies.pace(key), self.ws.config.settings.ab.horizon_days
+            )
+            factor = abindex.Factor(ab.arms_of(tallies, key, variants), horizon)
+            self._factors[(key, tuple(variants))] = factor
         given = self._given.setdefault(key, {})
-        arms = ab.arms_of(tallies, key, variants)
-        choice = abindex.index_choices(arms, 1, self.rng, horizon, pending=given)[0]
+        choice = factor.choose(variants, given, self.rng)
         given[choice] = given.get(choice, 0) + 1
         return choice
 

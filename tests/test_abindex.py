@@ -16,7 +16,7 @@ import random
 import numpy as np
 import pytest
 
-from outreach.abindex import MIN_HORIZON, gittins_index, horizon_sends, index_choices
+from outreach.abindex import MIN_HORIZON, Factor, gittins_index, horizon_sends, index_choices
 from outreach.abstats import Arm
 
 
@@ -100,3 +100,27 @@ def test_the_horizon_is_the_pace_times_the_days() -> None:
     assert horizon_sends(0.0, 182) == MIN_HORIZON  # nothing sent yet: a floor, not zero
     with pytest.raises(ValueError):
         horizon_sends(10, 0)
+
+
+def test_a_factor_chooses_as_index_choices_does() -> None:
+    # The dispatcher's Factor (means and weights worked out once per tallies) against the
+    # batch function, on the same counts and pending, and the same random stream for ties.
+    maker = random.Random(11)
+    for _ in range(300):
+        arms = []
+        for i in range(maker.randint(1, 5)):
+            sends = maker.choice([0, 0, 3, 37, 100, 400])
+            wins = maker.randint(0, min(sends, 12))
+            exposure = maker.uniform(wins, sends) if maker.random() < 0.5 else None
+            arms.append(Arm(f"v{i}", sends, wins, exposure))
+        horizon = maker.choice([MIN_HORIZON, 200.0, 5460.0])
+        pending = {arm.id: maker.randint(0, 6) for arm in arms if maker.random() < 0.6}
+        factor = Factor(arms, horizon)
+        seed = maker.random()
+        for _ in range(5):
+            expected = index_choices(arms, 1, random.Random(seed), horizon, pending=pending)[0]
+            got = factor.choose([arm.id for arm in arms], pending, random.Random(seed))
+            assert got == expected
+            pending[got] = pending.get(got, 0) + 1
+    with pytest.raises(ValueError, match="horizon"):
+        Factor([Arm("a", 1, 0)], MIN_HORIZON - 1)
