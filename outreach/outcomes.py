@@ -62,18 +62,26 @@ class Recorder:
         if not done:
             return
         with self.ws.store.session() as session:
-            # What the sequences' next steps need, read at once rather than row by row.
-            # Held in a list: the session's identity map only keeps objects someone holds.
-            ids = [claim.enrollment_id for claim, _ in done]
-            enrollments = list(session.exec(select(Enrollment).where(col(Enrollment.id).in_(ids))))
-            people = [e.prospect_id for e in enrollments]
-            prospects = list(session.exec(select(Prospect).where(col(Prospect.id).in_(people))))
             sent = [(claim, outcome) for claim, outcome in done if outcome.kind == "sent"]
-            self._sent(session, sent, now, report)
-            for claim, outcome in done:
-                if outcome.kind != "sent":
-                    handler = getattr(self, f"_{outcome.kind}")
-                    handler(session, claim, outcome, now, report)
+            self._sent(session, sent, now, report)  # Core statements for the whole batch
+            others = [(claim, outcome) for claim, outcome in done if outcome.kind != "sent"]
+            # What the other answers' handlers need, read at once rather than row by row.
+            # Held in a list: the session's identity map only keeps objects someone holds.
+            ids = [claim.enrollment_id for claim, _ in others]
+            enrollments = (
+                list(session.exec(select(Enrollment).where(col(Enrollment.id).in_(ids))))
+                if ids
+                else []
+            )
+            people = [e.prospect_id for e in enrollments]
+            prospects = (
+                list(session.exec(select(Prospect).where(col(Prospect.id).in_(people))))
+                if people
+                else []
+            )
+            for claim, outcome in others:
+                handler = getattr(self, f"_{outcome.kind}")
+                handler(session, claim, outcome, now, report)
             del enrollments, prospects
 
     def _sent(

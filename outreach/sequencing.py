@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from outreach import handoff, lifecycle, planner
@@ -16,7 +18,7 @@ from outreach.models import Enrollment, Event, Message, Prospect, SequencePause,
 from outreach.prospect_csv import normalize_email
 from outreach.sentiment import REPLY_CLASSES, reply_class_of
 from outreach.sequences import TRACKED_RULES
-from outreach.store import Store
+from outreach.store import Prepared, Store
 from outreach.workspace import Workspace
 
 STOP_REASONS = ("replied", "meeting", "webinar", "not-interested", "other")
@@ -370,15 +372,75 @@ def steps_done(
     skipped: str | None = None,
 ) -> None:
     """Several (enrollment, step) done at once: each enrollment still active at that step
-    plans its next one. ``skipped``: why the step was not done (one skipped task)."""
+    plans its next one. ``skipped``: why the step was not done (one skipped task).
+
+    The common case, a next step to plan, is read and written with Core statements for the
+    whole batch (it follows every message sent); an enrollment that finishes goes through
+    :func:`advance`, which ends it and hands it over."""
+    if not done:
+        return
+    session.flush()  # what the session changed before comes first
+    conn = session.connection()
+    e, p = _enrollments_t.c, _prospects_t.c
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            sa_select(e.id, e.state, e.step_index, e.sequence, e.sender, p.timezone)
+            .join_from(_enrollments_t, _prospects_t, e.prospect_id == p.id)
+            .where(e.id.in_([enrollment_id for enrollment_id, _ in done]))
+        )
+    }
+    planned: list[dict[str, Any]] = []
     for enrollment_id, step_index in done:
+        row = rows.get(enrollment_id)
+        if row is None or row.state != "active" or row.step_index != step_index:
+            continue  # a reply or a stop came first: it stays ended
+        sequence = ws.sequences[row.sequence]
+        following = step_index + 1
+        if following < len(sequence.steps):
+            step = sequence.steps[following]
+            drawn = step.wait.draw(rng)
+            cal = _calendar(ws, row.sender, row.timezone)
+            planned.append(
+                {
+                    "row": enrollment_id,
+                    "at": step_index,
+                    "following": following,
+                    "now": now,
+                    "drawn": drawn,
+                    "due": planner.plan_due(now, step.wait, drawn, cal),
+                }
+            )
+            continue
         enrollment = session.get(Enrollment, enrollment_id)
-        if (
-            enrollment is not None
-            and enrollment.state == "active"
-            and enrollment.step_index == step_index
-        ):
-            advance(ws, session, enrollment, now, rng, skipped=skipped)
+        assert enrollment is not None
+        advance(ws, session, enrollment, now, rng, skipped=skipped)
+    _PLAN_NEXT.many(conn, planned)
+    moved = {row["row"] for row in planned}
+    for obj in list(session.identity_map.values()):  # loaded ones are read again on use
+        if isinstance(obj, Enrollment) and obj.id in moved:
+            session.expire(obj, ["step_index", "updated_at", "wait_drawn", "due_at"])
+
+
+_enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
+_prospects_t = Prospect.__table__  # type: ignore[attr-defined]
+
+
+def _plan_next() -> Any:
+    e = _enrollments_t.c
+    return (
+        update(_enrollments_t)
+        .where(e.id == bindparam("row"), e.state == "active", e.step_index == bindparam("at"))
+        .values(
+            step_index=bindparam("following"),
+            updated_at=bindparam("now"),
+            wait_drawn=bindparam("drawn"),
+            due_at=bindparam("due"),
+        )
+    )
+
+
+_PLAN_NEXT = Prepared(_plan_next)  # after every message sent: compiled once
 
 
 FINISHED = "every step done"
