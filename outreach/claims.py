@@ -36,7 +36,7 @@ from outreach.workspace import Workspace
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
 prospects_t = Prospect.__table__  # type: ignore[attr-defined]
 suppressions_t = Suppression.__table__  # type: ignore[attr-defined]
-BATCH = 20  # due enrollments read per query
+BATCH = 50  # due enrollments read per query
 CLAIM_BATCH = 50  # messages claimed per transaction when the mailbox has no gap to keep
 HOLD_FOR = timedelta(minutes=15)  # a message held for a template problem is tried again then
 

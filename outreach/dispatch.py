@@ -188,6 +188,14 @@ class Dispatcher:
                         done.append((claim, outcome))
                         if outcome.kind in TROUBLE:
                             return  # one try per mailbox per run, not per message
+                        if outcome.kind == "bounce":
+                            # The bounce pause is decided as the bounce is recorded: at once,
+                            # not at the end of the batch, so a bad list costs no more
+                            # bounces in batches of 50 than one message at a time would.
+                            self.recorder.record(done, self.now(), report)
+                            done = []
+                            if box.email in report.paused:
+                                return
                 finally:
                     self.recorder.record(done, self.now(), report)
                 if sent_folder is not None:

@@ -73,6 +73,7 @@ def enroll(
     """Import prospects from a CSV (creating or updating them) and enroll them in a sequence."""
     with _progress(file) as on_progress:
         from outreach.enroll import enroll_csv, format_rejection  # not for `status`
+
         result = enroll_csv(
             ctx.ws,
             file,
