@@ -30,6 +30,8 @@ import random
 from collections.abc import Callable
 from datetime import datetime
 
+from sqlalchemy import Connection
+
 from outreach import clock, cluster, lifecycle, recovery, tasks
 from outreach.abassign import Assigner
 from outreach.claims import Claimed, Claimer, hold
@@ -82,6 +84,7 @@ class Dispatcher:
         self.recorder = Recorder(ws, self.rng, on_event)
         self._sent_folders_checked = False
         self._prepared_at: datetime | None = None
+        self._take_conn: Connection | None = None  # the takes' connection, for one run
 
     def make_due_tasks(self) -> int:
         """Every mailbox's due LinkedIn and manual steps made tasks now, their texts rendered
@@ -106,6 +109,9 @@ class Dispatcher:
             return await self._run_once(wait_for_gaps)
         finally:
             beating.cancel()
+            if self._take_conn is not None:
+                self._take_conn.close()
+                self._take_conn = None
             if not hold:
                 cluster.let_go(self.ws.store, self.member)
 
@@ -288,9 +294,16 @@ class Dispatcher:
         queue (or to another daemon) meanwhile."""
         now = self.now()
         content = claim.composed.stored() if claim.composed is not None else {}
-        with self.ws.store.engine.begin() as conn:
+        if self._take_conn is None:  # one for the run's takes: no pool round trip per message
+            self._take_conn = self.ws.store.engine.connect()
+        with self._take_conn.begin():
             return lifecycle.take(
-                conn, claim.message_row, self.member.id, now, now + self.member.lease, **content
+                self._take_conn,
+                claim.message_row,
+                self.member.id,
+                now,
+                now + self.member.lease,
+                **content,
             )
 
     def cancel(self, claim: Claimed, report: Report) -> None:
