@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
-from outreach import clock
+from outreach import abcounts, clock
 from outreach.config import ABSettings, Mailbox
 from outreach.errors import NotFound, OutreachError, Problems, TemplateError
 from outreach.mail.message import Outgoing, build_message, make_message_id
@@ -364,7 +364,7 @@ class Tallies(dict[FactorKey, dict[str, Tally]]):
     def __init__(self) -> None:
         super().__init__()
         self.segments: dict[FactorKey, dict[Segment, dict[str, Tally]]] = {}
-        self.curves: dict[str, abstats.ReplyDelays] = {}
+        self.curves: dict[str, abcounts.ReplyDelays] = {}
         # Per factor: its first send, and its sends younger than the reply window.
         self.first: dict[FactorKey, datetime] = {}
         self.recent: dict[FactorKey, int] = {}
@@ -404,10 +404,8 @@ def tallies(
     A send is never hidden for being young: one answered, or sent at least ``window_days``
     before ``until``, weighs 1; a younger unanswered one weighs the share of replies that come
     by its age, from the reply delays of this workspace's messages older than ``window_days``
-    (:func:`outreach.abstats.reply_delays`). So 37 sends of yesterday tell what they can.
+    (:func:`outreach.abcounts.reply_delays`). So 37 sends of yesterday tell what they can.
     """
-    from outreach import abstats
-
     out = Tallies()
     out.until, out.window_days = until, window_days
     young_since = until - timedelta(days=window_days) if until is not None else None
@@ -474,7 +472,7 @@ def tallies(
         seg.setdefault(variant, Tally()).wins += len(ids)
     if until is None or young_since is None:
         return out
-    out.curves = {kind: abstats.reply_delays(d, window_days) for kind, d in delays.items()}
+    out.curves = {kind: abcounts.reply_delays(d, window_days) for kind, d in delays.items()}
     young = session.exec(
         select(Message).where(
             Message.channel == "email",
@@ -504,20 +502,18 @@ def _segment(message: Message) -> Segment:
     return (message.language or "", message.persona or "")
 
 
-def arms_of(tally: Tallies, key: FactorKey, variants: list[str]) -> list[abstats.Arm]:
+def arms_of(tally: Tallies, key: FactorKey, variants: list[str]) -> list[abcounts.Arm]:
     """The statistics' view of ``variants`` of one factor (none sent yet: 0 of 0)."""
     return arms_from(tally.get(key, {}), variants)
 
 
-def arms_from(seen: Mapping[str, Tally], variants: list[str]) -> list[abstats.Arm]:
-    from outreach import abstats
-
+def arms_from(seen: Mapping[str, Tally], variants: list[str]) -> list[abcounts.Arm]:
     out = []
     for v in variants:
         t = seen.get(v, Tally())
         # Rounding can leave an exposure a hair outside [wins, sends]: clip it.
         out.append(
-            abstats.Arm(v, t.sends, t.wins, max(float(t.wins), min(float(t.sends), t.exposure)))
+            abcounts.Arm(v, t.sends, t.wins, max(float(t.wins), min(float(t.sends), t.exposure)))
         )
     return out
 

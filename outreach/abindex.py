@@ -1,11 +1,12 @@
 """The A/B assignment's index: which variant the next prospect gets, by an index per variant.
 
-Pure functions of counts, as :mod:`outreach.abstats`. Each variant's index is its posterior mean
-reply rate plus a bonus for what one more send would teach, worth more the more sends there are
-still to come: the Gittins index of a Beta-Bernoulli arm, which is the optimal rule for
-independent arms when each send counts ``1 - 1/horizon`` as much as the one before, in the
-closed-form approximation of Brezzi and Lai ("Optimal learning and experimentation in bandit
-problems", Journal of Economic Dynamics and Control 27, 2002):
+Pure functions of counts, in plain Python (no numpy: the dispatcher calls them for every new
+message). Each variant's index is its posterior mean reply rate plus a bonus for what one more
+send would teach, worth more the more sends there are still to come: the Gittins index of a
+Beta-Bernoulli arm, which is the optimal rule for independent arms when each send counts
+``1 - 1/horizon`` as much as the one before, in the closed-form approximation of Brezzi and Lai
+("Optimal learning and experimentation in bandit problems", Journal of Economic Dynamics and
+Control 27, 2002):
 
     index = mean + sd * psi(1 / ((n + 1) * c)),  c = -ln(1 - 1 / horizon)
 
@@ -16,7 +17,7 @@ soon as its bonus no longer covers its gap. Unlike Thompson sampling, which expl
 test lasted for ever, it explores only as much as ``horizon`` more sends can repay.
 
 Sends not answered yet are on their way to telling: they count in ``n`` (so the bonus already
-shrinks with them), while the mean counts them by their exposure (:class:`abstats.ReplyDelays`).
+shrinks with them), while the mean counts them by their exposure (:class:`abcounts.ReplyDelays`).
 The prospects assigned since the counts were read (``pending``) count in ``n`` the same way, so a
 batch of choices from the same counts spreads where the bonuses are close.
 """
@@ -27,7 +28,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
-from outreach.abstats import PRIOR, Arm, _posteriors
+from outreach.abcounts import PRIOR, Arm, posterior_params
 
 # Below this many sends of horizon the bonus makes no sense (nothing left to repay a lesson).
 MIN_HORIZON = 10.0
@@ -59,7 +60,7 @@ def gittins_index(
     """Each arm's index (see the module's docstring), ``horizon`` sends still to come."""
     if horizon < MIN_HORIZON:
         raise ValueError(f"horizon must be at least {MIN_HORIZON:g} sends, got {horizon}")
-    a, b = _posteriors(arms, prior)
+    a, b = posterior_params(arms, prior)
     c = -math.log1p(-1 / horizon)
     extra = pending if pending is not None else [0.0] * len(arms)
     return [
@@ -84,7 +85,7 @@ def index_choices(
         raise ValueError("no variant to choose from")
     given = [float((pending or {}).get(arm.id, 0)) for arm in arms]
     index = gittins_index(arms, horizon, prior, given)
-    a, b = _posteriors(arms, prior)
+    a, b = posterior_params(arms, prior)
     c = -math.log1p(-1 / horizon)
     out = []
     for _ in range(n):
@@ -109,7 +110,7 @@ class Factor:
     ) -> None:
         if horizon < MIN_HORIZON:
             raise ValueError(f"horizon must be at least {MIN_HORIZON:g} sends, got {horizon}")
-        a, b = _posteriors(arms, prior)
+        a, b = posterior_params(arms, prior)
         self.c = -math.log1p(-1 / horizon)
         self.mean = {arm.id: float(a[i] / (a[i] + b[i])) for i, arm in enumerate(arms)}
         self.weight = {arm.id: prior[0] + prior[1] + arm.sends for arm in arms}

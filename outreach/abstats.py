@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-# Beta(1, 1), the uniform prior: before any send every reply rate in [0, 1] is equally likely.
-# It is the weakest prior that keeps the posterior proper (a variant with no sends has P(best)
-# 1/k among k such variants, not undefined), it adds the equivalent of one reply and one
-# non-reply so it is swamped after a few dozen sends, and it never pulls a variant towards a
-# rate we would have to justify. With alpha, beta >= 1 every posterior density is bounded,
-# which the integration in `prob_best` relies on for its accuracy.
-PRIOR: tuple[float, float] = (1.0, 1.0)
+# The counts, the prior and the reply-delay curve are plain Python (the send path reads them).
+from outreach.abcounts import PRIOR as PRIOR
+from outreach.abcounts import PRIOR_DELAYS_DAYS as PRIOR_DELAYS_DAYS
+from outreach.abcounts import Arm as Arm
+from outreach.abcounts import ReplyDelays as ReplyDelays
+from outreach.abcounts import posterior_params
+from outreach.abcounts import reply_delays as reply_delays
 
 # prob_best integrates over [L, U] where every posterior outside its own [q(_TAIL), q(1-_TAIL)]
 # is ignored; the probability left out is at most about (k + 1) * _TAIL.
@@ -34,26 +34,6 @@ _TAIL = 1e-12
 _PIECES = 12
 _ORDER = 8
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(_ORDER)
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One variant under test: how often it was sent and how many replies count for it.
-
-    ``exposure`` is what the sends weigh: a send that was answered, or is old enough that its
-    reply would have come, weighs 1; a younger one weighs the probability that a reply would
-    have come by now (:class:`ReplyDelays`). None means every send weighs 1.
-    """
-
-    id: str
-    sends: int
-    wins: int  # replies that count under the metric
-    exposure: float | None = None
-
-    @property
-    def trials(self) -> float:
-        """The sends as the posterior sees them."""
-        return float(self.sends) if self.exposure is None else self.exposure
 
 
 @dataclass(frozen=True)
@@ -76,22 +56,8 @@ class Decision:
 def _posteriors(
     arms: Sequence[Arm], prior: tuple[float, float]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    alpha, beta = prior
-    if not (alpha > 0 and beta > 0):
-        raise ValueError(f"prior parameters must be positive, got {prior}")
-    ids = set()
-    for arm in arms:
-        if not 0 <= arm.wins <= arm.sends:
-            raise ValueError(f"variant {arm.id!r}: need 0 <= wins <= sends, got {arm}")
-        # Answered sends weigh 1 each, so wins <= exposure (a hair of rounding allowed).
-        if arm.exposure is not None and not arm.wins - 1e-9 <= arm.exposure <= arm.sends + 1e-9:
-            raise ValueError(f"variant {arm.id!r}: need wins <= exposure <= sends, got {arm}")
-        if arm.id in ids:
-            raise ValueError(f"variant {arm.id!r} appears twice")
-        ids.add(arm.id)
-    wins = np.array([arm.wins for arm in arms], dtype=np.float64)
-    trials = np.array([arm.trials for arm in arms], dtype=np.float64)
-    return alpha + wins, beta + np.maximum(trials - wins, 0.0)
+    a, b = posterior_params(arms, prior)
+    return np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
 
 
 def pooled_prior(arms: Sequence[Arm], strength: float) -> tuple[float, float]:
@@ -253,64 +219,6 @@ def prob_best_monte_carlo(
         sample = rng.beta(a, b, size=(n, len(arms)))
         wins += np.bincount(sample.argmax(axis=1), minlength=len(arms))
     return [float(v) for v in wins / draws]
-
-
-# Before a workspace has reply delays of its own, these stand in for them (days from a message
-# to its reply; the typical shape for cold B2B email: half within a day, four in five within
-# three days, a tail to two weeks). They weigh as many observations as there are of them, so
-# the workspace's own delays take over after a few dozen replies.
-PRIOR_DELAYS_DAYS: tuple[float, ...] = (
-    0.05, 0.15, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0,
-    1.3, 1.6, 1.9, 2.2, 2.5, 2.8, 4.0, 6.0, 9.0, 13.0,
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ReplyDelays:
-    """How long replies take: ``weight(age)`` is the share of a message's eventual replies
-    that have come ``age`` days after it was sent (1 from ``window_days`` on)."""
-
-    days: tuple[float, ...]  # sorted delays, observed and prior, each clipped to the window
-    window_days: float
-    observed: int  # how many of them are the workspace's own
-    _sorted: NDArray[np.float64] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # The dispatcher weighs every young send with this: convert once.
-        object.__setattr__(self, "_sorted", np.asarray(self.days, dtype=np.float64))
-
-    def weight(self, age_days: float | NDArray[np.float64]) -> NDArray[np.float64]:
-        """P(a reply that will come has come by ``age_days``), the empirical curve."""
-        age = np.asarray(age_days, dtype=np.float64)
-        share = np.searchsorted(self._sorted, age, side="right") / len(self.days)
-        return np.where(age >= self.window_days, 1.0, np.where(age < 0, 0.0, share))
-
-    def exposure(self, ages_days: Sequence[float] | NDArray[np.float64], answered: int) -> float:
-        """What ``ages_days`` (one per send not answered yet) and ``answered`` sends weigh."""
-        ages = np.asarray(ages_days, dtype=np.float64)
-        return float(answered + (self.weight(ages).sum() if ages.size else 0.0))
-
-    def median(self) -> float:
-        return float(np.median(self.days))
-
-
-def reply_delays(
-    observed_days: Sequence[float] | NDArray[np.float64],
-    window_days: float,
-    prior: Sequence[float] = PRIOR_DELAYS_DAYS,
-) -> ReplyDelays:
-    """The reply-delay curve from the workspace's own delays (days from a message to its
-    reply, for messages sent at least ``window_days`` ago, so that none is cut short) and the
-    prior's."""
-    if window_days <= 0:
-        raise ValueError(f"window_days must be positive, got {window_days}")
-    observed = np.clip(np.asarray(observed_days, dtype=np.float64), 0.0, window_days)
-    days = np.sort(
-        np.concatenate([np.minimum(np.asarray(prior, dtype=np.float64), window_days), observed])
-    )
-    if not days.size:
-        raise ValueError("no reply delays, and no prior ones")
-    return ReplyDelays(tuple(days.tolist()), float(window_days), int(observed.size))
 
 
 # Thompson sampling draws from posteriors that count the data this many times: plain Thompson
