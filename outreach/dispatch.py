@@ -294,17 +294,21 @@ class Dispatcher:
         queue (or to another daemon) meanwhile."""
         now = self.now()
         content = claim.composed.stored() if claim.composed is not None else {}
-        if self._take_conn is None:  # one for the run's takes: no pool round trip per message
-            self._take_conn = self.ws.store.engine.connect()
-        with self._take_conn.begin():
-            return lifecycle.take(
-                self._take_conn,
-                claim.message_row,
-                self.member.id,
-                now,
-                now + self.member.lease,
-                **content,
+        if self._take_conn is None:
+            # One connection for the run's takes (no pool round trip per message), in
+            # autocommit: the take is one statement, atomic by itself, so it needs no BEGIN
+            # and COMMIT around it (on PostgreSQL one round trip instead of three).
+            self._take_conn = self.ws.store.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
             )
+        return lifecycle.take(
+            self._take_conn,
+            claim.message_row,
+            self.member.id,
+            now,
+            now + self.member.lease,
+            **content,
+        )
 
     def cancel(self, claim: Claimed, report: Report) -> None:
         """A claim not taken: the enrollment ended first (cancel it), or it is no longer ours."""
