@@ -41,6 +41,9 @@ class Assigner:
         self._tallies_at: datetime | None = None
         # What the index gave each variant since the tallies were read (they do not count it).
         self._given: dict[tuple[str, int, str], dict[str, int]] = {}
+        # Who may get which variants, per template, step, kind, language and persona, as the
+        # files and reviews stood at the last prepare (ids of live template objects).
+        self._eligible: dict[tuple[int, str, str, str, str, str | None], list[str]] = {}
         # Each factor's index as the tallies gave it (per set of eligible variants).
         self._factors: dict[tuple[tuple[str, int, str], tuple[str, ...]], abindex.Factor] = {}
 
@@ -49,6 +52,7 @@ class Assigner:
         review retired; balance is counted afresh when the active set changed. A template file
         edited since the last run is read again first: True then."""
         changed = self.ws.refresh_templates()
+        self._eligible = {}  # the files and the reviews' retirements are read again below
         with self.ws.store.session() as session:
             state = ab.sync_variants(self.ws, session, now)
         if state != self.state:  # a variant came, went or came back: balance from now on
@@ -73,9 +77,12 @@ class Assigner:
         """The variant for one new message: among the active variants that have a text for
         this prospect, the one given to the fewest since the active set last changed (or a
         Thompson draw)."""
-        variants = [
-            v.id for v in self.state.eligible(template, sequence, step, kind, language, persona)
-        ]
+        seen = (id(template), sequence, step, kind, language, persona)
+        variants = self._eligible.get(seen)
+        if variants is None:
+            variants = self._eligible[seen] = [
+                v.id for v in self.state.eligible(template, sequence, step, kind, language, persona)
+            ]
         if not variants:
             raise TemplateError(
                 f"no active {kind} variant in language '{language}' for step '{step}'",
