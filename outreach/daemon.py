@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -191,6 +192,15 @@ def make_due_tasks(ws: Workspace, now: Callable[[], datetime] = clock.now) -> in
 
 def _no_transport(box: Mailbox) -> Transport:
     raise AssertionError("making tasks sends nothing")
+
+
+def settle_heap() -> None:
+    """What a sending process has loaded by now (modules, the config, the templates) lives as
+    long as the process: it leaves the cyclic garbage collector's sight (``gc.freeze``), so a
+    full collection walks only what sending makes since. Without it one came every couple of
+    thousand messages in `bench/send_bench.py`, 0.11 s each here. `outreach send` and
+    `outreach run` call it once the workspace is loaded."""
+    gc.freeze()
 
 
 def send_once(

@@ -143,6 +143,7 @@ def send(ctx: Context, once: bool, no_wait: bool, as_json: bool) -> None:
     """Send everything that is due now, within windows and limits, then exit."""
     if not once:
         raise click.UsageError("use `outreach send --once`, or `outreach run` for the daemon")
+    daemon.settle_heap()
     report = daemon.send_once(
         ctx.ws, wait_for_gaps=not no_wait, on_event=None if as_json else click.echo
     )
@@ -295,6 +296,7 @@ def resume(ctx: Context, email: str) -> None:
 def run(ctx: Context) -> None:
     """The daemon: sends on schedule; stops cleanly on SIGTERM/SIGINT."""
     daemon.configure_logging()
+    daemon.settle_heap()
     daemon.run(ctx.ws)
 
 
