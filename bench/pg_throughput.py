@@ -10,7 +10,12 @@ on a machine with C cores, daemons beyond C share the CPU (the sink and PostgreS
 the CPU time the daemons spent per message is printed beside it: flat while msg/s stops
 growing means the cores ran out, not that the daemons waited on each other.
 
-    python bench/pg_throughput.py [--messages 4000] [--mailboxes 8] [--daemons 1,2,4]
+The control runs the same number of daemons each on a database and a workspace of its own (its
+share of the messages and mailboxes): nothing there can wait on another daemon, so what the
+CPU per message rises by there is the machine's; the rise of the shared run over the control
+is the contention.
+
+    python bench/pg_throughput.py [--messages 4000] [--mailboxes 8] [--daemons 1,2,4] [--no-control]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -36,38 +42,53 @@ from tests.postgres import PostgresCluster  # noqa: E402
 
 
 def run(
-    cluster: PostgresCluster, port: int, daemons: int, args: argparse.Namespace
+    cluster: PostgresCluster,
+    port: int,
+    daemons: int,
+    args: argparse.Namespace,
+    *,
+    apart: bool = False,
 ) -> tuple[float, float, float]:
     """Messages per second of ``daemons`` processes, first to last send; their CPU ms per
     message while sending (their CPU from the poll that first saw a message sent to the one
     that saw the last, over the messages sent in between: start-up, imports and shutdown,
-    which every daemon pays once, left out); and per message over their whole life."""
+    which every daemon pays once, left out); and per message over their whole life.
+
+    ``apart``: the control. Each daemon gets a database and a workspace of its own (its share
+    of the messages and mailboxes), so nothing they do can wait on another's rows or locks:
+    what its CPU per message still rises by is the machine's (processes sharing the cores),
+    not the claim's."""
     cpu_before = _children_cpu()
-    url = cluster.new_database()
     total = args.messages // args.mailboxes * args.mailboxes
+    shares = daemons if apart else 1
     with tempfile.TemporaryDirectory() as tmp:
-        ws = workspace(Path(tmp), port, args.mailboxes, args.messages, url=url, dispatch_seconds=1)
-        config = ws.config.path
-        ws.close()
-        engine = create_engine(url)
+        urls, configs = [], []
+        for n in range(shares):
+            url = cluster.new_database()
+            home = Path(tmp) / f"w{n}"
+            home.mkdir()
+            ws = workspace(
+                home, port, args.mailboxes // shares, total // shares, url=url, dispatch_seconds=1
+            )
+            urls.append(url)
+            configs.append(ws.config.path)
+            ws.close()
+        engines = [create_engine(url) for url in urls]
         logs = [open(Path(tmp) / f"d{n}.log", "w") for n in range(daemons)]  # noqa: SIM115
         processes = [
             subprocess.Popen(
-                [sys.executable, "-m", "outreach", "--config", str(config), "run"],
+                [sys.executable, "-m", "outreach", "--config", str(configs[n % shares]), "run"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-            for log in logs
+            for n, log in enumerate(logs)
         ]
         try:
             deadline = time.monotonic() + 600
             started: tuple[int, float] | None = None  # (sent, daemons' CPU) at the first send
             while True:
-                with engine.connect() as conn:
-                    sent = conn.execute(
-                        text("SELECT count(*) FROM messages WHERE state = 'sent'")
-                    ).scalar_one()
+                sent = sum(_count_sent(engine) for engine in engines)
                 if started is None and sent > 0:
                     started = (sent, _cpu_of(processes))
                 if sent >= total:
@@ -77,10 +98,18 @@ def run(
                     break
                 assert time.monotonic() < deadline, f"only {sent} of {total} sent"
                 time.sleep(0.2)
-            with engine.connect() as conn:
-                first, last = conn.execute(
-                    text("SELECT min(sent_at), max(sent_at) FROM messages WHERE state = 'sent'")
-                ).one()
+            spans = []
+            for engine in engines:
+                with engine.connect() as conn:
+                    spans.append(
+                        conn.execute(
+                            text(
+                                "SELECT min(sent_at), max(sent_at) FROM messages"
+                                " WHERE state = 'sent'"
+                            )
+                        ).one()
+                    )
+            first, last = min(span[0] for span in spans), max(span[1] for span in spans)
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -88,10 +117,19 @@ def run(
                 process.wait(60)
             for log in logs:
                 log.close()
-            engine.dispose()
-    cluster.drop_database(url)
+            for engine in engines:
+                engine.dispose()
+    for url in urls:
+        cluster.drop_database(url)
     cpu_ms = (_children_cpu() - cpu_before) * 1000 / total
     return (total - 1) / (last - first).total_seconds(), sending_ms, cpu_ms
+
+
+def _count_sent(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(text("SELECT count(*) FROM messages WHERE state = 'sent'")).scalar_one()
+        )
 
 
 def _cpu_of(processes: list[subprocess.Popen]) -> float:  # type: ignore[type-arg]
@@ -114,25 +152,37 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--mailboxes", type=int, default=8)
     parser.add_argument("--daemons", default="1,2,4")
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control (each daemon on a database of its own)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.daemons.split(",")]
     counter = Counter()
     server = LoopbackController(counter, host="127.0.0.1", port=0)
     server.start()
     rates: dict[int, tuple[float, float, float]] = {}
+    control: dict[int, tuple[float, float, float]] = {}
     try:
         with PostgresCluster() as cluster:
             for daemons in counts:
                 rates[daemons] = run(cluster, server.port, daemons, args)
+                if daemons > 1 and not args.no_control:
+                    control[daemons] = run(cluster, server.port, daemons, args, apart=True)
     finally:
         server.stop()
     print(
         f"{args.messages:,} messages over {args.mailboxes} mailboxes, loopback sink, "
         f"limits lifted, {os.cpu_count()} CPU cores"
     )
-    print(f"{'daemons':>8}{'msg/s':>10}{'CPU ms/msg sending':>20}{'whole life':>12}")
+    print(
+        f"{'daemons':>8}{'msg/s':>10}{'CPU ms/msg sending':>20}{'whole life':>12}"
+        f"{'control: apart, CPU ms/msg sending':>38}"
+    )
     for daemons, (rate, sending_ms, cpu_ms) in rates.items():
-        print(f"{daemons:>8}{rate:>10,.0f}{sending_ms:>20.2f}{cpu_ms:>12.2f}")
+        apart = f"{control[daemons][1]:.2f}" if daemons in control else ""
+        print(f"{daemons:>8}{rate:>10,.0f}{sending_ms:>20.2f}{cpu_ms:>12.2f}{apart:>38}")
     if 1 in rates and 4 in rates:
         print(f"ratio 4 daemons / 1 daemon: {rates[4][0] / rates[1][0]:.2f} msg/s")
     if 1 in rates:
@@ -145,6 +195,14 @@ def main() -> None:
                     f"CPU per message, {daemons} daemons vs 1: {rise:+.0%} "
                     f"(target within +20 %: {verdict})"
                 )
+                if daemons in control:
+                    # What sharing one database adds over the same processes kept apart.
+                    shared = sending_ms / control[daemons][1] - 1
+                    verdict = "met" if shared <= 0.2 else "NOT met"
+                    print(
+                        f"  the same {daemons} daemons on one database vs each on its own: "
+                        f"{shared:+.0%} (contention; within +20 %: {verdict})"
+                    )
 
 
 if __name__ == "__main__":
