@@ -3,16 +3,16 @@
 A cold step's subject factor, 150 new prospects a week (30 per business day) for 26 weeks:
 3,900 sends and 52 reviews (Monday and Thursday 07:00) per run. Every decision is the engine's:
 
-- assignment: what `[ab] assignment` names (`outreach.abindex.index_choices` by default, its
-  horizon `[ab] horizon_days` at the run's pace as `outreach.ab.Tallies.pace` reads it; or
-  `outreach.abstats.thompson_choices`, or `outreach.ab.balanced_choice`), a business day's 30
+- assignment: what `[ab] assignment` names (`outreach.ab.index.index_choices` by default, its
+  horizon `[ab] horizon_days` at the run's pace as `outreach.ab.attribution.Tallies.pace` reads it; or
+  `outreach.ab.stats.thompson_choices`, or `outreach.ab.assign.balanced_choice`), a business day's 30
   prospects from the arms as the review would see them that morning, each choice counting for
   the next as the dispatcher counts them (it reads the tallies every 10 minutes; a finer
   refresh changed nothing measurable: Thompson sampling, 200 runs of B and B-delays, 6 and 30
   reads a day);
-- what a send weighs: `outreach.abstats.reply_delays` learnt from this run's own replies to
+- what a send weighs: `outreach.ab.stats.reply_delays` learnt from this run's own replies to
   messages older than `[ab] reply_window_days`, and `ReplyDelays.exposure`;
-- the review: `outreach.abstats.review` with `[ab] min_sends_per_variant`,
+- the review: `outreach.ab.stats.review` with `[ab] min_sends_per_variant`,
   `retire_below_probability`, `retire_margin` and `prior_sends`, all read from
   `outreach.config.ABSettings()` (the defaults) unless a flag overrides one. A review is
   skipped only where a bound shows it cannot retire anything (`nothing_to_retire`: most
@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
-from outreach.ab import balanced_choice
-from outreach.abindex import horizon_sends, index_choices
-from outreach.abstats import (
+from outreach.ab.assign import balanced_choice
+from outreach.ab.index import horizon_sends, index_choices
+from outreach.ab.stats import (
     PRIOR,
     THOMPSON_TEMPER,
     Arm,
@@ -194,7 +194,7 @@ def arms_at(variants: list[Variant], now: float, window: float) -> list[Arm]:
 
 
 def pace(variants: list[Variant], now: float, window: float) -> float:
-    """The factor's sends per day, as :meth:`outreach.ab.Tallies.pace` reads them: the higher
+    """The factor's sends per day, as :meth:`outreach.ab.attribution.Tallies.pace` reads them: the higher
     of the pace since its first send and over the last ``window`` days."""
     sent = [v.sent_at[: v.n] for v in variants if v.n]
     if not sent:

@@ -21,7 +21,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from outreach import cluster, lifecycle, reputation
-from outreach.abassign import Assigner
+from outreach.ab.assign import Assigner
 from outreach.compose import Composed, Earlier, Recipient, starts_thread
 from outreach.config import Mailbox
 from outreach.errors import TemplateError

@@ -487,7 +487,7 @@ class ABSettings(_Strict):
     # Accepted so that older files load; sends are no longer hidden (reply_window_days).
     mature_after_days: int | None = Field(default=None, ge=0)
     # "index": the variant with the highest index (reply rate plus what a send would teach,
-    # worth what the sends still to come can repay: outreach.abindex); "thompson": draws from
+    # worth what the sends still to come can repay: outreach.ab.index); "thompson": draws from
     # the posteriors; "balanced": equal counts among the active variants.
     assignment: Literal["balanced", "thompson", "index"] = "index"
     # The index's horizon: a variant's lesson is worth this many days of the step's sends at

@@ -32,7 +32,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
-from outreach import ab, clock, cluster, handoff, inbox, localtime, web
+from outreach import clock, cluster, handoff, inbox, localtime, web
+from outreach.ab import review as ab_review
 from outreach.claims import Claimed
 from outreach.config import Mailbox
 from outreach.dispatch import Dispatcher
@@ -392,8 +393,8 @@ class Daemon:
         if not await self.once_per_cluster("ab-review"):
             return
         try:
-            result = await asyncio.to_thread(ab.review, self.ws, clock.now(), trigger="cron")
-            notes = await asyncio.to_thread(ab.publish_digest, self.ws, result)
+            result = await asyncio.to_thread(ab_review.review, self.ws, clock.now(), trigger="cron")
+            notes = await asyncio.to_thread(ab_review.publish_digest, self.ws, result)
         except OutreachError as exc:
             log.error("A/B review: %s", exc.one_line())
             return

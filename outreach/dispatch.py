@@ -33,7 +33,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from outreach import clock, cluster, lifecycle, recovery, tasks
-from outreach.abassign import Assigner
+from outreach.ab.assign import Assigner
 from outreach.claims import Claimed, Claimer, hold
 from outreach.compose import Composer
 from outreach.config import Mailbox

@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from outreach import ab, clock, planner
+from outreach import clock, planner
+from outreach.ab import registry
 from outreach.compose import Composer, Recipient, header_names
 from outreach.config import Mailbox
 from outreach.errors import OutreachError
@@ -126,7 +127,7 @@ class Preflight:
         self._verdicts: dict[tuple[Any, ...], str | None] = {}
         # Load every template now: a broken file stops the import before any row is read.
         self.steps = [(step, ws.templates.get(step.template)) for step in sequence.steps]
-        self.ab = ab.stored_state(ws)  # variants a review retired are not eligible either
+        self.ab = registry.stored_state(ws)  # variants a review retired are not eligible either
         sources = [
             source
             for _, template in self.steps

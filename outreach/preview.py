@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from outreach import ab
+from outreach.ab import registry
 from outreach.compose import Composer, starts_thread
 from outreach.errors import OutreachError
 from outreach.models import Enrollment
@@ -36,7 +36,7 @@ def preview(ws: Workspace, email: str, sequence_name: str | None = None) -> dict
     who = composer.recipient(prospect, mailbox)
     language = who.language
     steps = []
-    state = ab.stored_state(ws)  # what a review retired is not eligible
+    state = registry.stored_state(ws)  # what a review retired is not eligible
     for index, step in enumerate(sequence.steps):
         template = ws.templates.get(step.template)
         root = sequence.thread_root(index)

@@ -726,7 +726,7 @@ def reassign(
 
 def orphaned_senders(ws: Workspace) -> dict[str, int]:
     """Senders of live enrollments that are no longer configured mailboxes, with counts."""
-    from outreach.ab import _database_exists
+    from outreach.ab.registry import _database_exists
 
     if not _database_exists(ws):  # asking would create the SQLite file (validate must not)
         return {}

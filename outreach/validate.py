@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from outreach import ab
+from outreach.ab import registry
+from outreach.ab import review as ab_review
 from outreach.compose import Composer
 from outreach.config import Mailbox
 from outreach.errors import OutreachError, TemplateError
@@ -89,9 +90,9 @@ def validate(ws: Workspace) -> Report:
     sequences, _ = ws._sequences
     report.sequences = len(sequences)
     try:  # what the A/B registry says: texts edited after they were sent, retired variants
-        state, edited = ab.check_variants(ws)
+        state, edited = registry.check_variants(ws)
     except OutreachError:  # a broken sequence or template: reported file by file below
-        state, edited = ab.AssignmentState(), []
+        state, edited = registry.AssignmentState(), []
     for problem in edited:
         report.problem(problem)
     reviewed, languages = _stored(ws)
@@ -221,7 +222,7 @@ def _check_step(
     sequence: Sequence,
     index: int,
     template: StepTemplate,
-    state: ab.AssignmentState,
+    state: registry.AssignmentState,
 ) -> None:
     """What the step needs of its template: subjects where it starts a thread, a body, and
     enough variants left in the A/B test."""
@@ -268,11 +269,11 @@ def _check_step(
                     f"{sequence.name} {step.name} {kind} ID`",
                 )
             )
-        elif len(active) < ab.wanted(ws, kind):
+        elif len(active) < ab_review.wanted(ws, kind):
             report.warn(
                 f"{template.path}: {sequence.name}/{step.name} has "
-                f"{len(active)} active {ab.plural(kind, len(active))}, fewer than "
-                f"[ab] min_active_{ab.plural(kind)} = {ab.wanted(ws, kind)}: "
+                f"{len(active)} active {registry.plural(kind, len(active))}, fewer than "
+                f"[ab] min_active_{registry.plural(kind)} = {ab_review.wanted(ws, kind)}: "
                 "write new copy"
             )
 
@@ -287,7 +288,7 @@ def _check_languages(
     sequence: Sequence,
     step: str,
     template: StepTemplate,
-    state: ab.AssignmentState,
+    state: registry.AssignmentState,
     languages: Counter[str],
 ) -> None:
     """Warn where the workspace's prospects speak a language that an active variant (or
@@ -309,7 +310,7 @@ def _check_languages(
                 report.warn(
                     f"{template.path}:{variant.line}: {sequence.name}/{step} {kind} "
                     f"'{variant.id}' has no text in '{language}'; {people} get only the other "
-                    f"{ab.plural(kind)}"
+                    f"{registry.plural(kind)}"
                 )
 
 
@@ -343,7 +344,7 @@ def _stored(ws: Workspace) -> tuple[dict[tuple[str, str, str, str], VariantRow],
     """What the database says, read only: the variants a review retired, and how many
     prospects speak each language (theirs, else ``[sending] language``). Nothing before the
     database exists: validate must not create it."""
-    if not ab._database_exists(ws):
+    if not registry._database_exists(ws):
         return {}, Counter()
     default = ws.config.settings.sending.language
     language = func.coalesce(func.nullif(Prospect.language, ""), default)

@@ -17,7 +17,11 @@ import pytest
 from freezegun import freeze_time
 from sqlmodel import select
 
-from outreach import ab, abreport, abstats, clock, inbox
+from outreach import clock, inbox
+from outreach.ab import attribution, registry
+from outreach.ab import report as abreport
+from outreach.ab import review as ab_review
+from outreach.ab import stats as abstats
 from outreach.daemon import Daemon, review_trigger, send_once
 from outreach.enroll import enroll_csv
 from outreach.models import Decision, Message, Prospect, Review
@@ -142,7 +146,7 @@ def test_a_text_edited_after_it_was_sent_is_refused_with_its_line(
     # Before anything was sent, an edit is simply taken.
     with freeze_time(MONDAY_10, real_asyncio=True):
         enroll(ws, tmp_path, 0, 4)
-        ab.check_variants(ws)
+        registry.check_variants(ws)
         edited = original.replace("Marketing and sales on the same numbers?", "Same numbers?")
         path.write_text(edited, encoding="utf-8")
         ws = reload(ws)
@@ -185,7 +189,7 @@ def test_a_reply_in_the_thread_counts_for_the_first_subject_and_the_last_body(
         answered = nudges[0]
         assert reply(ws, answered, "Yes, tell me more.") == "reply"
         with ws.store.session() as session:
-            tally = ab.tallies(session, "positive_or_neutral")
+            tally = attribution.tallies(session, "positive_or_neutral")
             intro = session.exec(
                 select(Message).where(
                     Message.prospect_id == answered.prospect_id, Message.step_index == 0
@@ -213,7 +217,7 @@ def test_the_metric_skips_refusals_until_a_rep_corrects_the_class(
 
     def wins(metric: str) -> int:
         with ws.store.session() as session:
-            tally = ab.tallies(session, metric)
+            tally = attribution.tallies(session, metric)
         return sum(t.wins for t in tally[("cold", 0, "subject")].values())
 
     assert wins("positive_or_neutral") == 2  # the refusal is not a win
@@ -293,7 +297,7 @@ def test_the_defaults_retire_a_clear_loser_and_keep_a_close_one(
     ws = reload(ws)
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 12, "idea-for-company": 9})
-        result = ab.review(ws, clock.now(), dry_run=True)
+        result = ab_review.review(ws, clock.now(), dry_run=True)
     decisions = {d.variant: d for d in result.factors[0].decisions}
     for loser in ("same-numbers", "persona-outcome"):
         assert decisions[loser].action == "retire"
@@ -310,7 +314,7 @@ def test_few_sends_are_never_retired_however_bad_they_look(
     ws = reload(ws)
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 12})
-        result = ab.review(ws, clock.now())
+        result = ab_review.review(ws, clock.now())
     assert [d for f, d in result.retired if f.factor.kind == "subject"] == []
     reasons = [d.reason for d in result.factors[0].decisions if d.variant != "quick-question"]
     assert all("only 20 sends (< 21), kept" in r for r in reasons)
@@ -348,7 +352,7 @@ def test_the_digest_says_which_step_needs_new_copy_and_what_wins(
 def test_restore_puts_a_retired_variant_back(ws: Workspace, tmp_path: Path, run: Cli) -> None:
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 9})
-        retired = [d.variant for _, d in ab.review(ws, clock.now()).retired]
+        retired = [d.variant for _, d in ab_review.review(ws, clock.now()).retired]
         assert retired
         assert run("ab", "restore", "cold", "intro", "subject", retired[0]).exit_code == 0
         again = run("ab", "restore", "cold", "intro", "subject", retired[0])
@@ -363,7 +367,7 @@ def test_html_report_is_one_file_with_a_chart_per_step(
 ) -> None:
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 5, "same-numbers": 1})
-        ab.review(ws, clock.now())
+        ab_review.review(ws, clock.now())
         frozen.tick(timedelta(days=3))
         out = tmp_path / "report.html"
         result = run("ab", "report", "--html", str(out))
@@ -373,7 +377,7 @@ def test_html_report_is_one_file_with_a_chart_per_step(
     # A chart for each factor with sends (the intro's subjects and bodies); the steps nothing
     # was sent for are folded into one line.
     assert page.count("<svg") == 2
-    assert f"Not sent yet: {len(list(ab.factors(ws))) - 2} step factor(s)" in page
+    assert f"Not sent yet: {len(list(registry.factors(ws))) - 2} step factor(s)" in page
     assert "<h2>cold / nudge" not in page
     assert "quick-question" in page and "<polygon" in page  # line and interval band
     # The words beside the id: the subject as the sample prospect (Aino) reads it.
@@ -447,7 +451,7 @@ def test_index_assignment_splits_new_prospects_between_the_leaders_and_skips_the
         edit_config(workspace_dir / "outreach.toml", assignment="index")  # the default
         ws = reload(ws)
         with ws.store.session() as session:
-            tallies = ab.tallies(session, "positive_or_neutral", clock.now(), 14)
+            tallies = attribution.tallies(session, "positive_or_neutral", clock.now(), 14)
         # 80 sends over the 14 days and an hour since the first: the horizon is 182 days of that.
         assert tallies.pace(("cold", 0, "subject")) == pytest.approx(80 / (14 + 1 / 24))
         enroll(ws, tmp_path, 300, 30)
@@ -466,7 +470,7 @@ def test_retiring_the_last_subject_holds_the_messages_and_validate_says_so(
 ) -> None:
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 12})
-        ab.review(ws, clock.now())  # the other three subjects go
+        ab_review.review(ws, clock.now())  # the other three subjects go
         path = ws.config.root / INTRO
         text = path.read_text(encoding="utf-8")
         # The first variant left in the file once `retired: true` is added above it.
@@ -563,13 +567,13 @@ def test_a_restored_variant_gets_a_fresh_trial(ws: Workspace, tmp_path: Path, ru
             ws, tmp_path, frozen, {"quick-question": 9, "idea-for-company": 6, "persona-outcome": 5}
         )
         # The subjects' figures are seeded; the bodies are split at random and may lose too.
-        retired = ab.review(ws, clock.now()).retired
+        retired = ab_review.review(ws, clock.now()).retired
         assert [d.variant for f, d in retired if d.sends and f.factor.kind == "subject"] == [
             "same-numbers"
         ]
         assert run("ab", "restore", "cold", "intro", "subject", "same-numbers").exit_code == 0
         frozen.tick(timedelta(days=4))
-        again = ab.review(ws, clock.now())
+        again = ab_review.review(ws, clock.now())
     decision = next(d for d in again.factors[0].decisions if d.variant == "same-numbers")
     assert decision.action == "keep"
     assert "restored" in decision.reason and "only 0 sends since" in decision.reason
@@ -585,7 +589,9 @@ def test_a_meeting_counts_as_a_win_and_a_rep_recorded_reply_is_exported(
         assert run("stop", "p1@d1.example", "--reason", "replied").exit_code == 0
         frozen.tick(timedelta(days=4))
         with ws.store.session() as session:
-            tally = ab.tallies(session, "positive_or_neutral", ab.mature_until(ws, clock.now()))
+            tally = attribution.tallies(
+                session, "positive_or_neutral", attribution.mature_until(ws, clock.now())
+            )
     assert sum(t.wins for t in tally[("cold", 0, "subject")].values()) == 2
     exported = run.json("export", "--replied")
     rows = exported if isinstance(exported, list) else exported["replied"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
-from outreach import ab, clock
+from outreach import clock
+from outreach.ab import review as ab_review
 from outreach.workspace import Workspace
 from tests.conftest import Cli
 from tests.test_ab import MONDAY_10, seed_results, smtp, ws  # noqa: F401 - fixtures
@@ -148,7 +149,7 @@ def test_the_html_report_renders_offline_in_chromium_with_the_json_numbers(
     chromium()
     with freeze_time(MONDAY_10, real_asyncio=True) as frozen:
         seed_results(ws, tmp_path, frozen, {"quick-question": 7, "same-numbers": 1})
-        ab.review(ws, clock.now())
+        ab_review.review(ws, clock.now())
         out = tmp_path / "report.html"
         assert run("ab", "report", "--html", str(out)).exit_code == 0
         data = run.json("ab", "report")

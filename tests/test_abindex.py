@@ -16,8 +16,8 @@ import random
 import numpy as np
 import pytest
 
-from outreach.abindex import MIN_HORIZON, Factor, gittins_index, horizon_sends, index_choices
-from outreach.abstats import Arm
+from outreach.ab.index import MIN_HORIZON, Factor, gittins_index, horizon_sends, index_choices
+from outreach.ab.stats import Arm
 
 
 def exact_gittins(a: float, b: float, discount: float, depth: int = 1200) -> float:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from outreach.abstats import (
+from outreach.ab.stats import (
     PRIOR,
     PRIOR_DELAYS_DAYS,
     Arm,

@@ -58,3 +58,29 @@ def test_the_check_sees_an_import_of_the_store() -> None:
     tree = ast.parse("from outreach.store import Store\nif TYPE_CHECKING:\n    import sqlmodel\n")
     names = [name for _, name in _run_time_imports(tree, "outreach.mail.x")]
     assert "outreach.store.Store" in names and "sqlmodel" not in names
+
+
+def test_the_pure_ab_modules_import_no_store_and_the_send_paths_no_numpy() -> None:
+    # ab/counts.py and ab/index.py are what the dispatcher reads for every new message: no
+    # numpy at import (counts.py loads it inside the functions only the simulator's arrays
+    # take). All four pure modules import nothing of the store. The package's __init__ imports
+    # nothing.
+    offences = []
+    for stem in ("counts", "index", "stats", "html"):
+        path = PACKAGE / "ab" / f"{stem}.py"
+        tree = ast.parse(path.read_text())
+        for line, name in _run_time_imports(tree, f"outreach.ab.{stem}"):
+            if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN):
+                offences.append(f"outreach/ab/{path.name}:{line}: imports {name}")
+        if stem in ("counts", "index"):
+            # Module level only: the statements of the file itself, not of its functions.
+            top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+            for line, name in _run_time_imports(ast.Module(body=top, type_ignores=[]), stem):
+                if name.split(".")[0] in ("numpy", "scipy") or name.startswith("outreach.ab.stats"):
+                    offences.append(f"outreach/ab/{path.name}:{line}: imports {name} at load")
+    init = ast.parse((PACKAGE / "ab" / "__init__.py").read_text())
+    offences += [
+        f"outreach/ab/__init__.py:{line}: imports {name}"
+        for line, name in _run_time_imports(init, "outreach.ab")
+    ]
+    assert offences == []

@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 
-from outreach import ab as ab_module
-from outreach import abhtml, abreport, clock
+from outreach import clock
+from outreach.ab import attribution, registry
+from outreach.ab import html as abhtml
+from outreach.ab import report as abreport
+from outreach.ab import review as review_module
 from outreach.cli.base import (
     Context,
     cli,
@@ -62,7 +65,7 @@ def _print_report(data: dict[str, Any]) -> None:
     )
     unsent = []
     for step in data["steps"]:
-        title = f"{step['sequence']}/{step['step']} {ab_module.plural(step['kind'])}"
+        title = f"{step['sequence']}/{step['step']} {registry.plural(step['kind'])}"
         if not step["sends"]:  # folded: a line at the end says which
             unsent.append(title)
             continue
@@ -118,10 +121,10 @@ def _quote(text: str | None) -> str:
 @pass_ctx
 def ab_review(ctx: Context, dry_run: bool, as_json: bool) -> None:
     """The review the daemon runs on `[ab] review`: retire the variants that lose."""
-    result = ab_module.review(ctx.ws, clock.now(), dry_run=dry_run)
+    result = review_module.review(ctx.ws, clock.now(), dry_run=dry_run)
     problems = []
     if not dry_run:
-        for line in ab_module.publish_digest(ctx.ws, result):
+        for line in review_module.publish_digest(ctx.ws, result):
             if line.startswith("digest not"):
                 problems.append(line)
             elif not as_json:
@@ -136,22 +139,22 @@ def ab_review(ctx: Context, dry_run: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _print_review(result: ab_module.ReviewResult) -> None:
+def _print_review(result: review_module.ReviewResult) -> None:
     click.echo(
         ("dry run: nothing applied" if result.dry_run else f"review {result.review_id}")
-        + f"; metric: {ab_module.METRICS[result.metric]}"
+        + f"; metric: {attribution.METRICS[result.metric]}"
     )
     for f in result.factors:
         click.echo(f"\n{f.factor.label()}  ({f.factor.template.path})")
         for d in f.decisions:
             verb = "RETIRE" if d.action == "retire" else "keep  "
-            click.echo(f"  {verb} {d.variant:<24} {ab_module.describe(d)}: {d.reason}")
+            click.echo(f"  {verb} {d.variant:<24} {review_module.describe(d)}: {d.reason}")
         for variant in f.retired_before:
             click.echo(f"  (retired before) {variant}")
         if f.missing:
             click.echo(
                 f"  ! {f.active_after} active, {f.wanted} wanted: "
-                f"write {f.missing} more {ab_module.plural(f.factor.kind, f.missing)}"
+                f"write {f.missing} more {registry.plural(f.factor.kind, f.missing)}"
             )
 
 
@@ -163,5 +166,5 @@ def _print_review(result: ab_module.ReviewResult) -> None:
 @pass_ctx
 def ab_restore(ctx: Context, sequence: str, step: str, kind: str, variant: str) -> None:
     """Put a variant a review retired back in the test (with an equal share from now on)."""
-    ab_module.restore(ctx.ws, sequence, step, kind, variant, clock.now())
+    registry.restore(ctx.ws, sequence, step, kind, variant, clock.now())
     click.echo(f"{sequence}/{step} {kind} '{variant}' is active again")

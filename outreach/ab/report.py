@@ -1,7 +1,7 @@
 """The A/B report: per step and factor, every variant ever tested, with its words and numbers.
 
 The document :func:`report` returns is what ``outreach ab report --json`` prints and what
-:mod:`outreach.abhtml` draws; the text and HTML views only format it, so the three agree.
+:mod:`outreach.ab.html` draws; the text and HTML views only format it, so the three agree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from outreach import ab
+from outreach.ab import attribution, registry
+from outreach.ab import review as ab_review
 from outreach.errors import TemplateError
 from outreach.models import Decision, Review
 from outreach.models import Variant as VariantRow
@@ -25,14 +26,14 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
     sample prospect), sends, replies, rate, 95 % credible interval, probability to be best
     (among the active ones), status and each review's numbers (oldest first); the same per
     language and persona where the step's messages have more than one; and the reviews."""
-    from outreach import abstats
+    from outreach.ab import stats as abstats
 
     settings = ws.config.settings.ab
     with ws.store.session() as session:
         rows = {
             (r.sequence, r.step, r.kind, r.variant): r for r in session.exec(select(VariantRow))
         }
-        tally = ab.tallies(session, settings.metric, now, settings.reply_window_days)
+        tally = attribution.tallies(session, settings.metric, now, settings.reply_window_days)
         history: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
         for decision, ran_at in session.exec(
             select(Decision, Review.ran_at)
@@ -55,7 +56,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
         reviews = list(session.exec(select(Review).order_by(col(Review.id))).all())
     sample = _Sample(ws)
     steps = []
-    for factor in ab.factors(ws):
+    for factor in registry.factors(ws):
         seen = tally.get(factor.key, {})
         in_file = {v.id: v for v in factor.variants}
         known = [
@@ -75,7 +76,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
                 status, since = "retired", f"{row.retired_by}, {row.retired_at:%Y-%m-%d}"
             else:
                 status, since = "active", None
-            (arm,) = ab.arms_from(seen, [variant_id])
+            (arm,) = attribution.arms_from(seen, [variant_id])
             low, high = abstats.credible_interval_of(arm)
             variants.append(
                 {
@@ -96,7 +97,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
             )
         active = [v for v in variants if v["status"] == "active"]
         if active:
-            arms = ab.arms_from(seen, [v["variant"] for v in active])
+            arms = attribution.arms_from(seen, [v["variant"] for v in active])
             # The review's prior, so that the P(best) shown is the one it decides on.
             prior = abstats.pooled_prior(arms, settings.prior_sends)
             p_best = abstats.prob_best(arms, prior)
@@ -110,7 +111,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
                 "kind": factor.kind,
                 "template": factor.template.path,
                 "active": len(active),
-                "wanted": ab.wanted(ws, factor.kind),
+                "wanted": ab_review.wanted(ws, factor.kind),
                 "sends": sum(v["sends"] for v in variants),
                 "variants": variants,
                 "segments": _segments(
@@ -126,8 +127,8 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
     return {
         "generated_at": now.isoformat(),
         "metric": settings.metric,
-        "metric_means": ab.METRICS[settings.metric],
-        "attribution": ab.ATTRIBUTION,
+        "metric_means": attribution.METRICS[settings.metric],
+        "attribution": attribution.ATTRIBUTION,
         "sample_prospect": sample.who,
         "reply_delays": {
             kind: {
@@ -152,7 +153,7 @@ def report(ws: Workspace, now: datetime) -> dict[str, Any]:
 
 
 def _segments(
-    segments: dict[ab.Segment, dict[str, ab.Tally]],
+    segments: dict[attribution.Segment, dict[str, attribution.Tally]],
     active: list[str],
     min_sends: int,
     prior_sends: float,
@@ -161,13 +162,13 @@ def _segments(
     more than one of either. P(best) within a segment only where every active variant has
     ``min_sends_per_variant`` sends there: the review decides on all prospects together, and
     a segment is not split below that."""
-    from outreach import abstats
+    from outreach.ab import stats as abstats
 
     if len(segments) < 2 or not active:
         return []
     out = []
     for (language, persona), seen in sorted(segments.items()):
-        arms = ab.arms_from(seen, active)
+        arms = attribution.arms_from(seen, active)
         enough = all(a.sends >= min_sends for a in arms)
         p_best: list[float | None] = [None] * len(arms)
         if enough and len(arms) > 1:
@@ -250,7 +251,7 @@ class _Sample:
             f", {sample['company']}" if sample.get("company") else ""
         )
 
-    def words(self, factor: ab.Factor, variant: Variant | None) -> dict[str, Any]:
+    def words(self, factor: registry.Factor, variant: Variant | None) -> dict[str, Any]:
         """``{"text": ..., "language": ...}``; None for a variant no longer in the file."""
         if variant is None:
             return {"text": None, "language": None}

@@ -18,12 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 # The counts, the prior and the reply-delay curve are plain Python (the send path reads them).
-from outreach.abcounts import PRIOR as PRIOR
-from outreach.abcounts import PRIOR_DELAYS_DAYS as PRIOR_DELAYS_DAYS
-from outreach.abcounts import Arm as Arm
-from outreach.abcounts import ReplyDelays as ReplyDelays
-from outreach.abcounts import posterior_params
-from outreach.abcounts import reply_delays as reply_delays
+from outreach.ab.counts import PRIOR as PRIOR
+from outreach.ab.counts import PRIOR_DELAYS_DAYS as PRIOR_DELAYS_DAYS
+from outreach.ab.counts import Arm as Arm
+from outreach.ab.counts import ReplyDelays as ReplyDelays
+from outreach.ab.counts import posterior_params
+from outreach.ab.counts import reply_delays as reply_delays
 
 # prob_best integrates over [L, U] where every posterior outside its own [q(_TAIL), q(1-_TAIL)]
 # is ignored; the probability left out is at most about (k + 1) * _TAIL.

@@ -1,6 +1,6 @@
 """The A/B report as one static HTML file: a table and a chart per step, no server, no script.
 
-Pure: it turns the document of :func:`outreach.abreport.report` into a string. Each table
+Pure: it turns the document of :func:`outreach.ab.report.report` into a string. Each table
 gives every variant's words (its subject line, or its body's first line, as the sample
 prospect reads them) beside its id and numbers; each chart shows every variant's reply rate at
 each review (and now) with its 95 % credible interval as a band, on labelled axes with dates,
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from outreach.ab import plural
+from outreach.ab.registry import plural
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP, PAD_RIGHT = 720, 280, 64, 48, 30, 16

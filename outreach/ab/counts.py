@@ -2,8 +2,8 @@
 posterior's parameters and the reply-delay curve.
 
 The dispatcher reads these for every new message (the assignment's index,
-:mod:`outreach.abindex`), so they import no numpy: a `send --once` that assigns by index never
-loads it (0.14 s of CPU here). :mod:`outreach.abstats` builds the review's statistics on them
+:mod:`outreach.ab.index`), so they import no numpy: a `send --once` that assigns by index never
+loads it (0.14 s of CPU here). :mod:`outreach.ab.stats` builds the review's statistics on them
 and exports them too.
 """
 

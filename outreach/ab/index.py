@@ -28,7 +28,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
-from outreach.abcounts import PRIOR, Arm, posterior_params
+from outreach.ab.counts import PRIOR, Arm, posterior_params
 
 # Below this many sends of horizon the bonus makes no sense (nothing left to repay a lesson).
 MIN_HORIZON = 10.0
@@ -131,7 +131,7 @@ class Factor:
 
 def horizon_sends(pace: float, horizon_days: float) -> float:
     """How many sends a factor has still to come: ``horizon_days`` at ``pace`` sends a day
-    (:meth:`outreach.ab.Tallies.pace`), and never fewer than :data:`MIN_HORIZON`."""
+    (:meth:`outreach.ab.attribution.Tallies.pace`), and never fewer than :data:`MIN_HORIZON`."""
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     return max(MIN_HORIZON, pace * horizon_days)

@@ -1,7 +1,7 @@
 """A/B assignment: which subject and body variant a new message gets.
 
 By default the variant with the highest index (``[ab] assignment = "index"``,
-:mod:`outreach.abindex`); or a draw from the reply posteriors (``"thompson"``); or balanced (the
+:mod:`outreach.ab.index`); or a draw from the reply posteriors (``"thompson"``); or balanced (the
 variant given to the fewest since the active set last changed). The state (what is active, the
 counts, the tallies) lives here, beside the rest of the A/B test, and is read again on every
 dispatch run (:meth:`Assigner.prepare`); the tallies at most every :data:`TALLIES_TTL`.
@@ -10,22 +10,36 @@ dispatch run (:meth:`Assigner.prepare`); the tallies at most every :data:`TALLIE
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlmodel import func, select
 
-from outreach import ab
+from outreach.ab import attribution, registry
 from outreach.errors import TemplateError
 from outreach.models import Message
 from outreach.templates import Kind, StepTemplate
 from outreach.workspace import Workspace
 
 if TYPE_CHECKING:
-    from outreach import abindex
+    from outreach.ab import index as abindex
 
 TALLIES_TTL = timedelta(minutes=10)  # the index's and Thompson's tallies are read again this often
+
+
+def balanced_choice(variants: Sequence[str], counts: Mapping[str, int], rng: random.Random) -> str:
+    """The variant given to the fewest so far (ties drawn at random).
+
+    Balanced, not merely equal odds: after n assignments the counts differ by at most one,
+    so even a small test is fair. The caller counts since the set of active variants last
+    changed, so a variant added later gets an equal share from then on (not every prospect
+    until it has caught up).
+    """
+    if not variants:
+        raise ValueError("no variant to choose from")
+    fewest = min(counts.get(v, 0) for v in variants)
+    return rng.choice([v for v in variants if counts.get(v, 0) == fewest])
 
 
 class Assigner:
@@ -35,9 +49,9 @@ class Assigner:
         self.ws = ws
         self.rng = rng
         self.now = now
-        self.state = ab.AssignmentState()
+        self.state = registry.AssignmentState()
         self._counts: dict[tuple[str, int, str], dict[str, int]] = {}
-        self._tallies: ab.Tallies | None = None
+        self._tallies: attribution.Tallies | None = None
         self._tallies_at: datetime | None = None
         # What the index gave each variant since the tallies were read (they do not count it).
         self._given: dict[tuple[str, int, str], dict[str, int]] = {}
@@ -54,7 +68,7 @@ class Assigner:
         changed = self.ws.refresh_templates()
         self._eligible = {}  # the files and the reviews' retirements are read again below
         with self.ws.store.session() as session:
-            state = ab.sync_variants(self.ws, session, now)
+            state = registry.sync_variants(self.ws, session, now)
         if state != self.state:  # a variant came, went or came back: balance from now on
             self._counts = {}
         self.state = state
@@ -108,18 +122,18 @@ class Assigner:
                 rows = session.exec(query).all()
             self._counts[key] = {name: count for name, count in rows if name}
         counts = self._counts[key]
-        choice = ab.balanced_choice(variants, counts, self.rng)
+        choice = balanced_choice(variants, counts, self.rng)
         counts[choice] = counts.get(choice, 0) + 1
         return choice
 
-    def _read_tallies(self) -> ab.Tallies:
+    def _read_tallies(self) -> attribution.Tallies:
         if self._tallies is None:
             settings = self.ws.config.settings.ab
             with self.ws.store.session() as session:
-                self._tallies = ab.tallies(
+                self._tallies = attribution.tallies(
                     session,
                     settings.metric,
-                    ab.mature_until(self.ws, self.now()),
+                    attribution.mature_until(self.ws, self.now()),
                     settings.reply_window_days,
                 )
             self._tallies_at = self.now()
@@ -128,7 +142,7 @@ class Assigner:
         return self._tallies
 
     def _index(self, key: tuple[str, int, str], variants: list[str]) -> str:
-        from outreach import abindex
+        from outreach.ab import index as abindex
 
         tallies = self._read_tallies()
         factor = self._factors.get((key, tuple(variants)))
@@ -136,7 +150,7 @@ class Assigner:
             horizon = abindex.horizon_sends(
                 tallies.pace(key), self.ws.config.settings.ab.horizon_days
             )
-            factor = abindex.Factor(ab.arms_of(tallies, key, variants), horizon)
+            factor = abindex.Factor(attribution.arms_of(tallies, key, variants), horizon)
             self._factors[(key, tuple(variants))] = factor
         given = self._given.setdefault(key, {})
         choice = factor.choose(variants, given, self.rng)
@@ -144,7 +158,7 @@ class Assigner:
         return choice
 
     def _thompson(self, key: tuple[str, int, str], variants: list[str]) -> str:
-        from outreach import abstats
+        from outreach.ab import stats as abstats
 
         tallies = self._read_tallies()
-        return abstats.thompson_choice(ab.arms_of(tallies, key, variants), self.rng)
+        return abstats.thompson_choice(attribution.arms_of(tallies, key, variants), self.rng)
