@@ -4,12 +4,12 @@ A cold step's subject factor, 150 new prospects a week (30 per business day) for
 3,900 sends and 52 reviews (Monday and Thursday 07:00) per run. Every decision is the engine's:
 
 - assignment: what `[ab] assignment` names (`outreach.ab.index.index_choices` by default, its
-  horizon `[ab] horizon_days` at the run's pace as `outreach.ab.attribution.Tallies.pace` reads it; or
-  `outreach.ab.stats.thompson_choices`, or `outreach.ab.assign.balanced_choice`), a business day's 30
-  prospects from the arms as the review would see them that morning, each choice counting for
-  the next as the dispatcher counts them (it reads the tallies every 10 minutes; a finer
-  refresh changed nothing measurable: Thompson sampling, 200 runs of B and B-delays, 6 and 30
-  reads a day);
+  horizon `[ab] horizon_days` at the run's pace as `outreach.ab.attribution.Tallies.pace`
+  reads it; or `outreach.ab.stats.thompson_choices`, or `outreach.ab.assign.balanced_choice`),
+  a business day's 30 prospects from the arms as the review would see them that morning, each
+  choice counting for the next as the dispatcher counts them (it reads the tallies every 10
+  minutes; a finer refresh changed nothing measurable: Thompson sampling, 200 runs of B and
+  B-delays, 6 and 30 reads a day);
 - what a send weighs: `outreach.ab.stats.reply_delays` learnt from this run's own replies to
   messages older than `[ab] reply_window_days`, and `ReplyDelays.exposure`;
 - the review: `outreach.ab.stats.review` with `[ab] min_sends_per_variant`,
@@ -194,8 +194,8 @@ def arms_at(variants: list[Variant], now: float, window: float) -> list[Arm]:
 
 
 def pace(variants: list[Variant], now: float, window: float) -> float:
-    """The factor's sends per day, as :meth:`outreach.ab.attribution.Tallies.pace` reads them: the higher
-    of the pace since its first send and over the last ``window`` days."""
+    """The factor's sends per day, as :meth:`outreach.ab.attribution.Tallies.pace` reads them:
+    the higher of the pace since its first send and over the last ``window`` days."""
     sent = [v.sent_at[: v.n] for v in variants if v.n]
     if not sent:
         return 0.0
