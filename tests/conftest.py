@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,13 @@ def point_at_servers(
         imap_username=imap_user,
         **settings,
     )
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for the whole test: bound and never listening, it
+    refuses every connection, and no other test (the workers run in parallel) can take it
+    meanwhile, as it could a port probed and closed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield int(probe.getsockname()[1])

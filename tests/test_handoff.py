@@ -9,7 +9,6 @@ import json
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -339,10 +338,8 @@ def test_a_400_fails_at_once_is_listed_and_can_be_retried(ws: Workspace, crm: Cr
     assert run("handoffs", "retry", "9").exit_code == 1
 
 
-def test_an_unreachable_crm_is_retried_then_given_up(workspace_dir: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_an_unreachable_crm_is_retried_then_given_up(workspace_dir: Path, dead_port: int) -> None:
+    port = dead_port
     ws = enrolled(workspace_dir, webhook_url=f"http://127.0.0.1:{port}/hook", max_attempts=2)
     sequencing.stop(ws.store, ANN, "meeting", MONDAY_10, ws.config.settings.crm)
     assert handoff.deliver_once(ws, MONDAY_10).retrying == 1

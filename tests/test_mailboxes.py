@@ -459,15 +459,8 @@ def test_mailboxes_shows_next_send_at_and_retry_sends_now(
 
 
 def test_an_unreachable_mailbox_shows_next_try_at_and_retry_tries_it_now(
-    workspace_dir: Path, tmp_path: Path
+    workspace_dir: Path, tmp_path: Path, dead_port: int
 ) -> None:
-    import socket
-
-    # A port where nobody listens: bound and never listening, it refuses every connection, and
-    # no other test (workers run in parallel) can take it meanwhile.
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    dead_port = probe.getsockname()[1]
     config = workspace_dir / "outreach.toml"
     edit_config(config, smtp_port=dead_port, min_gap_seconds=0, max_gap_seconds=0)
     run = Cli(config)
@@ -485,7 +478,6 @@ def test_an_unreachable_mailbox_shows_next_try_at_and_retry_tries_it_now(
     assert "was unreachable" in retried.output and "trying now" in retried.output
     assert retried.exit_code == 1 and SANNA in retried.stderr  # tried, and still down
     assert after["due_now"] == 1 and after["sent_today"] == 0  # nothing lost or counted
-    probe.close()
 
 
 def test_a_recipient_domain_cap_spreads_one_company_over_days(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -330,13 +329,10 @@ def test_without_the_signing_secret_nothing_is_sent(
 
 
 def test_a_failing_mailbox_does_not_stop_the_others(
-    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP
+    workspace_dir: Path, tmp_path: Path, server: RecordingSMTP, dead_port: int
 ) -> None:
     config = workspace_dir / "outreach.toml"
     ws = workspace_for(workspace_dir, server)
-    with socket.socket() as probe:  # a port where nobody listens
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
     config.write_text(
         config.read_text()
         + f"""
@@ -410,12 +406,10 @@ def test_prospects_outside_their_window_do_not_hold_back_the_others(
 
 
 def test_a_server_that_is_down_never_uses_up_the_messages(
-    workspace_dir: Path, tmp_path: Path
+    workspace_dir: Path, tmp_path: Path, dead_port: int
 ) -> None:
     """Days of a dead server: nothing is attempted per message, nothing stops, then it sends."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = dead_port
     config = workspace_dir / "outreach.toml"
     edit_config(config, smtp_port=port, min_gap_seconds=0, max_gap_seconds=0)
     ws = Workspace.load(config)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -23,13 +22,6 @@ MONDAY = datetime(2027, 1, 4, 10, 0, tzinfo=HELSINKI)
 SANNA = "sanna.lehto@northwind.example"
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: a connection there is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def enroll(run: Cli, tmp_path: Path, *emails: str) -> None:
     path = tmp_path / "list.csv"
     path.write_text("email,first_name\n" + "".join(f"{e},X\n" for e in emails))
@@ -38,9 +30,9 @@ def enroll(run: Cli, tmp_path: Path, *emails: str) -> None:
 
 @freeze_time(MONDAY, real_asyncio=True)
 def test_unreachable_smtp_server_exits_1_naming_the_mailbox_and_the_reason(
-    workspace_dir: Path, run: Cli, tmp_path: Path
+    workspace_dir: Path, run: Cli, tmp_path: Path, dead_port: int
 ) -> None:
-    edit_config(workspace_dir / "outreach.toml", smtp_port=closed_port(), max_gap_seconds=0)
+    edit_config(workspace_dir / "outreach.toml", smtp_port=dead_port, max_gap_seconds=0)
     edit_config(workspace_dir / "outreach.toml", min_gap_seconds=0)
     enroll(run, tmp_path, "ann@acme.example", "bob@beta.example")
     result = run("send", "--once")
@@ -61,9 +53,9 @@ def test_unreachable_smtp_server_exits_1_naming_the_mailbox_and_the_reason(
 
 @freeze_time(MONDAY, real_asyncio=True)
 def test_a_mailbox_with_nothing_due_is_not_failing(
-    workspace_dir: Path, run: Cli, tmp_path: Path
+    workspace_dir: Path, run: Cli, tmp_path: Path, dead_port: int
 ) -> None:
-    edit_config(workspace_dir / "outreach.toml", smtp_port=closed_port())
+    edit_config(workspace_dir / "outreach.toml", smtp_port=dead_port)
     result = run("send", "--once")
     assert result.exit_code == 0, result.output
 
