@@ -3,7 +3,7 @@
 Both sides do what the send path needs of a message: its bytes for SMTP (and the Sent folder)
 and the plain text the outbox stores.
 
-- email package: ``mail.build_message`` (header registry, ``set_content``), then
+- email package: ``message.build_message`` (header registry, ``set_content``), then
   ``as_bytes()`` (what aiosmtplib's ``send_message`` flattens it to) and the plain part's
   ``get_content()``.
 - wire: ``wire.render_message``, whose ``data`` and ``text`` are those two.
