@@ -93,8 +93,8 @@ class Prepared:
     """A Core statement compiled once per dialect and run as the driver's own SQL.
 
     Building a statement and running it through SQLAlchemy's compiled cache and type
-    processors cost about 0.6 ms a time on the send path, most of a per-message transaction;
-    the driver's own SQL with the same bound values costs a tenth of that. The statement is
+    processors made the take, the send path's one statement per message, cost 666 µs with its
+    transaction here; as the driver's own SQL with the same bound values, 158 µs. The statement is
     built by ``build`` (bound values as ``bindparam``s, literals as usual) and compiled on
     first use with each dialect; a call passes the bound values by name, datetimes aware (as
     :func:`db_datetime` stores them). Only for statements without expanding ``IN`` lists.
