@@ -181,6 +181,7 @@ class Dispatcher:
                     continue
                 batch = claimed
                 done: list[tuple[Claimed, Outcome]] = []
+                recorded = 0  # done[:recorded] is written down already
                 try:
                     while batch and not self.stopping.is_set():
                         claim = batch.pop(0)
@@ -198,18 +199,19 @@ class Dispatcher:
                             # The bounce pause is decided as the bounce is recorded: at once,
                             # not at the end of the batch, so a bad list costs no more
                             # bounces in batches of 50 than one message at a time would.
-                            self.recorder.record(done, self.now(), report)
-                            done = []
+                            self.recorder.record(done[recorded:], self.now(), report)
+                            recorded = len(done)
                             if box.email in report.paused:
                                 return
                 finally:
-                    self.recorder.record(done, self.now(), report)
-                if sent_folder is not None:
-                    for claim, outcome in done:
-                        if outcome.kind == "sent" and claim.composed is not None:
-                            await asyncio.to_thread(
-                                sent_folder.append, claim.composed.email, report
-                            )
+                    self.recorder.record(done[recorded:], self.now(), report)
+                    # Every message the server accepted, however the batch ended.
+                    if sent_folder is not None:
+                        for claim, outcome in done:
+                            if outcome.kind == "sent" and claim.composed is not None:
+                                await asyncio.to_thread(
+                                    sent_folder.append, claim.composed.email, report
+                                )
         finally:
             if batch:  # stopping, or the server in trouble: the rest goes back to the queue
                 self.release([c.message_row for c in batch])

@@ -80,6 +80,31 @@ def test_sent_copies_thread_like_a_mail_client_sees_them(
     assert [len(thread) for thread in threads] == [2]
 
 
+def test_every_accepted_message_of_a_batch_is_kept_when_one_bounces(
+    workspace_dir: Path, dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One claim's batch (no gap to keep): the third address bounces, which is recorded at once
+    # in case it pauses the mailbox. The copies of the messages before and after it still go
+    # to the Sent folder.
+    user = dovecot_server.new_user()
+    with RecordingSMTP() as smtp:
+        ws = workspace(workspace_dir, smtp, dovecot_server, user, monkeypatch)
+        emails = [f"p{n}@c{n}.example" for n in range(4)]
+        (workspace_dir / "four.csv").write_text(
+            "email,first_name\n" + "".join(f"{e},P\n" for e in emails)
+        )
+        enroll_csv(ws, workspace_dir / "four.csv", "cold", now=MONDAY_10, rng=random.Random(4))
+        smtp.unknown_users = {emails[2]}
+        with freeze_time(MONDAY_10, real_asyncio=True):
+            report = send_once(ws, wait_for_gaps=False)
+    assert report.bounced == 1 and len(report.sent) == 4  # Ann and three of the four
+    kept = [
+        message_from_bytes(raw, policy=default)["Message-ID"]
+        for raw in dovecot_server.messages(user, "Sent")
+    ]
+    assert sorted(kept) == sorted(sent["message_id"] for sent in report.sent)
+
+
 # On PostgreSQL a dead process's claim lapses with its lease first (test_cluster.py).
 @pytest.mark.sqlite_only
 def test_an_interrupted_send_found_in_the_sent_folder_is_settled_not_resent(
