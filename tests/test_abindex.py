@@ -16,7 +16,14 @@ import random
 import numpy as np
 import pytest
 
-from outreach.ab.index import MIN_HORIZON, Factor, gittins_index, horizon_sends, index_choices
+from outreach.ab.index import (
+    MIN_HORIZON,
+    Factor,
+    _index,
+    gittins_index,
+    horizon_sends,
+    index_choices,
+)
 from outreach.ab.stats import Arm
 
 
@@ -102,9 +109,24 @@ def test_the_horizon_is_the_pace_times_the_days() -> None:
         horizon_sends(10, 0)
 
 
+def reference_choice(
+    arms: list[Arm], horizon: float, pending: dict[str, int], rng: random.Random
+) -> str:
+    """The rule written out again, from the counts: posterior mean and weight per arm, the
+    bonus by the formula, the highest index, a tie drawn from the same random stream."""
+    c = -math.log1p(-1 / horizon)
+    index = []
+    for arm in arms:
+        a, b = 1 + arm.wins, 1 + max(arm.trials - arm.wins, 0.0)
+        index.append(_index(a / (a + b), 2 + arm.sends + float(pending.get(arm.id, 0)), c))
+    best = [i for i, v in enumerate(index) if v >= max(index)]
+    return arms[best[0] if len(best) == 1 else rng.choice(best)].id
+
+
 def test_a_factor_chooses_as_index_choices_does() -> None:
-    # The dispatcher's Factor (means and weights worked out once per tallies) against the
-    # batch function, on the same counts and pending, and the same random stream for ties.
+    # The dispatcher's Factor (means, weights and indices kept between tallies readings) and
+    # the batch function, against the rule written out again, on the same counts and pending
+    # and the same random stream for ties.
     maker = random.Random(11)
     for _ in range(300):
         arms = []
@@ -117,8 +139,17 @@ def test_a_factor_chooses_as_index_choices_does() -> None:
         pending = {arm.id: maker.randint(0, 6) for arm in arms if maker.random() < 0.6}
         factor = Factor(arms, horizon)
         seed = maker.random()
+        # The batch: five choices on one random stream, each counting for the next.
+        stream, given, expected_batch = random.Random(seed), dict(pending), []
         for _ in range(5):
-            expected = index_choices(arms, 1, random.Random(seed), horizon, pending=pending)[0]
+            choice = reference_choice(arms, horizon, given, stream)
+            given[choice] = given.get(choice, 0) + 1
+            expected_batch.append(choice)
+        batch = index_choices(arms, 5, random.Random(seed), horizon, pending=dict(pending))
+        assert batch == expected_batch
+        # The dispatcher's way: one choice at a time, the caller counting what was given.
+        for _ in range(5):
+            expected = reference_choice(arms, horizon, pending, random.Random(seed))
             got = factor.choose([arm.id for arm in arms], pending, random.Random(seed))
             assert got == expected
             pending[got] = pending.get(got, 0) + 1

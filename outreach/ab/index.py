@@ -58,16 +58,9 @@ def gittins_index(
     pending: Sequence[float] | None = None,
 ) -> list[float]:
     """Each arm's index (see the module's docstring), ``horizon`` sends still to come."""
-    if horizon < MIN_HORIZON:
-        raise ValueError(f"horizon must be at least {MIN_HORIZON:g} sends, got {horizon}")
-    a, b = posterior_params(arms, prior)
-    c = -math.log1p(-1 / horizon)
+    factor = Factor(arms, horizon, prior)
     extra = pending if pending is not None else [0.0] * len(arms)
-    return [
-        # n: the posterior's weight once every send (and every pending one) has told.
-        _index(float(a[i] / (a[i] + b[i])), prior[0] + prior[1] + arm.sends + extra[i], c)
-        for i, arm in enumerate(arms)
-    ]
+    return [factor.index(arm.id, extra[i]) for i, arm in enumerate(arms)]
 
 
 def index_choices(
@@ -83,27 +76,29 @@ def index_choices(
     arm was given already since the counts were read."""
     if not arms:
         raise ValueError("no variant to choose from")
+    factor = Factor(arms, horizon, prior)
     given = [float((pending or {}).get(arm.id, 0)) for arm in arms]
-    index = gittins_index(arms, horizon, prior, given)
-    a, b = posterior_params(arms, prior)
-    c = -math.log1p(-1 / horizon)
+    index = [factor.index(arm.id, given[i]) for i, arm in enumerate(arms)]
     out = []
     for _ in range(n):
-        top = max(index)
-        best = [i for i, v in enumerate(index) if v >= top]
-        i = best[0] if len(best) == 1 else rng.choice(best)
+        i = _highest(index, rng)
         out.append(arms[i].id)
         given[i] += 1
-        weight = prior[0] + prior[1] + arms[i].sends + given[i]
-        index[i] = _index(float(a[i] / (a[i] + b[i])), weight, c)
+        index[i] = factor.index(arms[i].id, given[i])  # only the chosen one's index moves
     return out
 
 
+def _highest(index: Sequence[float], rng: random.Random) -> int:
+    """The position of the highest index; a tie drawn at random."""
+    top = max(index)
+    best = [i for i, v in enumerate(index) if v >= top]
+    return best[0] if len(best) == 1 else rng.choice(best)
+
+
 class Factor:
-    """One factor's index between two readings of its tallies, for choosing one prospect at a
-    time: each variant's posterior mean and weight worked out once, so a choice is a few
-    float operations (the dispatcher makes two per message). It chooses as
-    :func:`index_choices` with ``n`` 1 does, from the same ``pending``, which the caller keeps."""
+    """One factor's index between two readings of its tallies: each variant's posterior mean
+    and weight worked out once, so an index is a few float operations (the dispatcher makes
+    two choices per message, the simulator thirty a day)."""
 
     def __init__(
         self, arms: Sequence[Arm], horizon: float, prior: tuple[float, float] = PRIOR
@@ -113,20 +108,19 @@ class Factor:
         a, b = posterior_params(arms, prior)
         self.c = -math.log1p(-1 / horizon)
         self.mean = {arm.id: float(a[i] / (a[i] + b[i])) for i, arm in enumerate(arms)}
+        # n: the posterior's weight once every send (and every pending one) has told.
         self.weight = {arm.id: prior[0] + prior[1] + arm.sends for arm in arms}
+
+    def index(self, variant: str, pending: float = 0.0) -> float:
+        """The variant's index with ``pending`` sends given since the counts were read."""
+        return _index(self.mean[variant], self.weight[variant] + float(pending), self.c)
 
     def choose(
         self, variants: Sequence[str], pending: Mapping[str, int], rng: random.Random
     ) -> str:
-        """The variant with the highest index (ties drawn at random); each must be one of the
-        arms this was made with."""
-        index = [
-            _index(self.mean[v], self.weight[v] + float(pending.get(v, 0)), self.c)
-            for v in variants
-        ]
-        top = max(index)
-        best = [i for i, v in enumerate(index) if v >= top]
-        return variants[best[0] if len(best) == 1 else rng.choice(best)]
+        """The variant with the highest index (ties drawn at random), as :func:`index_choices`
+        chooses each of its own; each must be one of the arms this was made with."""
+        return variants[_highest([self.index(v, pending.get(v, 0)) for v in variants], rng)]
 
 
 def horizon_sends(pace: float, horizon_days: float) -> float:
