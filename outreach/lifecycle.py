@@ -33,7 +33,7 @@ from sqlalchemy import Connection, bindparam, case, delete, func, insert, or_, s
 from sqlmodel import Session
 
 from outreach.models import Enrollment, MailboxState, Message, MessageState
-from outreach.store import Prepared
+from outreach.store import Prepared, expire_loaded
 
 messages_t = Message.__table__  # type: ignore[attr-defined]
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -86,10 +86,7 @@ def _move(
 
 def _expire(session: Session, rows: set[int], values: dict[str, Any]) -> None:
     """Loaded rows now disagree with the database in these columns: read them again on use."""
-    keys = ["state", *values]
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, Message) and obj.id in rows:
-            session.expire(obj, keys)
+    expire_loaded(session, Message, rows, ["state", *values])
 
 
 # ------------------------------------------------------------------ new rows

@@ -17,8 +17,8 @@ from outreach.errors import ConfigError, NotFound, OutreachError, Problems
 from outreach.models import Enrollment, Event, Message, Prospect, SequencePause, Suppression
 from outreach.prospect_csv import normalize_email
 from outreach.sentiment import REPLY_CLASSES, reply_class_of
-from outreach.sequences import TRACKED_RULES
-from outreach.store import Prepared, Store
+from outreach.sequences import TRACKED_RULES, Sequence
+from outreach.store import Prepared, Store, expire_loaded
 from outreach.workspace import Workspace
 
 STOP_REASONS = ("replied", "meeting", "webinar", "not-interested", "other")
@@ -398,9 +398,7 @@ def steps_done(
         sequence = ws.sequences[row.sequence]
         following = step_index + 1
         if following < len(sequence.steps):
-            step = sequence.steps[following]
-            drawn = step.wait.draw(rng)
-            cal = _calendar(ws, row.sender, row.timezone)
+            drawn, due = _plan_step(ws, sequence, following, row.sender, row.timezone, now, rng)
             planned.append(
                 {
                     "row": enrollment_id,
@@ -408,7 +406,7 @@ def steps_done(
                     "following": following,
                     "now": now,
                     "drawn": drawn,
-                    "due": planner.plan_due(now, step.wait, drawn, cal),
+                    "due": due,
                 }
             )
             continue
@@ -416,10 +414,28 @@ def steps_done(
         assert enrollment is not None
         advance(ws, session, enrollment, now, rng, skipped=skipped)
     _PLAN_NEXT.many(conn, planned)
-    moved = {row["row"] for row in planned}
-    for obj in list(session.identity_map.values()):  # loaded ones are read again on use
-        if isinstance(obj, Enrollment) and obj.id in moved:
-            session.expire(obj, ["step_index", "updated_at", "wait_drawn", "due_at"])
+    expire_loaded(
+        session,
+        Enrollment,
+        {row["row"] for row in planned},
+        ["step_index", "updated_at", "wait_drawn", "due_at"],
+    )
+
+
+def _plan_step(
+    ws: Workspace,
+    sequence: Sequence,
+    index: int,
+    sender: str,
+    timezone: str | None,
+    now: datetime,
+    rng: random.Random,
+) -> tuple[int, datetime]:
+    """Step ``index`` of ``sequence`` planned from ``now``: its random wait, drawn once and
+    kept, and when it falls due in the sender's calendar at the prospect's time zone."""
+    step = sequence.steps[index]
+    drawn = step.wait.draw(rng)
+    return drawn, planner.plan_due(now, step.wait, drawn, _calendar(ws, sender, timezone))
 
 
 _enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -464,12 +480,16 @@ def advance(
     enrollment.updated_at = now
     prospect = session.get(Prospect, enrollment.prospect_id)
     assert prospect is not None
-    cal = _calendar(ws, enrollment.sender, prospect.timezone)
     if enrollment.step_index < len(sequence.steps):
-        step = sequence.steps[enrollment.step_index]
-        drawn = step.wait.draw(rng)
-        enrollment.wait_drawn = drawn
-        enrollment.due_at = planner.plan_due(now, step.wait, drawn, cal)
+        enrollment.wait_drawn, enrollment.due_at = _plan_step(
+            ws,
+            sequence,
+            enrollment.step_index,
+            enrollment.sender,
+            prospect.timezone,
+            now,
+            rng,
+        )
         session.add(enrollment)
         return
     reason = LAST_STEP_SKIPPED + skipped if skipped else FINISHED
@@ -501,6 +521,7 @@ def advance(
     if taken is not None:
         return
     first = ws.sequences[follow.sequence].steps[0]
+    cal = _calendar(ws, enrollment.sender, prospect.timezone)
     drawn = follow.wait.draw(rng)
     start = planner.add_wait(now, drawn, follow.wait.unit, cal)
     first_drawn = first.wait.draw(rng)

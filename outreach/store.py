@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +130,15 @@ class Prepared:
                     values[key] = db_datetime(conn, value)
             out.append(values if order is None else tuple(values[key] for key in order))
         return sql, out
+
+
+def expire_loaded(session: Session, model: type, ids: Collection[Any], keys: Iterable[str]) -> None:
+    """Rows a Core statement changed under the session: its loaded ``model`` objects among
+    ``ids`` disagree with the database in ``keys``, and read them again on use."""
+    names = list(keys)
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, model) and getattr(obj, "id", None) in ids:
+            session.expire(obj, names)
 
 
 def due_enrollment_ids(conn: Connection, now: datetime, limit: int = 500) -> list[int]:
