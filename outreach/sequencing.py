@@ -21,6 +21,9 @@ from outreach.sequences import TRACKED_RULES, Sequence
 from outreach.store import Prepared, Store, expire_loaded
 from outreach.workspace import Workspace
 
+_enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
+_prospects_t = Prospect.__table__  # type: ignore[attr-defined]
+
 STOP_REASONS = ("replied", "meeting", "webinar", "not-interested", "other")
 GOALS = ("meeting", "webinar")
 LIVE_STATES = ("active", "paused")
@@ -436,10 +439,6 @@ def _plan_step(
     step = sequence.steps[index]
     drawn = step.wait.draw(rng)
     return drawn, planner.plan_due(now, step.wait, drawn, _calendar(ws, sender, timezone))
-
-
-_enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
-_prospects_t = Prospect.__table__  # type: ignore[attr-defined]
 
 
 def _plan_next() -> Any:
