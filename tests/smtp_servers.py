@@ -262,9 +262,12 @@ class RecordingSMTP:
         starttls: bool = False,
         implicit_tls: bool = False,
         xoauth2_introspect: str | None = None,
+        smtputf8: bool = True,
     ) -> None:
         """``xoauth2_introspect``: require AUTH XOAUTH2 with a bearer token this RFC 7662
-        endpoint calls active for the user named in it (PLAIN and LOGIN are refused)."""
+        endpoint calls active for the user named in it (PLAIN and LOGIN are refused).
+        ``smtputf8=False``: the server does not offer SMTPUTF8 (non-ASCII addresses)."""
+        self.smtputf8 = smtputf8
         if starttls and implicit_tls:
             raise ValueError("choose starttls or implicit_tls, not both")
         self.xoauth2_introspect = xoauth2_introspect
@@ -319,7 +322,7 @@ class RecordingSMTP:
         if self._controller is not None:
             raise RuntimeError("the server is already running")
         handler = _OAuthRecorder(self) if self.xoauth2_introspect else _Recorder(self)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8}
         tls: ssl.SSLContext | None = None
         if self.starttls or self.implicit_tls:
             self._tmp = Path(tempfile.mkdtemp(prefix="recording-smtp-"))

@@ -616,3 +616,58 @@ def test_a_non_ascii_envelope_goes_out_alike_on_both_paths(smtp: RecordingSMTP) 
     ours, theirs = smtp.received
     assert ours.rcpt_tos == theirs.rcpt_tos == ["aino@pörssi.example"]
     assert parse(ours.data)["To"].addresses[0].addr_spec == "aino@xn--prssi-jua.example"
+
+
+def _outgoing(to: str) -> Outgoing:
+    return Outgoing(
+        from_name="Sanna",
+        from_email=SANNA,
+        to_email=to,
+        to_name=None,
+        subject="Hei",
+        text="Hei!\n",
+        html=None,
+        message_id=make_message_id(SANNA),
+        date=datetime(2027, 1, 5, 9, 30, tzinfo=UTC),
+    )
+
+
+def test_a_refused_recipient_leaves_the_connection_fit_for_the_next(
+    smtp: RecordingSMTP,
+) -> None:
+    # The envelope is MAIL, RCPT and DATA of our own: after a refused RCPT it is reset, so
+    # the next message on the same connection goes out (a nested MAIL would be refused).
+    box = Mailbox(name="Sanna", email=SANNA, smtp_port=smtp.port, smtp_security="none")
+    smtp.script("rcpt:550 5.1.1 User unknown")
+
+    async def two() -> list[str]:
+        transport = SmtpTransport(box)
+        try:
+            kinds = []
+            for to in ("gone@acme.example", "ann@acme.example"):
+                kinds.append((await transport.send(render_message(_outgoing(to)), SANNA, to)).kind)
+            return kinds
+        finally:
+            await transport.close()
+
+    assert asyncio.run(two()) == ["bounce", "sent"]
+    [received] = smtp.received
+    assert received.rcpt_tos == ["ann@acme.example"]
+    assert received.data.count(b"\r\n") == received.data.count(b"\n")  # CRLF kept
+
+
+def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_once() -> None:
+    # Not a retry: the same server will refuse the same address tomorrow.
+    with RecordingSMTP(smtputf8=False) as server:
+        box = Mailbox(name="Sanna", email=SANNA, smtp_port=server.port, smtp_security="none")
+        to = "aino@pörssi.example"
+
+        async def send() -> str:
+            transport = SmtpTransport(box)
+            try:
+                return (await transport.send(render_message(_outgoing(to)), SANNA, to)).kind
+            finally:
+                await transport.close()
+
+        assert asyncio.run(send()) == "failed"
+        assert server.received == []

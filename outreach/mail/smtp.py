@@ -27,6 +27,8 @@ Payload = WireMessage | EmailMessage | bytes
 # the message is untouched. bounce: the recipient does not exist (5.1.x, or a bare 550/551/553
 # at RCPT). auth: the mailbox itself is refused (login, sender, relay or policy 5.7.x): pause
 # the mailbox. failed: a permanent refusal of this one message.
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
 Kind = Literal["sent", "retry", "unreachable", "bounce", "auth", "failed"]
 
 
@@ -128,6 +130,11 @@ class SmtpTransport:
             timeout=self.timeout,
         )
         await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:  # the extensions are known before the first MAIL
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await smtp.helo()
         login = box.smtp_login
         if login:  # a relay that needs no login (a local sink) has no username
             try:
@@ -139,23 +146,6 @@ class SmtpTransport:
                 smtp.close()  # a refused login must not leave the connection open
                 raise
         return smtp
-
-    async def _xoauth2(self, smtp: aiosmtplib.SMTP, login: str) -> None:
-        """AUTH XOAUTH2 with the mailbox's access token; a refused token is retried once with
-        a new one (it may have been revoked while cached), then the mailbox pauses."""
-        tokens = self.mailbox.token_source
-        token = await asyncio.to_thread(tokens.access_token)
-        try:
-            await smtp.auth_xoauth2(login, token)
-            return
-        except aiosmtplib.SMTPAuthenticationError:
-            pass
-        fresh = await asyncio.to_thread(tokens.access_token, refused=token)
-        try:
-            await smtp.auth_xoauth2(login, fresh)
-        except aiosmtplib.SMTPAuthenticationError as again:
-            text = f"SMTP {again.code} {' '.join(again.message.split())}"
-            raise TokenRefused(await asyncio.to_thread(tokens.refused, text)) from None
 
     def check(self) -> None:
         """Raise ConfigError now, before anything is claimed, if this mailbox cannot log in."""
@@ -206,16 +196,12 @@ class SmtpTransport:
                     message, sender=mail_from, recipients=[rcpt]
                 )
             else:
-                data = message.data if isinstance(message, WireMessage) else message
-                # As send_message does: a non-ASCII address needs SMTPUTF8 (sendmail refuses
-                # it if the server lacks it). The bytes are 7-bit, so no BODY=8BITMIME.
-                utf8 = not (mail_from.isascii() and rcpt.isascii())
-                errors, response = await self._smtp.sendmail(
-                    mail_from, [rcpt], data, mail_options=["SMTPUTF8"] if utf8 else []
-                )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
+                errors, response = {}, await self._envelope(self._smtp, message, mail_from, rcpt)
+        except aiosmtplib.SMTPRecipientsRefused as exc:  # send_message's
             refused = exc.recipients[0]
             return classify(refused.code, refused.message, at_rcpt=True)
+        except aiosmtplib.SMTPRecipientRefused as exc:  # _envelope's
+            return classify(exc.code, exc.message, at_rcpt=True)
         except aiosmtplib.SMTPAuthenticationError as exc:
             await self._drop()
             return Outcome("auth", exc.code, " ".join(exc.message.split()))
@@ -232,6 +218,9 @@ class SmtpTransport:
             return Outcome("retry", None, f"connection: {exc}")
         except aiosmtplib.SMTPResponseException as exc:
             return classify(exc.code, exc.message, at_rcpt=False)
+        except aiosmtplib.SMTPNotSupported:
+            # A permanent refusal of this message (its address), not trouble with the server.
+            return Outcome("failed", None, "the server takes no non-ASCII address (no SMTPUTF8)")
         except aiosmtplib.SMTPException as exc:
             await self._drop()
             return Outcome("retry", None, f"smtp: {exc}")
@@ -242,6 +231,39 @@ class SmtpTransport:
             code, text = next(iter(errors.values()))
             return classify(code, text, at_rcpt=True)
         return Outcome("sent", 250, " ".join(response.split()))
+
+    @staticmethod
+    async def _envelope(
+        smtp: aiosmtplib.SMTP, message: WireMessage | bytes, mail_from: str, rcpt: str
+    ) -> str:
+        """MAIL, RCPT and DATA for one recipient: what ``sendmail`` does, less its second
+        pass over the addresses (``mail`` and ``rcpt`` check them, once each) and its second
+        pass over the bytes to count them (a WireMessage has CRLF line ends already, so its
+        length is its SIZE). Returns the server's answer to DATA."""
+        if isinstance(message, WireMessage):
+            data, size = message.data, len(message.data)
+        else:
+            data, size = message, len(_LINE_ENDS.sub(b"\r\n", message))
+        # As send_message does: a non-ASCII address needs SMTPUTF8. The bytes are 7-bit, so no
+        # BODY=8BITMIME.
+        utf8 = not (mail_from.isascii() and rcpt.isascii())
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+        options = ["SMTPUTF8"] if utf8 else []
+        if smtp.supports_extension("size"):
+            options.insert(0, f"size={size}")
+        encoding = "utf-8" if utf8 else "ascii"
+        try:
+            await smtp.mail(mail_from, options=options, encoding=encoding)
+            await smtp.rcpt(rcpt, encoding=encoding)
+            return (await smtp.data(data)).message
+        except aiosmtplib.SMTPResponseException:
+            # As sendmail does: the envelope is reset, so the connection serves the next one.
+            try:
+                await smtp.rset()
+            except (ConnectionError, aiosmtplib.SMTPResponseException):
+                pass
+            raise
 
     async def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
