@@ -13,6 +13,7 @@ one of them at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import gc
 import logging
@@ -106,6 +107,22 @@ class MailboxNamingDispatcher(Dispatcher):
             current_mailbox.reset(token)
 
 
+_HELD_LOCKS: set[int] = set()  # the file descriptors of the DispatchLocks this process holds
+
+
+def _drop_locks_in_child() -> None:
+    # A forked child (the compose worker) must not keep the lock alive: if this process died,
+    # its restart would find the lock held by the orphan. Closing the child's copy of the
+    # descriptor leaves this process's lock as it is.
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class DispatchLock:
     """One dispatching process per SQLite database, held for the life of the process."""
 
@@ -138,12 +155,14 @@ class DispatchLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._fd is not None:
+            _HELD_LOCKS.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -157,10 +176,10 @@ class OnceDispatcher(Dispatcher):
         super().__init__(*args, **kwargs)
         self.wait_for_gaps = wait_for_gaps
 
-    def claim_batch(
+    def claim_due(
         self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
     ) -> list[Claimed] | Wait | None:
-        claimed = super().claim_batch(box, now, report, limit)
+        claimed = super().claim_due(box, now, report, limit)
         if isinstance(claimed, Wait) and self.on_event is not None:
             until = localtime.local(
                 claimed.until, localtime.mailbox_zone(self.ws.config, box.email), seconds=True

@@ -35,10 +35,10 @@ from sqlalchemy import Connection
 from outreach import clock, cluster, lifecycle, recovery, tasks
 from outreach.ab.assign import Assigner
 from outreach.claims import Claimed, Claimer, hold
-from outreach.compose import Composer
+from outreach.compose import Composed, Composer
+from outreach.compose_worker import ComposeWorker, Job
 from outreach.config import Mailbox
-from outreach.errors import OutreachError, TemplateError
-from outreach.mail.message import InvalidHeader
+from outreach.errors import OutreachError
 from outreach.mail.smtp import Outcome, Transport
 from outreach.outcomes import Recorder, Report
 from outreach.pacing import Pacing, Wait
@@ -73,6 +73,7 @@ class Dispatcher:
         self.on_event = on_event
         self.stopping = asyncio.Event()
         self.composer = Composer(ws)
+        self.worker = ComposeWorker(self.composer, on_event)
         self.assigner = Assigner(ws, self.rng, now)
         self.claimer = Claimer(
             ws,
@@ -109,6 +110,7 @@ class Dispatcher:
             return await self._run_once(wait_for_gaps)
         finally:
             beating.cancel()
+            self.worker.stop()
             if self._take_conn is not None:
                 self._take_conn.close()
                 self._take_conn = None
@@ -129,6 +131,7 @@ class Dispatcher:
         if self._prepared_at is None or (now - self._prepared_at).total_seconds() >= interval:
             if self.assigner.prepare(now):
                 self.recorder.event("template files changed: read again")
+                self.worker.stop()  # the next batch forks a worker that has them
             self._prepared_at = now
 
     async def _run_once(self, wait_for_gaps: bool) -> Report:
@@ -164,7 +167,7 @@ class Dispatcher:
         try:
             while not self.stopping.is_set():
                 self._refresh_if_stale()
-                claimed = self.claim_batch(box, self.now(), report)
+                claimed = await self.claim_composed(box, self.now(), report)
                 if claimed is None:
                     return
                 if isinstance(claimed, Wait):
@@ -221,11 +224,11 @@ class Dispatcher:
 
     # ------------------------------------------------------ the steps, by name
 
-    def claim_batch(
+    def claim_due(
         self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
     ) -> list[Claimed] | Wait | None:
         """Claim the mailbox's next due emails (creating due tasks on the way), leased to this
-        process, and compose them; or say why nothing can go now."""
+        process; or say why nothing can go now."""
         result = self.claimer.claim(box, now, limit)
         for problem, count in result.held.items():
             report.held[problem] = report.held.get(problem, 0) + count
@@ -243,8 +246,28 @@ class Dispatcher:
             return None
         if result.wait is not None:
             return result.wait
-        composed = [c for c in result.claimed if self.compose(box, c, now, report)]
-        return composed or None
+        return result.claimed or None
+
+    def claim_batch(
+        self, box: Mailbox, now: datetime, report: Report, limit: int | None = None
+    ) -> list[Claimed] | Wait | None:
+        """Claim the mailbox's next due emails and compose them in this process."""
+        claimed = self.claim_due(box, now, report, limit)
+        if not isinstance(claimed, list):
+            return claimed
+        jobs = [self._job(claim, now) for claim in claimed]
+        return self._composed(claimed, self.worker.here(jobs), now, report)
+
+    async def claim_composed(
+        self, box: Mailbox, now: datetime, report: Report
+    ) -> list[Claimed] | Wait | None:
+        """Claim the mailbox's next due emails and compose them, a large batch in the compose
+        worker (:mod:`outreach.compose_worker`) while the other mailboxes send."""
+        claimed = self.claim_due(box, now, report)
+        if not isinstance(claimed, list):
+            return claimed
+        jobs = [self._job(claim, now) for claim in claimed]
+        return self._composed(claimed, await self.worker.compose(jobs), now, report)
 
     def claim(self, box: Mailbox, now: datetime, report: Report) -> Claimed | Wait | None:
         """Claim, compose and take the mailbox's next due email at once, or say why not."""
@@ -256,39 +279,43 @@ class Dispatcher:
             return claim
         return claimed
 
-    def compose(self, box: Mailbox, claim: Claimed, now: datetime, report: Report) -> bool:
-        """Render and build a claimed message, outside any transaction; one that cannot be
-        built is held (False)."""
-        sequence = self.ws.sequences[claim.sequence]
-        try:
-            composed = self.composer.compose(
-                box,
-                sequence,
-                claim.step_index,
-                claim.recipient,
-                subject_variant=claim.subject_variant,
-                body_variant=claim.body_variant,
-                thread=claim.thread,
-                message_id=claim.message_id,
-                now=now,
-            )
-        except (TemplateError, InvalidHeader) as exc:
-            # Never send a message with a hole in it, and never end a sequence for a problem
-            # in the copy: hold the prospect, tell the operator, try again later.
-            problem = exc.one_line()
-            hold(self.ws, claim, self.member, now, problem)
-            report.held[problem] = report.held.get(problem, 0) + 1
-            return False
-        claim.composed = composed
-        claim.summary = {
-            "to": claim.rcpt,
-            "subject": composed.subject,
-            "message_id": composed.message_id,
-            "sequence": claim.sequence,
-            "step": claim.step,
-            "in_reply_to": composed.in_reply_to or "",
-        }
-        return True
+    @staticmethod
+    def _job(claim: Claimed, now: datetime) -> Job:
+        return Job(
+            mailbox=claim.mail_from,
+            sequence=claim.sequence,
+            step_index=claim.step_index,
+            recipient=claim.recipient,
+            subject_variant=claim.subject_variant,
+            body_variant=claim.body_variant,
+            thread=claim.thread,
+            message_id=claim.message_id,
+            now=now,
+        )
+
+    def _composed(
+        self, claimed: list[Claimed], results: list[Composed | str], now: datetime, report: Report
+    ) -> list[Claimed] | None:
+        """The claims whose message was composed; each of the others is held (back to the
+        queue, tried again later), never sent with a hole in it, and never the end of its
+        sequence for a problem in the copy: the operator is told."""
+        kept = []
+        for claim, result in zip(claimed, results, strict=True):
+            if isinstance(result, str):
+                hold(self.ws, claim, self.member, now, result)
+                report.held[result] = report.held.get(result, 0) + 1
+                continue
+            claim.composed = result
+            claim.summary = {
+                "to": claim.rcpt,
+                "subject": result.subject,
+                "message_id": result.message_id,
+                "sequence": claim.sequence,
+                "step": claim.step,
+                "in_reply_to": result.in_reply_to or "",
+            }
+            kept.append(claim)
+        return kept or None
 
     def take(self, claim: Claimed) -> bool:
         """The last look and the hand-over to SMTP (claimed becomes sending): False when the
