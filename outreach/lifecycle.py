@@ -29,11 +29,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, or_, select, update
 from sqlmodel import Session
 
 from outreach.models import Enrollment, MailboxState, Message, MessageState
-from outreach.store import Prepared, expire_loaded
+from outreach.store import Prepared, bulk_insert, db_datetime, expire_loaded
 
 messages_t = Message.__table__  # type: ignore[attr-defined]
 enrollments_t = Enrollment.__table__  # type: ignore[attr-defined]
@@ -111,11 +111,16 @@ def new_emails(
         "lease_owner": owner,
         "lease_until": lease_until,
     }
-    made = conn.execute(
-        insert(messages_t).returning(messages_t.c.id, messages_t.c.enrollment_id),
-        [{**row, **born} for row in rows],
-    ).all()
-    return {r.enrollment_id: r.id for r in made}
+    # As the driver's own multi-row INSERT: SQLAlchemy's insert of a batch ran every value
+    # of every row through its type processors, half the cost of a claim's writes.
+    columns = [*rows[0], *born]
+    values = [
+        [db_datetime(conn, v) if isinstance(v, datetime) else v for v in values]
+        for row in rows
+        for values in ([*(row[c] for c in rows[0]), *born.values()],)
+    ]
+    made = bulk_insert(conn, messages_t, columns, values, returning=("id", "enrollment_id"))
+    return {enrollment_id: row_id for row_id, enrollment_id in made}
 
 
 def new_task(session: Session, message: Message, skip_at: datetime) -> Message:
