@@ -36,7 +36,7 @@ from outreach import clock, cluster, lifecycle, recovery, tasks
 from outreach.ab.assign import Assigner
 from outreach.claims import Claimed, Claimer, hold
 from outreach.compose import Composed, Composer
-from outreach.compose_worker import ComposeWorker, Job
+from outreach.compose_worker import ComposeWorker
 from outreach.config import Mailbox
 from outreach.errors import OutreachError
 from outreach.mail.smtp import Outcome, Transport
@@ -255,8 +255,7 @@ class Dispatcher:
         claimed = self.claim_due(box, now, report, limit)
         if not isinstance(claimed, list):
             return claimed
-        jobs = [self._job(claim, now) for claim in claimed]
-        return self._composed(claimed, self.worker.here(jobs), now, report)
+        return self._composed(claimed, self.worker.here(claimed, now), now, report)
 
     async def claim_composed(
         self, box: Mailbox, now: datetime, report: Report
@@ -266,8 +265,7 @@ class Dispatcher:
         claimed = self.claim_due(box, now, report)
         if not isinstance(claimed, list):
             return claimed
-        jobs = [self._job(claim, now) for claim in claimed]
-        return self._composed(claimed, await self.worker.compose(jobs), now, report)
+        return self._composed(claimed, await self.worker.compose(claimed, now), now, report)
 
     def claim(self, box: Mailbox, now: datetime, report: Report) -> Claimed | Wait | None:
         """Claim, compose and take the mailbox's next due email at once, or say why not."""
@@ -278,20 +276,6 @@ class Dispatcher:
             assert taken
             return claim
         return claimed
-
-    @staticmethod
-    def _job(claim: Claimed, now: datetime) -> Job:
-        return Job(
-            mailbox=claim.mail_from,
-            sequence=claim.sequence,
-            step_index=claim.step_index,
-            recipient=claim.recipient,
-            subject_variant=claim.subject_variant,
-            body_variant=claim.body_variant,
-            thread=claim.thread,
-            message_id=claim.message_id,
-            now=now,
-        )
 
     def _composed(
         self, claimed: list[Claimed], results: list[Composed | str], now: datetime, report: Report

@@ -20,7 +20,8 @@ from freezegun import freeze_time
 from sqlmodel import select
 
 from outreach import clock, compose_worker
-from outreach.compose_worker import ComposeWorker, Job
+from outreach.claims import Claimed
+from outreach.compose_worker import ComposeWorker
 from outreach.daemon import DispatchLock, send_once
 from outreach.dispatch import Dispatcher, Report
 from outreach.enroll import enroll_csv
@@ -47,14 +48,14 @@ def _enroll(ws: Workspace, tmp_path: Path, rows: list[str], header: str) -> None
     assert result.applied and not result.rejected, result.rejected[:2]
 
 
-def _jobs(ws: Workspace, tmp_path: Path) -> tuple[Dispatcher, list[Job]]:
+def _claims(ws: Workspace, tmp_path: Path) -> tuple[Dispatcher, list[Claimed]]:
     rows = [f"p{n}@acme{n % 3}.example,P{n},Company {n}" for n in range(ROWS)]
     _enroll(ws, tmp_path, rows, "email,first_name,company\n")
     dispatcher = Dispatcher(ws, SmtpTransport)
     dispatcher.assigner.prepare(clock.now())
     claimed = dispatcher.claim_due(ws.config.mailboxes[0], clock.now(), Report())
     assert isinstance(claimed, list) and len(claimed) == ROWS
-    return dispatcher, [dispatcher._job(claim, clock.now()) for claim in claimed]
+    return dispatcher, claimed
 
 
 def test_the_worker_composes_a_batch_exactly_as_this_process_does(
@@ -62,18 +63,19 @@ def test_the_worker_composes_a_batch_exactly_as_this_process_does(
 ) -> None:
     ws = _workspace(workspace_dir, 2525)
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
-        dispatcher, jobs = _jobs(ws, tmp_path)
+        dispatcher, claims = _claims(ws, tmp_path)
+        now = clock.now()
         worker = dispatcher.worker
         assert worker.enabled  # two cores or more, and fork (as on this machine)
-        there = asyncio.run(worker.compose(jobs))
+        there = asyncio.run(worker.compose(claims, now))
         worker.stop()
-        here = worker.here(jobs)
+        here = worker.here(claims, now)
     assert worker.forks == 1 and worker.enabled  # it did go to the worker, and came back
     assert there == here  # every byte of every message, the headers and the stored texts
     assert len({c.message_id for c in here if not isinstance(c, str)}) == ROWS
     # A batch too small for the round trip is composed here, with no fork.
     small = ComposeWorker(dispatcher.composer)
-    assert asyncio.run(small.compose(jobs[: compose_worker.MIN_BATCH - 1])) == here[:-3]
+    assert asyncio.run(small.compose(claims[: compose_worker.MIN_BATCH - 1], now)) == here[:-3]
     assert small.forks == 0
 
 
@@ -109,19 +111,19 @@ def test_a_dead_worker_costs_nothing_the_batch_is_composed_here(
     ws = _workspace(workspace_dir, 2525)
     events: list[str] = []
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
-        dispatcher, jobs = _jobs(ws, tmp_path)
+        dispatcher, claims = _claims(ws, tmp_path)
         worker = ComposeWorker(dispatcher.composer, events.append)
 
         async def twice() -> tuple[list, list]:  # type: ignore[type-arg]
-            first = await worker.compose(jobs)
+            first = await worker.compose(claims, clock.now())
             assert worker._pool is not None
             for pid in worker._pool._processes:  # the worker, killed outright
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.3)
-            return first, await worker.compose(jobs)
+            return first, await worker.compose(claims, clock.now())
 
         first, second = asyncio.run(twice())
-        here = worker.here(jobs)
+        here = worker.here(claims, clock.now())
     assert first == second == here
     assert not worker.enabled and worker._pool is None  # the rest of the pass: composed here
     assert len(events) == 1 and events[0].startswith("the compose worker failed")
@@ -130,11 +132,11 @@ def test_a_dead_worker_costs_nothing_the_batch_is_composed_here(
 def test_an_edited_template_reaches_the_next_worker(workspace_dir: Path, tmp_path: Path) -> None:
     ws = _workspace(workspace_dir, 2525)
     with freeze_time(HELSINKI_MONDAY_10, real_asyncio=True):
-        dispatcher, jobs = _jobs(ws, tmp_path)
+        dispatcher, claims = _claims(ws, tmp_path)
         worker = dispatcher.worker
 
         def bodies() -> set[str]:
-            return {c.body.split("\n")[0] for c in asyncio.run(worker.compose(jobs))}  # type: ignore[union-attr]
+            return {c.body.split("\n")[0] for c in asyncio.run(worker.compose(claims, clock.now()))}  # type: ignore[union-attr]
 
         before = bodies()
         intro = workspace_dir / "templates" / "cold" / "1-intro.yaml"
@@ -148,7 +150,7 @@ def test_an_edited_template_reaches_the_next_worker(workspace_dir: Path, tmp_pat
         worker.stop()
     assert worker.forks == 2
     assert after != before and all(line.startswith("Hello again ") for line in after)
-    assert after == {c.body.split("\n")[0] for c in worker.here(jobs)}  # type: ignore[union-attr]
+    assert after == {c.body.split("\n")[0] for c in worker.here(claims, clock.now())}  # type: ignore[union-attr]
 
 
 def test_a_killed_dispatcher_leaves_no_worker_and_no_lock(
@@ -174,8 +176,7 @@ def test_a_killed_dispatcher_leaves_no_worker_and_no_lock(
             d = Dispatcher(ws, SmtpTransport)
             d.assigner.prepare(datetime.now(UTC))
             claimed = d.claim_due(ws.config.mailboxes[0], datetime.now(UTC), Report())
-            jobs = [d._job(c, datetime.now(UTC)) for c in claimed]
-            asyncio.run(d.worker.compose(jobs))
+            asyncio.run(d.worker.compose(claimed, datetime.now(UTC)))
             print(*d.worker._pool._processes, flush=True)
             time.sleep(60)
         """
