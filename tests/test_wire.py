@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from outreach.config import Mailbox
 from outreach.mail.message import InvalidHeader, Outgoing, Quote, build_message, make_message_id
-from outreach.mail.smtp import SmtpTransport
+from outreach.mail.smtp import Outcome, SmtpTransport
 from outreach.mail.tracking import Tracker
 from outreach.mail.wire import WireMessage, render_message
 from tests.dovecot import Dovecot
@@ -587,37 +587,6 @@ def test_spamassassin_finds_nothing_new_in_the_wire_bytes() -> None:
     assert ours <= spam_rules(build_message(o).as_bytes())
 
 
-def test_a_non_ascii_envelope_goes_out_alike_on_both_paths(smtp: RecordingSMTP) -> None:
-    # An IDN prospect address is kept in Unicode in the envelope (with SMTPUTF8, which the
-    # server offers) and written in ASCII in the To header, on either path.
-    box = Mailbox(name="Sanna", email=SANNA, smtp_port=smtp.port, smtp_security="none")
-    o = Outgoing(
-        from_name="Sanna",
-        from_email=SANNA,
-        to_email="aino@pörssi.example",
-        to_name=None,
-        subject="Hei",
-        text="Hei!\n",
-        html=None,
-        message_id=make_message_id(SANNA),
-        date=datetime(2027, 1, 5, 9, 30, tzinfo=UTC),
-    )
-
-    async def send(message: WireMessage | EmailMessage) -> tuple[str, str]:
-        transport = SmtpTransport(box)
-        try:
-            outcome = await transport.send(message, SANNA, "aino@pörssi.example")
-        finally:
-            await transport.close()
-        return outcome.kind, outcome.text
-
-    wire_outcome = asyncio.run(send(render_message(o)))
-    assert wire_outcome[0] == asyncio.run(send(build_message(o)))[0] == "sent"
-    ours, theirs = smtp.received
-    assert ours.rcpt_tos == theirs.rcpt_tos == ["aino@pörssi.example"]
-    assert parse(ours.data)["To"].addresses[0].addr_spec == "aino@xn--prssi-jua.example"
-
-
 def _outgoing(to: str) -> Outgoing:
     return Outgoing(
         from_name="Sanna",
@@ -630,6 +599,32 @@ def _outgoing(to: str) -> Outgoing:
         message_id=make_message_id(SANNA),
         date=datetime(2027, 1, 5, 9, 30, tzinfo=UTC),
     )
+
+
+def _send_one(port: int, message: WireMessage | EmailMessage, to: str) -> Outcome:
+    """One message from Sanna to ``to`` over a connection of its own."""
+    box = Mailbox(name="Sanna", email=SANNA, smtp_port=port, smtp_security="none")
+
+    async def send() -> Outcome:
+        transport = SmtpTransport(box)
+        try:
+            return await transport.send(message, SANNA, to)
+        finally:
+            await transport.close()
+
+    return asyncio.run(send())
+
+
+def test_a_non_ascii_envelope_goes_out_alike_on_both_paths(smtp: RecordingSMTP) -> None:
+    # An IDN prospect address is kept in Unicode in the envelope (with SMTPUTF8, which the
+    # server offers) and written in ASCII in the To header, on either path.
+    to = "aino@pörssi.example"
+    o = _outgoing(to)
+    wire_outcome = _send_one(smtp.port, render_message(o), to)
+    assert wire_outcome.kind == _send_one(smtp.port, build_message(o), to).kind == "sent"
+    ours, theirs = smtp.received
+    assert ours.rcpt_tos == theirs.rcpt_tos == ["aino@pörssi.example"]
+    assert parse(ours.data)["To"].addresses[0].addr_spec == "aino@xn--prssi-jua.example"
 
 
 def test_a_refused_recipient_leaves_the_connection_fit_for_the_next(
@@ -659,15 +654,6 @@ def test_a_refused_recipient_leaves_the_connection_fit_for_the_next(
 def test_a_non_ascii_address_to_a_server_without_smtputf8_fails_once() -> None:
     # Not a retry: the same server will refuse the same address tomorrow.
     with RecordingSMTP(smtputf8=False) as server:
-        box = Mailbox(name="Sanna", email=SANNA, smtp_port=server.port, smtp_security="none")
         to = "aino@pörssi.example"
-
-        async def send() -> str:
-            transport = SmtpTransport(box)
-            try:
-                return (await transport.send(render_message(_outgoing(to)), SANNA, to)).kind
-            finally:
-                await transport.close()
-
-        assert asyncio.run(send()) == "failed"
+        assert _send_one(server.port, render_message(_outgoing(to)), to).kind == "failed"
         assert server.received == []
