@@ -21,14 +21,13 @@ from outreach.mail.wire import WireMessage
 # What a transport sends: the bytes of outreach.mail.wire.render_message (the send path), or an
 # EmailMessage (which aiosmtplib flattens itself), or bytes made elsewhere.
 Payload = WireMessage | EmailMessage | bytes
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")  # what SMTP sends as CRLF (counted for SIZE)
 
 # sent: accepted. retry: a 4xx, or the connection broke during this message; try it again
 # later. unreachable: no session could be opened (refused, timeout, TLS): the mailbox waits,
 # the message is untouched. bounce: the recipient does not exist (5.1.x, or a bare 550/551/553
 # at RCPT). auth: the mailbox itself is refused (login, sender, relay or policy 5.7.x): pause
 # the mailbox. failed: a permanent refusal of this one message.
-_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
-
 Kind = Literal["sent", "retry", "unreachable", "bounce", "auth", "failed"]
 
 
